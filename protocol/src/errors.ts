@@ -1,0 +1,89 @@
+/**
+ * Public error codes of the protocol package. Callers match on `code`, never on message text.
+ * Every code here is documented in docs/errors.md; a test keeps the two in sync.
+ */
+
+/** Codes carried on the wire in a stream RESET (short, stable, upper snake case). */
+export const StreamErrorCode = {
+  /** The compiled policy of the client does not allow this target. */
+  DENIED: 'DENIED',
+  /** No attached instance of the requested agent, or the agent does not expose the port. */
+  NO_AGENT: 'NO_AGENT',
+  /** The agent could not connect to its local target (reason in the message). */
+  DIAL_FAILED: 'DIAL_FAILED',
+  /** The other side did not answer the open in time. */
+  TIMEOUT: 'TIMEOUT',
+  /** The gateway is draining and accepts no new streams. */
+  GATEWAY_SHUTTING_DOWN: 'GATEWAY_SHUTTING_DOWN',
+  /** The peer broke the framing or flow-control rules on this stream. */
+  PROTOCOL_ERROR: 'PROTOCOL_ERROR',
+  /** The peer sent more than its flow-control window allowed. */
+  FLOW_CONTROL: 'FLOW_CONTROL',
+  /** The far end of a relayed stream went away (session lost, process killed). */
+  PEER_GONE: 'PEER_GONE',
+  /** The local side abandoned the stream (socket closed, user cancelled). */
+  CANCELLED: 'CANCELLED',
+  /** A direct path was required but none could be set up. */
+  DIRECT_UNAVAILABLE: 'DIRECT_UNAVAILABLE',
+  /** Too many streams open on this session. */
+  TOO_MANY_STREAMS: 'TOO_MANY_STREAMS',
+  /** Any other failure; details are masked. */
+  INTERNAL: 'INTERNAL',
+} as const;
+export type StreamErrorCode = (typeof StreamErrorCode)[keyof typeof StreamErrorCode];
+
+/** Base class: every error this package throws has a permanent `code`. */
+export class NarrowlinkError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** Malformed bytes on the wire: wrong type, length, payload shape. The session or stream is at fault. */
+export class FrameError extends NarrowlinkError {
+  /** The stream the bad frame named, when its header could be read; 0 for session-level frames. */
+  streamId = 0;
+}
+
+/** A control message failed validation or came from an incompatible protocol version. */
+export class ProtocolError extends NarrowlinkError {}
+
+/** A stream ended abnormally; `streamCode` is the wire code the peer (or we) sent. */
+export class StreamResetError extends NarrowlinkError {
+  readonly streamCode: StreamErrorCode;
+  constructor(streamCode: StreamErrorCode, message: string, options?: { cause?: unknown }) {
+    super(`NL_ERR_STREAM_${streamCode}`, message, options);
+    this.streamCode = streamCode;
+  }
+}
+
+/** Token could not be verified. `code` says why (expired, audience, type, signature, malformed, algorithm). */
+export class TokenError extends NarrowlinkError {}
+
+/** A gateway configuration document failed validation. */
+export class ConfigError extends NarrowlinkError {}
+
+export const ErrorCode = {
+  FRAME_TRUNCATED: 'NL_ERR_FRAME_TRUNCATED',
+  FRAME_TOO_LARGE: 'NL_ERR_FRAME_TOO_LARGE',
+  FRAME_UNKNOWN_TYPE: 'NL_ERR_FRAME_UNKNOWN_TYPE',
+  FRAME_BAD_STREAM_ID: 'NL_ERR_FRAME_BAD_STREAM_ID',
+  FRAME_BAD_PAYLOAD: 'NL_ERR_FRAME_BAD_PAYLOAD',
+  PROTOCOL_VERSION: 'NL_ERR_PROTOCOL_VERSION',
+  PROTOCOL_BAD_MESSAGE: 'NL_ERR_PROTOCOL_BAD_MESSAGE',
+  PROTOCOL_UNEXPECTED: 'NL_ERR_PROTOCOL_UNEXPECTED',
+  TOKEN_MALFORMED: 'NL_ERR_TOKEN_MALFORMED',
+  TOKEN_EXPIRED: 'NL_ERR_TOKEN_EXPIRED',
+  TOKEN_NOT_YET_VALID: 'NL_ERR_TOKEN_NOT_YET_VALID',
+  TOKEN_BAD_AUDIENCE: 'NL_ERR_TOKEN_BAD_AUDIENCE',
+  TOKEN_WRONG_TYPE: 'NL_ERR_TOKEN_WRONG_TYPE',
+  TOKEN_BAD_SIGNATURE: 'NL_ERR_TOKEN_BAD_SIGNATURE',
+  TOKEN_ALG_NOT_ALLOWED: 'NL_ERR_TOKEN_ALG_NOT_ALLOWED',
+  TOKEN_MISSING_CLAIM: 'NL_ERR_TOKEN_MISSING_CLAIM',
+  CONFIG_INVALID: 'NL_ERR_CONFIG_INVALID',
+  CONFIG_PARSE: 'NL_ERR_CONFIG_PARSE',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -1,0 +1,388 @@
+/**
+ * Sans-I/O stream multiplexer for one session. Frames come in through `receive()`; frames go out
+ * through the `send` callback given at construction. No sockets, no timers: the adapter owns those.
+ *
+ * Flow control is per stream and credit based (like HTTP/2 and QUIC): a side may send at most the
+ * bytes the receiver granted. The receiver grants more (WINDOW) only after its consumer took bytes
+ * away, so a slow reader bounds what every hop buffers to one window per stream and direction,
+ * and never stalls the other streams of the session.
+ */
+import { ErrorCode, FrameError, ProtocolError, StreamErrorCode } from './errors.ts';
+import { decodeFrame, encodeData, encodeFrame, type Frame, MAX_STREAM_ID } from './frame-codec.ts';
+import type { ControlMessage, OpenOk, OpenPayload, ResetPayload } from './messages.ts';
+
+/** Default bytes a stream may have in flight towards a receiver before it must wait for credit. */
+export const DEFAULT_STREAM_WINDOW = 1024 * 1024;
+/** Largest DATA payload this side sends in one frame. */
+export const DEFAULT_MAX_DATA_FRAME = 256 * 1024;
+/** Credits are never allowed to exceed this (keeps arithmetic in safe 32-bit range). */
+const MAX_CREDIT = 0x7fff_ffff;
+
+export type MuxRole = 'initiator' | 'acceptor';
+
+export interface MuxHandlers {
+  /** The peer opened a stream. Call `stream.accept()` or `stream.reset()`. */
+  onOpen?(stream: MuxStream, payload: OpenPayload): void;
+  onControl?(message: ControlMessage): void;
+  /** A PONG arrived; `rttMs` measured against the matching PING, when one is known. */
+  onPong?(rttMs: number | undefined): void;
+  /** The peer broke session-level framing; the adapter must close the transport. */
+  onSessionError?(error: FrameError | ProtocolError): void;
+}
+
+export interface MuxOptions {
+  role: MuxRole;
+  /** Writes one encoded frame to the transport. */
+  send: (bytes: Buffer) => void;
+  /** Bytes we let the peer send on each stream before it must wait for our WINDOW update. */
+  localWindow?: number;
+  /** Bytes the peer lets us send on each new stream (from its hello); can be set later. */
+  peerWindow?: number;
+  maxStreams?: number;
+  maxDataFrame?: number;
+  maxFramePayload?: number;
+  /** Monotonic clock in milliseconds, used only to measure heartbeat round trips. */
+  now?: () => number;
+  handlers?: MuxHandlers;
+}
+
+export interface StreamHandlers {
+  onOpenOk?(payload: OpenOk): void;
+  onData?(data: Uint8Array): void;
+  /** The peer half-closed: no more data will arrive. */
+  onFin?(): void;
+  /** The stream ended abnormally. `local` is true when this side reset it. */
+  onReset?(reset: ResetPayload, local: boolean): void;
+  /** Send credit grew after having been exhausted. */
+  onCredit?(): void;
+  /** Both directions finished or the stream was reset: forget it. */
+  onClose?(): void;
+}
+
+export type StreamState = 'opening' | 'open' | 'closed';
+
+export class MuxStream {
+  readonly id: number;
+  readonly session: Mux;
+  handlers: StreamHandlers = {};
+  state: StreamState;
+  /** Bytes we may still send before the peer grants more. */
+  sendCredit: number;
+  /** Bytes the peer may still send us. */
+  recvRemaining: number;
+  /** Bytes consumed locally but not yet granted back to the peer. */
+  #unacknowledged = 0;
+  localFin = false;
+  remoteFin = false;
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(session: Mux, id: number, state: StreamState, sendCredit: number, recvWindow: number) {
+    this.session = session;
+    this.id = id;
+    this.state = state;
+    this.sendCredit = sendCredit;
+    this.recvRemaining = recvWindow;
+  }
+
+  /** Accepts an incoming open. */
+  accept(payload: OpenOk = {}): void {
+    if (this.state !== 'opening') return;
+    this.state = 'open';
+    this.session._send(encodeFrame({ type: 'open_ok', streamId: this.id, payload }));
+  }
+
+  /**
+   * Sends as much of `data` as the credit allows, in frames of at most maxDataFrame bytes.
+   * Returns the number of bytes sent; the caller keeps the rest until `onCredit`.
+   */
+  write(data: Uint8Array): number {
+    if (this.state === 'closed' || this.localFin) return 0;
+    const limit = Math.min(data.length, this.sendCredit);
+    const maxFrame = this.session.maxDataFrame;
+    let sent = 0;
+    while (sent < limit) {
+      const n = Math.min(maxFrame, limit - sent);
+      this.session._send(encodeData(this.id, sent === 0 && n === data.length ? data : data.subarray(sent, sent + n)));
+      sent += n;
+    }
+    this.sendCredit -= sent;
+    this.bytesOut += sent;
+    return sent;
+  }
+
+  /**
+   * Forwards a DATA frame received on another session without copying its payload: rewrites the
+   * stream id in place. The caller must have checked `frame.length - 9 <= sendCredit`.
+   */
+  forwardDataMessage(message: Buffer, payloadLength: number): void {
+    message.writeUInt32BE(this.id, 1);
+    this.sendCredit -= payloadLength;
+    this.bytesOut += payloadLength;
+    this.session._send(message);
+  }
+
+  /** Tells the peer that `n` received bytes were consumed, granting credit in batches. */
+  consumed(n: number): void {
+    if (this.state === 'closed' || this.remoteFin) return;
+    this.#unacknowledged += n;
+    // Grant in batches of a quarter window: fewer WINDOW frames, the sender still never idles.
+    if (this.#unacknowledged >= this.session.localWindow / 4) {
+      const increment = this.#unacknowledged;
+      this.#unacknowledged = 0;
+      this.recvRemaining += increment;
+      this.session._send(encodeFrame({ type: 'window', streamId: this.id, increment }));
+    }
+  }
+
+  /** Half-closes our sending direction. */
+  fin(): void {
+    if (this.state === 'closed' || this.localFin) return;
+    this.localFin = true;
+    this.session._send(encodeFrame({ type: 'fin', streamId: this.id }));
+    this.#closeIfDone();
+  }
+
+  /** Aborts the stream in both directions and tells the peer why. */
+  reset(code: StreamErrorCode, message: string): void {
+    if (this.state === 'closed') return;
+    const payload = { code, message: message.slice(0, 1024) };
+    this.session._send(encodeFrame({ type: 'reset', streamId: this.id, payload }));
+    this._terminate(payload, true);
+  }
+
+  /** @internal */
+  _receive(frame: Frame): void {
+    switch (frame.type) {
+      case 'open_ok':
+        if (this.state !== 'opening') return this.reset(StreamErrorCode.PROTOCOL_ERROR, 'unexpected OPEN_OK');
+        this.state = 'open';
+        this.handlers.onOpenOk?.(frame.payload);
+        return;
+      case 'data':
+        if (this.remoteFin) return this.reset(StreamErrorCode.PROTOCOL_ERROR, 'DATA after FIN');
+        if (frame.data.length > this.recvRemaining) {
+          return this.reset(StreamErrorCode.FLOW_CONTROL, `peer sent ${frame.data.length} bytes with ${this.recvRemaining} of credit`);
+        }
+        this.recvRemaining -= frame.data.length;
+        this.bytesIn += frame.data.length;
+        this.handlers.onData?.(frame.data);
+        return;
+      case 'window': {
+        const before = this.sendCredit;
+        if (before + frame.increment > MAX_CREDIT) return this.reset(StreamErrorCode.FLOW_CONTROL, 'credit overflow');
+        this.sendCredit = before + frame.increment;
+        this.handlers.onCredit?.();
+        return;
+      }
+      case 'fin':
+        if (this.remoteFin) return;
+        this.remoteFin = true;
+        this.handlers.onFin?.();
+        this.#closeIfDone();
+        return;
+      case 'reset':
+        this._terminate(frame.payload, false);
+        return;
+      default:
+        return this.reset(StreamErrorCode.PROTOCOL_ERROR, `unexpected ${frame.type} frame on a stream`);
+    }
+  }
+
+  /** @internal Ends the stream without telling the peer (it told us, or the session is gone). */
+  _terminate(reset: ResetPayload, local: boolean): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.session._forget(this.id);
+    this.handlers.onReset?.(reset, local);
+    this.handlers.onClose?.();
+  }
+
+  #closeIfDone(): void {
+    if (this.localFin && this.remoteFin && this.state !== 'closed') {
+      this.state = 'closed';
+      this.session._forget(this.id);
+      this.handlers.onClose?.();
+    }
+  }
+}
+
+/** One multiplexed session: the stream table, id allocation, PING/PONG and control dispatch. */
+export class Mux {
+  readonly role: MuxRole;
+  readonly localWindow: number;
+  peerWindow: number;
+  readonly maxStreams: number;
+  readonly maxDataFrame: number;
+  readonly maxFramePayload: number;
+  handlers: MuxHandlers;
+  readonly #send: (bytes: Buffer) => void;
+  readonly #now: () => number;
+  readonly #streams = new Map<number, MuxStream>();
+  #nextLocalId: number;
+  #lastPeerId = 0;
+  #pingSeq = 0;
+  readonly #pingsInFlight = new Map<bigint, number>();
+  #closed = false;
+  /** Total bytes of frames handed to the transport. */
+  bytesSent = 0;
+  bytesReceived = 0;
+
+  constructor(options: MuxOptions) {
+    this.role = options.role;
+    this.#send = options.send;
+    this.localWindow = options.localWindow ?? DEFAULT_STREAM_WINDOW;
+    this.peerWindow = options.peerWindow ?? DEFAULT_STREAM_WINDOW;
+    this.maxStreams = options.maxStreams ?? 4096;
+    this.maxDataFrame = options.maxDataFrame ?? DEFAULT_MAX_DATA_FRAME;
+    this.maxFramePayload = options.maxFramePayload ?? 1024 * 1024;
+    this.#now = options.now ?? (() => performance.now());
+    this.handlers = options.handlers ?? {};
+    this.#nextLocalId = this.role === 'initiator' ? 1 : 2;
+  }
+
+  get streamCount(): number {
+    return this.#streams.size;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  streams(): IterableIterator<MuxStream> {
+    return this.#streams.values();
+  }
+
+  getStream(id: number): MuxStream | undefined {
+    return this.#streams.get(id);
+  }
+
+  /** Opens a stream towards the peer; the answer arrives as `onOpenOk` or `onReset`. */
+  open(payload: OpenPayload, handlers: StreamHandlers = {}): MuxStream {
+    if (this.#closed) throw new ProtocolError(ErrorCode.PROTOCOL_UNEXPECTED, 'session is closed');
+    const id = this.#nextLocalId;
+    if (id > MAX_STREAM_ID) throw new ProtocolError(ErrorCode.PROTOCOL_UNEXPECTED, 'stream ids exhausted; reconnect');
+    this.#nextLocalId += 2;
+    const stream = new MuxStream(this, id, 'opening', this.peerWindow, this.localWindow);
+    stream.handlers = handlers;
+    this.#streams.set(id, stream);
+    this._send(encodeFrame({ type: 'open', streamId: id, payload }));
+    return stream;
+  }
+
+  sendControl(message: ControlMessage): void {
+    this._send(encodeFrame({ type: 'control', message }));
+  }
+
+  /** Sends a PING; the round trip is reported through `onPong`. */
+  ping(): void {
+    const opaque = Buffer.alloc(8);
+    const seq = BigInt(++this.#pingSeq);
+    opaque.writeBigUInt64BE(seq);
+    this.#pingsInFlight.set(seq, this.#now());
+    if (this.#pingsInFlight.size > 16) this.#pingsInFlight.delete(this.#pingsInFlight.keys().next().value as bigint);
+    this._send(encodeFrame({ type: 'ping', opaque }));
+  }
+
+  /** Feeds one transport message (exactly one frame). Never throws for bad input. */
+  receive(message: Uint8Array): void {
+    if (this.#closed) return;
+    this.bytesReceived += message.length;
+    let frame: Frame;
+    try {
+      frame = decodeFrame(message, this.maxFramePayload);
+    } catch (err) {
+      const error = err instanceof FrameError ? err : new FrameError(ErrorCode.FRAME_BAD_PAYLOAD, 'undecodable frame', { cause: err });
+      const stream = error.streamId === 0 ? undefined : this.#streams.get(error.streamId);
+      // A bad payload on a known stream costs that stream only; anything else breaks the session.
+      if (stream && error.code === ErrorCode.FRAME_BAD_PAYLOAD) stream.reset(StreamErrorCode.PROTOCOL_ERROR, error.message);
+      else if (error.code === ErrorCode.FRAME_BAD_PAYLOAD && error.streamId !== 0 && this.#isPeerId(error.streamId)) {
+        this._send(encodeFrame({ type: 'reset', streamId: error.streamId, payload: { code: StreamErrorCode.PROTOCOL_ERROR, message: error.message.slice(0, 1024) } }));
+      } else this.handlers.onSessionError?.(error);
+      return;
+    }
+    this.receiveFrame(frame, message);
+  }
+
+  /** Dispatches one decoded frame; `raw` is the encoded message, kept for zero-copy forwarding. */
+  receiveFrame(frame: Frame, raw?: Uint8Array): void {
+    switch (frame.type) {
+      case 'control':
+        this.handlers.onControl?.(frame.message);
+        return;
+      case 'ping':
+        this._send(encodeFrame({ type: 'pong', opaque: frame.opaque }));
+        return;
+      case 'pong': {
+        const seq = Buffer.from(frame.opaque.buffer, frame.opaque.byteOffset, 8).readBigUInt64BE(0);
+        const sentAt = this.#pingsInFlight.get(seq);
+        this.#pingsInFlight.delete(seq);
+        this.handlers.onPong?.(sentAt === undefined ? undefined : this.#now() - sentAt);
+        return;
+      }
+      case 'open':
+        this.#acceptOpen(frame.streamId, frame.payload);
+        return;
+      default: {
+        const stream = this.#streams.get(frame.streamId);
+        // Frames for a stream we already forgot are the tail of a race with our RESET: drop them.
+        if (!stream) return;
+        if (frame.type === 'data' && raw) this.lastRawData = raw;
+        stream._receive(frame);
+        this.lastRawData = undefined;
+      }
+    }
+  }
+
+  /**
+   * The encoded DATA message being dispatched right now, if any; a relay may forward it as is
+   * (see `MuxStream.forwardDataMessage`) instead of re-encoding the payload.
+   */
+  lastRawData: Uint8Array | undefined;
+
+  /** Resets every stream locally (the transport is gone) and refuses further use. */
+  close(code: StreamErrorCode = StreamErrorCode.PEER_GONE, message = 'session closed'): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const stream of [...this.#streams.values()]) stream._terminate({ code, message }, false);
+  }
+
+  /** Resets every stream, telling the peer, without closing the session. */
+  resetAll(code: StreamErrorCode, message: string): void {
+    for (const stream of [...this.#streams.values()]) stream.reset(code, message);
+  }
+
+  #isPeerId(id: number): boolean {
+    return (id % 2 === 1) === (this.role === 'acceptor');
+  }
+
+  #acceptOpen(id: number, payload: OpenPayload): void {
+    if (!this.#isPeerId(id) || id <= this.#lastPeerId) {
+      this.handlers.onSessionError?.(
+        new ProtocolError(ErrorCode.PROTOCOL_UNEXPECTED, `peer opened stream ${id}, which is not a new id of its parity`),
+      );
+      return;
+    }
+    this.#lastPeerId = id;
+    if (this.#streams.size >= this.maxStreams) {
+      this._send(encodeFrame({ type: 'reset', streamId: id, payload: { code: StreamErrorCode.TOO_MANY_STREAMS, message: `limit is ${this.maxStreams} streams per session` } }));
+      return;
+    }
+    const stream = new MuxStream(this, id, 'opening', this.peerWindow, this.localWindow);
+    this.#streams.set(id, stream);
+    if (this.handlers.onOpen) this.handlers.onOpen(stream, payload);
+    else stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'this side accepts no streams');
+  }
+
+  /** @internal */
+  _send(bytes: Buffer): void {
+    if (this.#closed) return;
+    this.bytesSent += bytes.length;
+    this.#send(bytes);
+  }
+
+  /** @internal */
+  _forget(id: number): void {
+    this.#streams.delete(id);
+  }
+}
