@@ -1,0 +1,487 @@
+/**
+ * The dialing side of a session, shared by the agent and the client: connects to the gateway
+ * with a bearer token, says hello, keeps the session alive with heartbeats and reconnects with
+ * jittered, capped exponential backoff. States: connecting → open → (connecting …) → closing → closed;
+ * see docs/lifecycle/peer-link.md.
+ */
+import { EventEmitter } from 'node:events';
+import {
+  type AgentSummary,
+  backoffDelayMs,
+  type BackoffOptions,
+  type ClientOpen,
+  type ControlMessage,
+  checkVersion,
+  DEFAULT_STREAM_WINDOW,
+  HEARTBEAT_DEAD_AFTER_MS,
+  HEARTBEAT_INTERVAL_MS,
+  type Hello,
+  type HelloOk,
+  Mux,
+  type MuxStream,
+  type OpenOk,
+  type OpenPayload,
+  PROTOCOL_VERSION,
+  StreamErrorCode,
+  StreamResetError,
+} from '@narrowlink/protocol';
+import WebSocket from 'ws';
+import { LinkError, LinkErrorCode } from './errors.ts';
+
+export type LinkState = 'connecting' | 'open' | 'closing' | 'closed';
+
+/** The subset of a pino logger the link uses. */
+export interface LinkLogger {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+const silent: LinkLogger = { debug() {}, info() {}, warn() {} };
+
+export interface GatewayLinkOptions {
+  /** Gateway base URL, `ws://` or `wss://` host and port; the endpoint path is appended. */
+  url: string;
+  role: 'agent' | 'client';
+  /** Bearer token, or a function returning a fresh one per attempt. */
+  token: string | (() => string | Promise<string>);
+  /** Extra CA certificates (PEM) to trust for `wss://`. */
+  caPem?: string;
+  /** Sent in the agent's hello. */
+  agent?: Hello['agent'];
+  /** Agents only: the gateway opened a stream. */
+  onOpenStream?: (stream: MuxStream, payload: OpenPayload) => void;
+  log?: LinkLogger;
+  /** Keep reconnecting after the session drops (default true). */
+  reconnect?: boolean;
+  /** Keep retrying when the gateway refuses our credentials (default false: such errors are fatal). */
+  retryAuthFailures?: boolean;
+  backoff?: BackoffOptions;
+  /** Per-stream window this side grants, bytes. */
+  streamWindow?: number;
+  /** Max time for TCP + TLS + upgrade + hello, ms. Default 10 s. */
+  connectTimeoutMs?: number;
+  software?: string;
+}
+
+export interface LinkStats {
+  state: LinkState;
+  url: string;
+  connectedAt: number | undefined;
+  attempts: number;
+  reconnects: number;
+  rttMs: number | undefined;
+  lastError: { code: string; message: string } | undefined;
+  helloOk: HelloOk | undefined;
+}
+
+/**
+ * Events: `state` (LinkState), `open` (HelloOk), `goaway` (reason), `error` is never emitted;
+ * `fatal` (LinkError) when credentials are refused and retrying cannot help.
+ */
+export class GatewayLink extends EventEmitter {
+  readonly options: GatewayLinkOptions;
+  state: LinkState = 'closed';
+  mux: Mux | undefined;
+  #ws: WebSocket | undefined;
+  #log: LinkLogger;
+  #attempt = 0;
+  #reconnects = 0;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #heartbeat: NodeJS.Timeout | undefined;
+  #lastReceivedAt = 0;
+  #lastSentAt = 0;
+  #rttMs: number | undefined;
+  #connectedAt: number | undefined;
+  #lastError: LinkError | undefined;
+  #helloOk: HelloOk | undefined;
+  #requestSeq = 0;
+  readonly #pendingLists = new Map<number, (agents: AgentSummary[]) => void>();
+  #stopped = false;
+
+  constructor(options: GatewayLinkOptions) {
+    super();
+    this.options = options;
+    this.#log = options.log ?? silent;
+  }
+
+  /** Starts connecting (and reconnecting) in the background. */
+  start(): this {
+    this.#stopped = false;
+    if (this.state === 'closed') this.#connect();
+    return this;
+  }
+
+  get stats(): LinkStats {
+    return {
+      state: this.state,
+      url: this.options.url,
+      connectedAt: this.#connectedAt,
+      attempts: this.#attempt,
+      reconnects: this.#reconnects,
+      rttMs: this.#rttMs,
+      lastError: this.#lastError ? { code: this.#lastError.gatewayCode ?? this.#lastError.code, message: this.#lastError.message } : undefined,
+      helloOk: this.#helloOk,
+    };
+  }
+
+  #setState(state: LinkState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  async #token(): Promise<string> {
+    const { token } = this.options;
+    return typeof token === 'function' ? await token() : token;
+  }
+
+  #connect(): void {
+    this.#setState('connecting');
+    this.#attempt++;
+    void this.#dial().catch((error: unknown) => this.#onFailure(error));
+  }
+
+  async #dial(): Promise<void> {
+    const token = await this.#token();
+    if (this.#stopped) return;
+    const endpoint = new URL(`/v1/${this.options.role}`, this.options.url);
+    const ws = new WebSocket(endpoint, {
+      headers: { authorization: `Bearer ${token}` },
+      perMessageDeflate: false,
+      maxPayload: 1024 * 1024 + 9,
+      handshakeTimeout: this.options.connectTimeoutMs ?? 10_000,
+      ...(this.options.caPem ? { ca: this.options.caPem } : {}),
+    });
+    this.#ws = ws;
+    const streamWindow = this.options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    const mux = new Mux({
+      role: 'initiator',
+      localWindow: streamWindow,
+      send: (bytes) => {
+        this.#lastSentAt = performance.now();
+        ws.send(bytes, { binary: true });
+      },
+      handlers: {
+        onControl: (message) => this.#onControl(mux, message),
+        onPong: (rtt) => {
+          if (rtt !== undefined) this.#rttMs = rtt;
+        },
+        onOpen: (stream, payload) => {
+          if (this.options.onOpenStream && this.state === 'open') this.options.onOpenStream(stream, payload);
+          else stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'this side accepts no streams');
+        },
+        onSessionError: (error) => {
+          this.#log.warn({ code: error.code, msg: error.message }, 'gateway broke the protocol; reconnecting');
+          ws.terminate();
+        },
+      },
+    });
+    this.mux = mux;
+    let settled = false;
+    const handshakeTimer = setTimeout(() => {
+      if (!settled) {
+        settled = true;
+        ws.terminate();
+        this.#onFailure(new LinkError(LinkErrorCode.TIMEOUT, 'no hello_ok from the gateway in time', { retryable: true }));
+      }
+    }, this.options.connectTimeoutMs ?? 10_000);
+
+    ws.on('unexpected-response', (_request, response) => {
+      const chunks: Buffer[] = [];
+      response.on('data', (c: Buffer) => chunks.push(c));
+      response.on('end', () => {
+        let body: { code?: string; message?: string } = {};
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as typeof body;
+        } catch {
+          // not a Narrowlink gateway, or a proxy in between: report the status alone
+        }
+        const status = response.statusCode ?? 0;
+        const auth = status === 401 || status === 403;
+        settled = true;
+        clearTimeout(handshakeTimer);
+        ws.terminate();
+        this.#onFailure(
+          new LinkError(LinkErrorCode.REFUSED, `gateway refused the session: HTTP ${status}${body.code ? ` ${body.code}` : ''}: ${body.message ?? 'no details'}`, {
+            status,
+            ...(body.code ? { gatewayCode: body.code } : {}),
+            retryable: !auth || (this.options.retryAuthFailures ?? false),
+          }),
+        );
+      });
+    });
+    ws.on('open', () => {
+      this.#lastReceivedAt = performance.now();
+      mux.sendControl({
+        type: 'hello',
+        version: PROTOCOL_VERSION,
+        role: this.options.role,
+        software: this.options.software ?? 'narrowlink',
+        streamWindow,
+        ...(this.options.agent ? { agent: this.options.agent } : {}),
+      });
+    });
+    ws.on('message', (data, isBinary) => {
+      this.#lastReceivedAt = performance.now();
+      if (isBinary) mux.receive(data as Buffer);
+    });
+    ws.on('error', (error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(handshakeTimer);
+      this.#onFailure(new LinkError(LinkErrorCode.UNREACHABLE, `cannot reach ${this.options.url}: ${error.message}`, { retryable: true, cause: error }));
+    });
+    ws.on('close', (code, reason) => {
+      clearTimeout(handshakeTimer);
+      mux.close(StreamErrorCode.PEER_GONE, 'gateway session lost');
+      const wasOpen = this.state === 'open' && this.#ws === ws;
+      if (this.#ws === ws) {
+        this.#ws = undefined;
+        this.mux = undefined;
+        clearInterval(this.#heartbeat);
+      }
+      for (const resolve of this.#pendingLists.values()) resolve([]);
+      this.#pendingLists.clear();
+      if (!settled) {
+        settled = true;
+        this.#onFailure(
+          this.#handshakeError ??
+            new LinkError(LinkErrorCode.HANDSHAKE, `gateway closed the session during the handshake (${code} ${reason.toString()})`, { retryable: true }),
+        );
+        return;
+      }
+      if (wasOpen) {
+        this.#log.info({ code, reason: reason.toString() }, 'gateway session lost; reconnecting');
+        this.#scheduleReconnect();
+      }
+    });
+    // Settles the handshake on hello_ok (see #onControl).
+    this.#onHelloOk = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(handshakeTimer);
+    };
+  }
+
+  #onHelloOk: (() => void) | undefined;
+  #handshakeError: LinkError | undefined;
+
+  #onControl(mux: Mux, message: ControlMessage): void {
+    switch (message.type) {
+      case 'hello_ok': {
+        try {
+          checkVersion(message.version);
+        } catch (error) {
+          this.#handshakeError = new LinkError(LinkErrorCode.HANDSHAKE, (error as Error).message, { retryable: false });
+          this.#ws?.close(4400, 'version');
+          return;
+        }
+        mux.peerWindow = message.streamWindow;
+        this.#helloOk = message;
+        this.#onHelloOk?.();
+        this.#attempt = 0;
+        this.#lastError = undefined;
+        this.#handshakeError = undefined;
+        this.#connectedAt = Date.now();
+        this.#setState('open');
+        this.#startHeartbeat();
+        this.#log.info({ event: 'connected', session: message.sessionId }, 'gateway session open');
+        this.emit('open', message);
+        return;
+      }
+      case 'error': {
+        const fatal = message.code === 'NL_ERR_PROTOCOL_VERSION' || message.code.startsWith('NL_ERR_AUTH_');
+        this.#handshakeError = new LinkError(LinkErrorCode.HANDSHAKE, `${message.code}: ${message.message}`, {
+          gatewayCode: message.code,
+          retryable: !fatal || (this.options.retryAuthFailures ?? false),
+        });
+        this.#lastError = this.#handshakeError;
+        this.#log.warn({ code: message.code, msg: message.message }, 'gateway reported an error');
+        return;
+      }
+      case 'goaway':
+        this.#log.info({ reason: message.reason, drainMs: message.drainMs }, 'gateway is going away');
+        this.emit('goaway', message.reason);
+        return;
+      case 'agents': {
+        const resolve = this.#pendingLists.get(message.requestId);
+        this.#pendingLists.delete(message.requestId);
+        resolve?.(message.agents);
+        return;
+      }
+      default:
+        this.#log.debug({ type: message.type }, 'ignoring control message');
+    }
+  }
+
+  #startHeartbeat(): void {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = setInterval(() => {
+      const now = performance.now();
+      if (now - this.#lastReceivedAt > HEARTBEAT_DEAD_AFTER_MS) {
+        this.#log.warn({}, 'gateway silent past the heartbeat deadline; reconnecting');
+        this.#ws?.terminate();
+      } else if (now - this.#lastSentAt > HEARTBEAT_INTERVAL_MS / 2 || now - this.#lastReceivedAt > HEARTBEAT_INTERVAL_MS / 2) {
+        this.mux?.ping();
+      }
+    }, HEARTBEAT_INTERVAL_MS / 2);
+    this.#heartbeat.unref();
+  }
+
+  #onFailure(error: unknown): void {
+    const linkError =
+      error instanceof LinkError ? error : new LinkError(LinkErrorCode.UNREACHABLE, (error as Error).message ?? String(error), { retryable: true, cause: error });
+    this.#lastError = linkError;
+    if (this.#stopped) return;
+    if (!linkError.retryable) {
+      this.#log.warn({ code: linkError.gatewayCode ?? linkError.code, msg: linkError.message }, 'gateway refused this peer; not retrying');
+      this.#setState('closed');
+      this.emit('fatal', linkError);
+      return;
+    }
+    this.#log.info({ code: linkError.gatewayCode ?? linkError.code, msg: linkError.message, attempt: this.#attempt }, 'cannot connect; will retry');
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#stopped || this.options.reconnect === false) {
+      this.#setState('closed');
+      return;
+    }
+    this.#setState('connecting');
+    clearTimeout(this.#retryTimer);
+    const delay = backoffDelayMs(Math.max(0, this.#attempt - 1), this.options.backoff);
+    this.#retryTimer = setTimeout(() => {
+      this.#reconnects++;
+      this.#connect();
+    }, delay);
+  }
+
+  /** Resolves once the session is open; rejects with LinkError on timeout or a fatal refusal. */
+  waitOpen(timeoutMs: number): Promise<void> {
+    if (this.state === 'open') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.off('open', onOpen);
+        this.off('fatal', onFatal);
+      };
+      const onOpen = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onFatal = (error: LinkError): void => {
+        cleanup();
+        reject(error);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        const last = this.#lastError;
+        reject(
+          new LinkError(LinkErrorCode.TIMEOUT, `no gateway session within ${timeoutMs} ms${last ? ` (last error: ${last.message})` : ''}`, {
+            retryable: true,
+            ...(last ? { cause: last } : {}),
+          }),
+        );
+      }, timeoutMs);
+      this.on('open', onOpen);
+      this.on('fatal', onFatal);
+      if (this.state === 'closed' && this.#lastError && !this.#lastError.retryable) onFatal(this.#lastError);
+    });
+  }
+
+  /**
+   * Opens a stream through the gateway. Waits up to `timeoutMs` for a session (the gateway may be
+   * restarting) and for the far side to accept; rejects with StreamResetError or LinkError.
+   */
+  async openStream(request: ClientOpen, timeoutMs = 15_000): Promise<{ stream: MuxStream; ok: OpenOk }> {
+    const deadline = performance.now() + timeoutMs;
+    await this.waitOpen(timeoutMs);
+    const mux = this.mux;
+    if (!mux) throw new LinkError(LinkErrorCode.CLOSED, 'session closed while opening', { retryable: true });
+    return await new Promise((resolve, reject) => {
+      const stream = mux.open(request, {
+        onOpenOk: (ok) => {
+          clearTimeout(timer);
+          resolve({ stream, ok });
+        },
+        onReset: (reset) => {
+          clearTimeout(timer);
+          reject(new StreamResetError(reset.code, reset.message));
+        },
+      });
+      const timer = setTimeout(
+        () => {
+          stream.reset(StreamErrorCode.TIMEOUT, 'no answer in time');
+        },
+        Math.max(1, deadline - performance.now()),
+      );
+    });
+  }
+
+  /** Asks the gateway which agents this client may reach. */
+  async listAgents(timeoutMs = 10_000): Promise<AgentSummary[]> {
+    await this.waitOpen(timeoutMs);
+    const mux = this.mux;
+    if (!mux) throw new LinkError(LinkErrorCode.CLOSED, 'session closed', { retryable: true });
+    const requestId = ++this.#requestSeq;
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pendingLists.delete(requestId);
+        reject(new LinkError(LinkErrorCode.TIMEOUT, 'gateway did not answer list_agents in time', { retryable: true }));
+      }, timeoutMs);
+      this.#pendingLists.set(requestId, (agents) => {
+        clearTimeout(timer);
+        resolve(agents);
+      });
+      mux.sendControl({ type: 'list_agents', requestId });
+    });
+  }
+
+  /** Measures one round trip to the gateway. */
+  async ping(timeoutMs = 5000): Promise<number> {
+    await this.waitOpen(timeoutMs);
+    const mux = this.mux as Mux;
+    return await new Promise((resolve, reject) => {
+      const previous = mux.handlers.onPong;
+      const timer = setTimeout(() => {
+        mux.handlers.onPong = previous;
+        reject(new LinkError(LinkErrorCode.TIMEOUT, 'no PONG in time', { retryable: true }));
+      }, timeoutMs);
+      mux.handlers.onPong = (rtt) => {
+        mux.handlers.onPong = previous;
+        previous?.(rtt);
+        clearTimeout(timer);
+        resolve(rtt ?? Number.NaN);
+      };
+      mux.ping();
+    });
+  }
+
+  /** Closes the session and stops reconnecting. Open streams are reset. */
+  async close(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    clearInterval(this.#heartbeat);
+    const ws = this.#ws;
+    if (!ws) {
+      this.#setState('closed');
+      return;
+    }
+    this.#setState('closing');
+    this.mux?.resetAll(StreamErrorCode.CANCELLED, 'client closing');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        ws.terminate();
+        resolve();
+      }, 1000);
+      ws.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      ws.close(1000, 'bye');
+    });
+    this.#setState('closed');
+  }
+}
