@@ -1,0 +1,93 @@
+/**
+ * The gateway's HTTP surface as a fastify app: health, readiness, metrics, and the two WebSocket
+ * endpoints. Upgrades are authenticated on the raw `upgrade` event, before any WebSocket exists,
+ * and refused with a plain HTTP status and a coded JSON body. `buildApp` never listens.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { WebSocketServer } from 'ws';
+import { GatewayError, GatewayErrorCode } from './errors.ts';
+import type { Gateway } from './gateway.ts';
+import type { SessionKind } from './peer-session.ts';
+
+export interface AppOptions {
+  gateway: Gateway;
+  log: Logger;
+  /** TLS key and certificate (PEM). Without them the app serves plain HTTP (loopback only; main.ts enforces). */
+  tls?: { key: string; cert: string };
+  /** Largest WebSocket message accepted, bytes. Default 1 MiB + frame header. */
+  maxMessageBytes?: number;
+}
+
+const ENDPOINTS: Record<string, SessionKind> = { '/v1/agent': 'agent', '/v1/client': 'client' };
+
+export function buildApp(options: AppOptions): FastifyInstance {
+  const { gateway } = options;
+  const app = Fastify({
+    loggerInstance: options.log.child({ component: 'http' }),
+    disableRequestLogging: true,
+    ...(options.tls ? { https: { key: options.tls.key, cert: options.tls.cert } } : {}),
+  }) as unknown as FastifyInstance;
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    if (!gateway.ready) return reply.code(503).send({ status: gateway.shuttingDown ? 'draining' : 'not ready' });
+    return { status: 'ready', sessions: gateway.sessionCount, streams: gateway.openStreams };
+  });
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', gateway.metrics.registry.contentType);
+    return gateway.metrics.registry.metrics();
+  });
+
+  const wss = new WebSocketServer({
+    noServer: true,
+    perMessageDeflate: false,
+    maxPayload: options.maxMessageBytes ?? 1024 * 1024 + 9,
+    // No client-side buffering limits here: the mux's credits bound what we queue.
+  });
+
+  app.server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+    void handleUpgrade(request, socket, head);
+  });
+
+  async function handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on('error', () => undefined);
+    const path = (request.url ?? '').split('?')[0] ?? '';
+    const kind = ENDPOINTS[path];
+    try {
+      if (!kind) throw new GatewayError(GatewayErrorCode.NOT_FOUND, 404, `no WebSocket endpoint at ${path}; use /v1/agent or /v1/client`);
+      const identity = await gateway.authenticate(kind, request.headers.authorization);
+      if (socket.destroyed) return;
+      wss.handleUpgrade(request, socket, head, (ws) => {
+        gateway.attach(kind, identity, ws);
+      });
+    } catch (error) {
+      const e = error instanceof GatewayError ? error : new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+      if (e.statusCode >= 500 && e.code === GatewayErrorCode.INTERNAL) options.log.error({ err: error }, 'upgrade failed');
+      else options.log.info({ code: e.code, reason: e.reason, kind }, 'upgrade refused');
+      rejectUpgrade(socket, e);
+    }
+  }
+
+  app.addHook('onClose', async () => {
+    wss.close();
+  });
+  return app;
+}
+
+const STATUS_TEXT: Record<number, string> = { 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 500: 'Internal Server Error', 503: 'Service Unavailable' };
+
+function rejectUpgrade(socket: Duplex, error: GatewayError): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify(error.toJSON());
+  const headers = [
+    `HTTP/1.1 ${error.statusCode} ${STATUS_TEXT[error.statusCode] ?? 'Error'}`,
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+    ...(error.statusCode === 401 ? ['WWW-Authenticate: Bearer realm="narrowlink"'] : []),
+  ];
+  socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
+}

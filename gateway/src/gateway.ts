@@ -1,0 +1,439 @@
+/**
+ * The gateway's core, independent of HTTP: authenticates peers, runs their sessions, keeps the
+ * registry of attached agent instances, answers client OPENs (policy, instance choice, relay),
+ * applies configuration reloads to live sessions and drains on shutdown.
+ */
+import { randomUUID } from 'node:crypto';
+import {
+  type AgentConfig,
+  type AgentSummary,
+  agentKey,
+  type ClientOpen,
+  type CompiledPolicy,
+  type ControlMessage,
+  checkVersion,
+  compilePolicy,
+  type ExposedPort,
+  type GatewayConfig,
+  HEARTBEAT_DEAD_AFTER_MS,
+  HEARTBEAT_INTERVAL_MS,
+  type Hello,
+  type MuxStream,
+  type OpenPayload,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  StreamErrorCode,
+  TokenError,
+  verifyToken,
+} from '@narrowlink/protocol';
+import type { Logger } from 'pino';
+import type { WebSocket } from 'ws';
+import { GatewayError, GatewayErrorCode } from './errors.ts';
+import type { GatewayMetrics } from './metrics.ts';
+import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
+import { splice } from './relay.ts';
+
+export interface GatewayOptions {
+  log: Logger;
+  metrics: GatewayMetrics;
+  /** Per-stream window this gateway grants peers, bytes. Default 1 MiB. */
+  streamWindow?: number;
+  maxStreamsPerSession?: number;
+  /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
+  openTimeoutMs?: number;
+  /** How long a new session has to send its hello. Default 10 s. */
+  handshakeTimeoutMs?: number;
+  /** Wall clock, ms since epoch (token expiry, policy expiry). */
+  now?: () => number;
+}
+
+interface AgentInstance {
+  session: PeerSession;
+  instanceId: string;
+  agent: AgentConfig;
+}
+
+interface ClientState {
+  session: PeerSession;
+  policy: CompiledPolicy;
+  /** Open relayed streams with the target they were allowed for, re-checked on reload. */
+  streams: Map<MuxStream, { agent: AgentConfig; host: string; port: number; agentStream: MuxStream }>;
+}
+
+export class Gateway {
+  readonly log: Logger;
+  readonly metrics: GatewayMetrics;
+  readonly streamWindow: number;
+  readonly maxStreamsPerSession: number;
+  readonly openTimeoutMs: number;
+  readonly handshakeTimeoutMs: number;
+  readonly #now: () => number;
+  #config: GatewayConfig | undefined;
+  /** agentKey → attached instances */
+  readonly #agents = new Map<string, Set<AgentInstance>>();
+  readonly #clients = new Set<ClientState>();
+  readonly #sessions = new Set<PeerSession>();
+  #shuttingDown = false;
+  #sweepTimer: NodeJS.Timeout | undefined;
+  #openStreams = 0;
+
+  constructor(options: GatewayOptions) {
+    this.log = options.log;
+    this.metrics = options.metrics;
+    this.streamWindow = options.streamWindow ?? 1024 * 1024;
+    this.maxStreamsPerSession = options.maxStreamsPerSession ?? 4096;
+    this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
+    this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    this.#now = options.now ?? Date.now;
+    // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
+    // would cost memory at thousands of sessions.
+    this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, HEARTBEAT_INTERVAL_MS / 4));
+    this.#sweepTimer.unref();
+  }
+
+  get ready(): boolean {
+    return this.#config !== undefined && !this.#shuttingDown;
+  }
+
+  get shuttingDown(): boolean {
+    return this.#shuttingDown;
+  }
+
+  get openStreams(): number {
+    return this.#openStreams;
+  }
+
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  get config(): GatewayConfig | undefined {
+    return this.#config;
+  }
+
+  /** Installs a configuration; on a reload, recompiles every client's policy and resets revoked streams. */
+  applyConfig(config: GatewayConfig): void {
+    const first = this.#config === undefined;
+    this.#config = config;
+    if (first) return;
+    // Agents removed from the configuration lose their sessions; the rest pick up new settings.
+    for (const [key, instances] of this.#agents) {
+      const updated = this.#findAgent(key);
+      for (const instance of [...instances]) {
+        if (!updated) instance.session.close(4403, 'agent removed from configuration');
+        else instance.agent = updated;
+      }
+    }
+    for (const client of this.#clients) this.#recompile(client);
+  }
+
+  #findAgent(key: string): AgentConfig | undefined {
+    return this.#config?.agents.find((a) => agentKey(a.namespace, a.name) === key);
+  }
+
+  #recompile(client: ClientState): void {
+    const config = this.#config;
+    if (!config) return;
+    client.policy = compilePolicy(config, client.session.identity, this.#now());
+    for (const [stream, target] of client.streams) {
+      const agent = this.#findAgent(agentKey(target.agent.namespace, target.agent.name));
+      const decision = agent ? client.policy.evaluate({ agent, host: target.host, port: target.port, path: 'Relay' }) : undefined;
+      if (!decision?.allowed) {
+        this.metrics.policyResets.inc();
+        client.session.log.info({ agent: target.agent.name, port: target.port }, 'access revoked; resetting stream');
+        stream.reset(StreamErrorCode.DENIED, 'access revoked by a policy change');
+      }
+    }
+  }
+
+  /**
+   * Authenticates an upgrade request before any WebSocket exists. Throws GatewayError with the
+   * HTTP status to answer; never logs the token.
+   */
+  async authenticate(kind: SessionKind, authorization: string | undefined): Promise<SessionIdentity> {
+    try {
+      if (this.#shuttingDown) throw new GatewayError(GatewayErrorCode.SHUTTING_DOWN, 503, 'gateway is shutting down; reconnect shortly');
+      const config = this.#config;
+      if (!config) throw new GatewayError(GatewayErrorCode.NOT_READY, 503, 'gateway has no configuration yet');
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+      if (!match) throw new GatewayError(GatewayErrorCode.AUTH_MISSING_TOKEN, 401, 'send "Authorization: Bearer <token>"');
+      let claims: Awaited<ReturnType<typeof verifyToken>>;
+      try {
+        claims = await verifyToken(match[1] as string, {
+          publicKeysPem: config.signingPublicKeys,
+          audience: config.audience,
+          expectedType: kind,
+          nowMs: this.#now(),
+        });
+      } catch (error) {
+        if (!(error instanceof TokenError)) throw error;
+        const wrongType = error.code === 'NL_ERR_TOKEN_WRONG_TYPE';
+        throw new GatewayError(
+          wrongType ? GatewayErrorCode.AUTH_WRONG_ENDPOINT : GatewayErrorCode.AUTH_INVALID_TOKEN,
+          wrongType ? 403 : 401,
+          wrongType ? `this endpoint takes ${kind} tokens` : `token rejected: ${error.message}`,
+          { reason: error.code, cause: error },
+        );
+      }
+      if (kind === 'agent' && !this.#findAgent(normalizeAgentRef(claims.sub))) {
+        throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${claims.sub}" is not configured on this gateway`);
+      }
+      return { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000 };
+    } catch (error) {
+      const gatewayError =
+        error instanceof GatewayError ? error : new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+      this.metrics.authFailures.inc({ reason: gatewayError.reason });
+      throw gatewayError;
+    }
+  }
+
+  /** Takes over an authenticated WebSocket. */
+  attach(kind: SessionKind, identity: SessionIdentity, ws: WebSocket): PeerSession {
+    const id = randomUUID();
+    const log = this.log.child({ component: 'session', session: id, kind, sub: identity.sub });
+    let onClosedExtra: (() => void) | undefined;
+    const session: PeerSession = new PeerSession({
+      id,
+      kind,
+      identity,
+      ws,
+      log,
+      localWindow: this.streamWindow,
+      maxStreams: this.maxStreamsPerSession,
+      handlers: {
+        onControl: (message) => this.#onControl(session, message, (extra) => (onClosedExtra = extra)),
+        onSessionError: (error) => {
+          log.warn({ code: error.code, msg: error.message }, 'peer broke the protocol; closing session');
+          session.mux.sendControl({ type: 'error', code: error.code, message: error.message.slice(0, 1024) });
+          session.close(4400, error.code);
+        },
+        onOpen: (stream) => stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'no stream before hello'),
+      },
+      onClosed: () => {
+        this.#sessions.delete(session);
+        if (session.state !== 'handshaking') this.metrics.sessions.dec({ kind });
+        onClosedExtra?.();
+        log.info('session closed');
+      },
+    });
+    this.#sessions.add(session);
+    setTimeout(() => {
+      if (session.state === 'handshaking') {
+        session.mux.sendControl({ type: 'error', code: GatewayErrorCode.HANDSHAKE_TIMEOUT, message: 'no hello received in time' });
+        session.close(4408, 'handshake timeout');
+      }
+    }, this.handshakeTimeoutMs).unref();
+    return session;
+  }
+
+  #onControl(session: PeerSession, message: ControlMessage, setOnClosed: (fn: () => void) => void): void {
+    if (message.type === 'hello') {
+      if (session.state !== 'handshaking') return this.#protocolViolation(session, 'hello sent twice');
+      try {
+        checkVersion(message.version);
+        if (message.role !== session.kind) {
+          throw new ProtocolError('NL_ERR_PROTOCOL_UNEXPECTED', `hello says role ${message.role} on the ${session.kind} endpoint`);
+        }
+      } catch (error) {
+        const e = error as ProtocolError;
+        session.mux.sendControl({ type: 'error', code: e.code, message: e.message });
+        session.close(4400, e.code);
+        return;
+      }
+      session.mux.peerWindow = message.streamWindow;
+      if (session.kind === 'agent') this.#helloAgent(session, message, setOnClosed);
+      else this.#helloClient(session, setOnClosed);
+      // The hello handlers may have refused the session (state moved on to closing).
+      if ((session.state as string) !== 'open') return;
+      this.metrics.sessions.inc({ kind: session.kind });
+      session.mux.sendControl({
+        type: 'hello_ok',
+        version: PROTOCOL_VERSION,
+        sessionId: session.id,
+        identity: { sub: session.identity.sub, groups: session.identity.groups, typ: session.kind, expiresAt: session.identity.expiresAtMs },
+        streamWindow: this.streamWindow,
+        heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS,
+      });
+      session.log.info('session open');
+      return;
+    }
+    if (session.state !== 'open') return this.#protocolViolation(session, `${message.type} before hello`);
+    if (message.type === 'list_agents' && session.kind === 'client') {
+      const client = [...this.#clients].find((c) => c.session === session);
+      if (client) session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#listAgents(client) });
+      return;
+    }
+    return this.#protocolViolation(session, `unexpected ${message.type} message from a ${session.kind}`);
+  }
+
+  #protocolViolation(session: PeerSession, what: string): void {
+    session.mux.sendControl({ type: 'error', code: 'NL_ERR_PROTOCOL_UNEXPECTED', message: what });
+    session.close(4400, 'NL_ERR_PROTOCOL_UNEXPECTED');
+  }
+
+  #helloAgent(session: PeerSession, hello: Hello, setOnClosed: (fn: () => void) => void): void {
+    const key = normalizeAgentRef(session.identity.sub);
+    const agent = this.#findAgent(key);
+    if (!agent || !hello.agent) {
+      session.mux.sendControl({ type: 'error', code: GatewayErrorCode.AUTH_UNKNOWN_AGENT, message: 'agent hello without agent section or unknown agent' });
+      session.close(4403, GatewayErrorCode.AUTH_UNKNOWN_AGENT);
+      return;
+    }
+    const instance: AgentInstance = { session, instanceId: hello.agent.instanceId, agent };
+    const instances = this.#agents.get(key) ?? new Set<AgentInstance>();
+    this.#agents.set(key, instances);
+    instances.add(instance);
+    session.mux.handlers.onOpen = (stream) => stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'agents do not open streams');
+    session.transition('open');
+    session.log.info({ agent: key, instance: instance.instanceId, announced: hello.agent.expose.length }, 'agent attached');
+    setOnClosed(() => {
+      instances.delete(instance);
+      if (instances.size === 0) this.#agents.delete(key);
+    });
+  }
+
+  #helloClient(session: PeerSession, setOnClosed: (fn: () => void) => void): void {
+    const config = this.#config as GatewayConfig;
+    const client: ClientState = { session, policy: compilePolicy(config, session.identity, this.#now()), streams: new Map() };
+    this.#clients.add(client);
+    session.mux.handlers.onOpen = (stream, payload) => this.#openFromClient(client, stream, payload);
+    session.transition('open');
+    setOnClosed(() => this.#clients.delete(client));
+  }
+
+  #listAgents(client: ClientState): AgentSummary[] {
+    return client.policy.visibleAgents().map(({ agent, ports }) => ({
+      name: agent.name,
+      namespace: agent.namespace,
+      mode: agent.mode,
+      instances: this.#agents.get(agentKey(agent.namespace, agent.name))?.size ?? 0,
+      ports: ports.map((p: ExposedPort) => ({ name: p.name, port: p.port, host: p.host })),
+    }));
+  }
+
+  /** Resolves an agent reference (`name` or `namespace/name`) among the agents the client may see. */
+  #resolveAgent(client: ClientState, ref: string): AgentConfig | undefined {
+    const visible = client.policy.visibleAgents().map((v) => v.agent);
+    if (ref.includes('/')) return visible.find((a) => agentKey(a.namespace, a.name) === ref);
+    const byName = visible.filter((a) => a.name === ref);
+    return byName.length === 1 ? byName[0] : undefined;
+  }
+
+  #openFromClient(client: ClientState, stream: MuxStream, payload: OpenPayload): void {
+    const startedAt = performance.now();
+    const fail = (code: StreamErrorCode, message: string): void => {
+      this.metrics.streamsTotal.inc({ result: code });
+      stream.reset(code, message);
+    };
+    if (this.#shuttingDown) return fail(StreamErrorCode.GATEWAY_SHUTTING_DOWN, 'gateway is shutting down; retry on reconnect');
+    if (!('agent' in payload)) return fail(StreamErrorCode.PROTOCOL_ERROR, 'client OPEN needs agent and port');
+    const request = payload as ClientOpen;
+    // An agent the client may not see at all is reported as absent, so names do not leak.
+    const agent = this.#resolveAgent(client, request.agent);
+    if (!agent) return fail(StreamErrorCode.NO_AGENT, `no agent "${request.agent}" that you may reach`);
+    const exposed =
+      typeof request.port === 'number'
+        ? agent.expose.find((p) => p.port === request.port && (request.host === undefined || p.host === request.host))
+        : agent.expose.find((p) => p.name === request.port);
+    if (!exposed) return fail(StreamErrorCode.DENIED, `agent "${agent.name}" exposes no port ${request.port}${request.host ? ` on ${request.host}` : ''}`);
+    if (request.mode === 'direct') {
+      return fail(StreamErrorCode.DIRECT_UNAVAILABLE, 'direct path is not available on this gateway; use mode auto or relay');
+    }
+    const decision = client.policy.evaluate({ agent, host: exposed.host, port: exposed.port, path: 'Relay' });
+    if (!decision.allowed) return fail(StreamErrorCode.DENIED, `policy denies ${agent.name}:${exposed.port} (${decision.reason})`);
+    const instance = this.#leastLoaded(agentKey(agent.namespace, agent.name));
+    if (!instance) return fail(StreamErrorCode.NO_AGENT, `agent "${agent.name}" has no connected instance`);
+
+    const target = { agent, host: exposed.host, port: exposed.port };
+    const agentStream = instance.session.mux.open({ host: exposed.host, port: exposed.port, client: client.session.identity.sub });
+    const timer = setTimeout(() => {
+      agentStream.reset(StreamErrorCode.TIMEOUT, 'client gave up waiting');
+      fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.openTimeoutMs} ms`);
+    }, this.openTimeoutMs);
+    // While the agent dials, a client reset must cancel the agent leg.
+    stream.handlers = { onReset: () => agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open') };
+    agentStream.handlers = {
+      onReset: (reset) => {
+        clearTimeout(timer);
+        if (stream.state !== 'closed') fail(reset.code, reset.message);
+      },
+      onOpenOk: () => {
+        clearTimeout(timer);
+        if (stream.state === 'closed') return agentStream.reset(StreamErrorCode.CANCELLED, 'client went away');
+        this.metrics.streamOpenSeconds.observe((performance.now() - startedAt) / 1000);
+        this.metrics.streamsTotal.inc({ result: 'ok' });
+        this.metrics.streamsOpen.inc();
+        this.#openStreams++;
+        client.streams.set(stream, { ...target, agentStream });
+        stream.accept({ path: 'relay' });
+        splice(stream, agentStream, {
+          onBytes: (direction, bytes) => this.metrics.relayBytes.inc({ direction }, bytes),
+          onClosed: () => {
+            this.metrics.streamsOpen.dec();
+            this.#openStreams--;
+            client.streams.delete(stream);
+          },
+        });
+      },
+    };
+  }
+
+  #leastLoaded(key: string): AgentInstance | undefined {
+    let best: AgentInstance | undefined;
+    for (const instance of this.#agents.get(key) ?? []) {
+      if (instance.session.state !== 'open') continue;
+      if (!best || instance.session.mux.streamCount < best.session.mux.streamCount) best = instance;
+    }
+    return best;
+  }
+
+  #sweep(): void {
+    const now = performance.now();
+    const wall = this.#now();
+    for (const session of this.#sessions) {
+      if (session.state === 'closed') continue;
+      if (now - session.lastReceivedAt > HEARTBEAT_DEAD_AFTER_MS) {
+        session.log.warn('peer silent past the heartbeat deadline; dropping session');
+        session.terminate();
+      } else if (wall >= session.identity.expiresAtMs) {
+        session.mux.sendControl({ type: 'error', code: 'NL_ERR_TOKEN_EXPIRED', message: 'session token expired; reconnect with a fresh token' });
+        session.close(4401, 'NL_ERR_TOKEN_EXPIRED');
+      } else if (session.state === 'open' && now - session.lastSentAt > HEARTBEAT_INTERVAL_MS) {
+        session.mux.ping();
+      }
+    }
+    // Policies with expiresAt lapse without a reload: recompile those clients when due.
+    for (const client of this.#clients) {
+      const due = client.policy.nextExpiryMs;
+      if (due !== undefined && due <= wall) this.#recompile(client);
+    }
+  }
+
+  /**
+   * Stops taking sessions and streams, tells every peer to go away, waits up to `drainMs` for open
+   * streams to finish, then closes what is left.
+   */
+  async shutdown(drainMs: number): Promise<void> {
+    if (this.#shuttingDown) return;
+    this.#shuttingDown = true;
+    this.log.info({ drainMs, streams: this.#openStreams }, 'draining');
+    for (const session of this.#sessions) {
+      if (session.state === 'open') session.mux.sendControl({ type: 'goaway', reason: 'gateway shutting down', drainMs });
+    }
+    const deadline = performance.now() + drainMs;
+    while (this.#openStreams > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const session of this.#sessions) {
+      session.mux.resetAll(StreamErrorCode.GATEWAY_SHUTTING_DOWN, 'gateway shut down');
+      session.close(1001, 'gateway shutting down');
+    }
+    clearInterval(this.#sweepTimer);
+    const closeDeadline = performance.now() + 2000;
+    while (this.#sessions.size > 0 && performance.now() < closeDeadline) await new Promise((r) => setTimeout(r, 20));
+    for (const session of this.#sessions) session.terminate();
+  }
+}
+
+/** Agent token subjects are `namespace/name`, or a bare name in the `default` namespace. */
+export function normalizeAgentRef(sub: string): string {
+  return sub.includes('/') ? sub : agentKey('default', sub);
+}

@@ -1,0 +1,5 @@
+export { type AppOptions, buildApp } from './app.ts';
+export { type ConfigSource, FileConfigSource, StaticConfigSource } from './config-source.ts';
+export { GatewayError, GatewayErrorCode } from './errors.ts';
+export { Gateway, type GatewayOptions, normalizeAgentRef } from './gateway.ts';
+export { createMetrics, type GatewayMetrics } from './metrics.ts';

@@ -1,0 +1,136 @@
+#!/usr/bin/env node
+/**
+ * narrowlink-gateway: loads its configuration, listens, relays, drains on SIGTERM/SIGINT.
+ * Every option is a flag or an environment variable (NARROWLINK_GATEWAY_<FLAG>).
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { buildApp } from './app.ts';
+import { FileConfigSource } from './config-source.ts';
+import { GatewayErrorCode } from './errors.ts';
+import { Gateway } from './gateway.ts';
+import { createMetrics } from './metrics.ts';
+
+const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and agents
+
+Usage: narrowlink-gateway --config FILE [options]
+
+Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LISTEN):
+  --config FILE        gateway configuration (YAML or JSON), hot-reloaded on change   [required]
+  --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
+  --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
+  --tls-key FILE       TLS private key (PEM)
+  --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
+  --stream-window N    per-stream flow-control window in bytes (default 1048576)
+  --log-level LEVEL    trace|debug|info|warn|error (default info)
+  -h, --help           show this help
+`;
+
+function option(values: Record<string, string | boolean | undefined>, name: string, fallback?: string): string | undefined {
+  const fromFlag = values[name];
+  if (typeof fromFlag === 'string') return fromFlag;
+  const env = process.env[`NARROWLINK_GATEWAY_${name.toUpperCase().replaceAll('-', '_')}`];
+  return env && env.length > 0 ? env : fallback;
+}
+
+function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1';
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      config: { type: 'string' },
+      listen: { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'drain-ms': { type: 'string' },
+      'stream-window': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const log = pino({
+    level: option(values, 'log-level', 'info'),
+    base: { component: 'gateway' },
+    redact: { paths: ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization', '*.headers.authorization'], censor: '[redacted]' },
+  });
+  const fail = (code: string, message: string): never => {
+    log.fatal({ code }, message);
+    process.stderr.write(`narrowlink-gateway: ${code}: ${message}\n`);
+    process.exit(2);
+  };
+  const configPath = option(values, 'config') ?? fail('NL_ERR_GATEWAY_USAGE', 'missing --config FILE (see --help)');
+  const listen = option(values, 'listen', '0.0.0.0:8443') as string;
+  const split = listen.lastIndexOf(':');
+  const host = listen.slice(0, split).replace(/^\[|\]$/g, '');
+  const port = Number(listen.slice(split + 1));
+  if (split < 0 || !Number.isInteger(port) || port < 0 || port > 65535) fail('NL_ERR_GATEWAY_USAGE', `--listen wants HOST:PORT, got "${listen}"`);
+  const certFile = option(values, 'tls-cert');
+  const keyFile = option(values, 'tls-key');
+  if (Boolean(certFile) !== Boolean(keyFile)) fail('NL_ERR_GATEWAY_USAGE', '--tls-cert and --tls-key go together');
+  if (!certFile && !isLoopbackHost(host)) {
+    fail(GatewayErrorCode.INSECURE_LISTEN, `refusing plain ws:// on ${host}: give --tls-cert/--tls-key, or listen on loopback`);
+  }
+  const drainMs = Number(option(values, 'drain-ms', '10000'));
+  const streamWindow = Number(option(values, 'stream-window', String(1024 * 1024)));
+
+  const metrics = createMetrics();
+  const gateway = new Gateway({ log, metrics, streamWindow });
+  const source = new FileConfigSource(configPath);
+  try {
+    gateway.applyConfig(
+      source.start(
+        (config) => {
+          gateway.applyConfig(config);
+          metrics.configReloads.inc({ result: 'ok' });
+          log.info({ event: 'config-reloaded', agents: config.agents.length, policies: config.policies.length }, 'configuration reloaded');
+        },
+        (error) => {
+          metrics.configReloads.inc({ result: 'invalid' });
+          log.error({ err: error, code: (error as { code?: string }).code }, 'configuration change rejected; keeping the previous one');
+        },
+      ),
+    );
+    metrics.configReloads.inc({ result: 'ok' });
+  } catch (error) {
+    fail((error as { code?: string }).code ?? 'NL_ERR_CONFIG_PARSE', `cannot load ${configPath}: ${(error as Error).message}`);
+  }
+
+  const tls = certFile && keyFile ? { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') } : undefined;
+  const app = buildApp({ gateway, log, ...(tls ? { tls } : {}) });
+  await app.listen({ host, port });
+  const address = app.server.address();
+  const boundPort = typeof address === 'object' && address ? address.port : port;
+  const scheme = tls ? 'wss' : 'ws';
+  const urlHost = host.includes(':') ? `[${host}]` : host;
+  log.info({ event: 'ready', url: `${scheme}://${urlHost}:${boundPort}`, port: boundPort, pid: process.pid }, 'gateway listening');
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    source.stop();
+    await gateway.shutdown(drainMs);
+    await app.close();
+    log.info({ event: 'stopped' }, 'gateway stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`narrowlink-gateway: ${(error as Error).stack ?? String(error)}\n`);
+  process.exit(1);
+});

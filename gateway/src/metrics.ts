@@ -1,0 +1,63 @@
+/**
+ * Every Prometheus metric the gateway exports, in one place. Labels are bounded sets
+ * (kind, direction, reason, code): never ids, addresses or user names.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+export interface GatewayMetrics {
+  registry: Registry;
+  sessions: Gauge<'kind'>;
+  streamsOpen: Gauge;
+  streamsTotal: Counter<'result'>;
+  relayBytes: Counter<'direction'>;
+  streamOpenSeconds: Histogram;
+  authFailures: Counter<'reason'>;
+  configReloads: Counter<'result'>;
+  policyResets: Counter;
+}
+
+export function createMetrics(options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
+  const registry = new Registry();
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'narrowlink_gateway_' });
+  const registers = [registry];
+  return {
+    registry,
+    sessions: new Gauge({ name: 'narrowlink_gateway_sessions', help: 'Open peer sessions by kind (agent, client).', labelNames: ['kind'], registers }),
+    streamsOpen: new Gauge({ name: 'narrowlink_gateway_streams_open', help: 'Relayed streams currently open.', registers }),
+    streamsTotal: new Counter({
+      name: 'narrowlink_gateway_streams_total',
+      help: 'Stream open attempts by result (ok or a stream error code).',
+      labelNames: ['result'],
+      registers,
+    }),
+    relayBytes: new Counter({
+      name: 'narrowlink_gateway_relay_bytes_total',
+      help: 'Payload bytes relayed, by direction (client_to_agent, agent_to_client).',
+      labelNames: ['direction'],
+      registers,
+    }),
+    streamOpenSeconds: new Histogram({
+      name: 'narrowlink_gateway_stream_open_seconds',
+      help: 'Time from a client OPEN to the agent accepting it.',
+      buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 10],
+      registers,
+    }),
+    authFailures: new Counter({
+      name: 'narrowlink_gateway_auth_failures_total',
+      help: 'Rejected session attempts by reason code.',
+      labelNames: ['reason'],
+      registers,
+    }),
+    configReloads: new Counter({
+      name: 'narrowlink_gateway_config_reloads_total',
+      help: 'Configuration loads by result (ok, invalid).',
+      labelNames: ['result'],
+      registers,
+    }),
+    policyResets: new Counter({
+      name: 'narrowlink_gateway_policy_resets_total',
+      help: 'Open streams reset because a configuration change revoked access.',
+      registers,
+    }),
+  };
+}

@@ -1,0 +1,96 @@
+/**
+ * Splices two mux streams (client leg and agent leg) with backpressure both ways.
+ *
+ * Bytes arriving on one leg are forwarded to the other as soon as that leg has send credit, and
+ * credit is returned to the sender only once the bytes left the gateway. So the gateway holds at
+ * most one window per direction per stream, however slow either end reads.
+ */
+import { type MuxStream, StreamErrorCode } from '@narrowlink/protocol';
+
+export interface SpliceCounters {
+  /** Called with the payload size of every chunk forwarded in the given direction. */
+  onBytes(direction: 'client_to_agent' | 'agent_to_client', bytes: number): void;
+  /** Called once when both legs are closed. */
+  onClosed(): void;
+}
+
+/** One direction of the splice: from `source` into `sink`. */
+class Pipe {
+  readonly #source: MuxStream;
+  readonly #sink: MuxStream;
+  readonly #count: (bytes: number) => void;
+  readonly #queue: Uint8Array[] = [];
+  #finPending = false;
+  /** Bytes held in the queue; bounded by the window granted to the source. */
+  queuedBytes = 0;
+
+  constructor(source: MuxStream, sink: MuxStream, count: (bytes: number) => void) {
+    this.#source = source;
+    this.#sink = sink;
+    this.#count = count;
+  }
+
+  onData(data: Uint8Array): void {
+    if (this.#queue.length === 0 && this.#sink.sendCredit >= data.length) {
+      const raw = this.#source.session.lastRawData;
+      // Zero-copy: the received message already is a DATA frame; rewrite its id and pass it on.
+      if (raw && raw.length === data.length + 9 && Buffer.isBuffer(raw)) this.#sink.forwardDataMessage(raw, data.length);
+      else this.#sink.write(data);
+      this.#count(data.length);
+      this.#source.consumed(data.length);
+      return;
+    }
+    this.#queue.push(data);
+    this.queuedBytes += data.length;
+    this.flush();
+  }
+
+  onFin(): void {
+    this.#finPending = true;
+    this.flush();
+  }
+
+  flush(): void {
+    while (this.#queue.length > 0 && this.#sink.sendCredit > 0) {
+      const head = this.#queue[0] as Uint8Array;
+      const sent = this.#sink.write(head);
+      if (sent === 0) break;
+      this.#count(sent);
+      this.queuedBytes -= sent;
+      this.#source.consumed(sent);
+      if (sent === head.length) this.#queue.shift();
+      else this.#queue[0] = head.subarray(sent);
+    }
+    if (this.#finPending && this.#queue.length === 0) {
+      this.#finPending = false;
+      this.#sink.fin();
+    }
+  }
+}
+
+/** Connects `client` and `agent` (both already open) until both directions end or either resets. */
+export function splice(client: MuxStream, agent: MuxStream, counters: SpliceCounters): { up: Pipe; down: Pipe } {
+  const up = new Pipe(client, agent, (n) => counters.onBytes('client_to_agent', n));
+  const down = new Pipe(agent, client, (n) => counters.onBytes('agent_to_client', n));
+  let closedLegs = 0;
+  const legClosed = (): void => {
+    if (++closedLegs === 2) counters.onClosed();
+  };
+  client.handlers = {
+    onData: (d) => up.onData(d),
+    onFin: () => up.onFin(),
+    onCredit: () => down.flush(),
+    // Whichever side ended it (the peer, or this side on a protocol violation), end the other leg too;
+    // reset() on an already closed leg is a no-op, so the two handlers cannot loop.
+    onReset: (reset) => agent.reset(reset.code === StreamErrorCode.CANCELLED ? StreamErrorCode.CANCELLED : StreamErrorCode.PEER_GONE, `client: ${reset.message}`),
+    onClose: legClosed,
+  };
+  agent.handlers = {
+    onData: (d) => down.onData(d),
+    onFin: () => down.onFin(),
+    onCredit: () => up.flush(),
+    onReset: (reset) => client.reset(reset.code === StreamErrorCode.CANCELLED ? StreamErrorCode.PEER_GONE : reset.code, `agent: ${reset.message}`),
+    onClose: legClosed,
+  };
+  return { up, down };
+}
