@@ -1,0 +1,79 @@
+/**
+ * `narrowlink forward`: local TCP listeners, each stream relayed to an agent's port.
+ * Listeners stay open while the gateway is away; a connection made then waits (bounded) for it.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { bridgeSocket, type GatewayLink } from '@narrowlink/peer-link';
+import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
+import type { Reporter } from '../reporter.ts';
+import { openTarget, PortResolver } from '../session.ts';
+import type { Settings } from '../settings.ts';
+import type { ForwardSpec } from '../targets.ts';
+
+export interface ForwardHandle {
+  servers: Server[];
+  addresses: Array<{ local: string; port: number; agent: string; target: string }>;
+  close(): Promise<void>;
+}
+
+export async function startForwards(
+  link: GatewayLink,
+  settings: Settings,
+  specs: ForwardSpec[],
+  reporter: Reporter,
+  options: { openTimeoutMs: number },
+): Promise<ForwardHandle> {
+  const resolver = new PortResolver(link);
+  const sockets = new Set<Socket>();
+  const servers: Server[] = [];
+  const addresses: ForwardHandle['addresses'] = [];
+  for (const spec of specs) {
+    const targetText = `${spec.target.agent}${spec.target.port === undefined ? '' : `:${spec.target.port}`}`;
+    const server = createServer({ pauseOnConnect: true, allowHalfOpen: true, noDelay: true }, (socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+      const started = performance.now();
+      openTarget(link, resolver, spec.target, settings.mode, options.openTimeoutMs).then(
+        ({ stream, ok }) => {
+          if (socket.destroyed) {
+            stream.reset('CANCELLED', 'local connection closed while opening');
+            return;
+          }
+          reporter.event(
+            'stream-open',
+            { target: targetText, path: ok.path ?? 'relay', ms: Math.round((performance.now() - started) * 100) / 100 },
+            `${socket.remoteAddress}:${socket.remotePort} -> ${targetText} via ${ok.path ?? 'relay'}`,
+          );
+          bridgeSocket(socket, stream).done.then((reset) => {
+            if (reset) reporter.event('stream-reset', { target: targetText, code: reset.streamCode, message: reset.message }, `${targetText}: stream reset: ${reset.streamCode}: ${reset.message}`);
+          });
+          socket.resume();
+        },
+        (error: Error & { code?: string; streamCode?: string }) => {
+          reporter.event('stream-failed', { target: targetText, code: error.streamCode ?? error.code, message: error.message }, `${targetText}: ${error.streamCode ?? error.code}: ${error.message}`);
+          // An abrupt reset tells the local application the connection failed, unlike a clean close.
+          if (!socket.destroyed) socket.resetAndDestroy();
+        },
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (error: NodeJS.ErrnoException) =>
+        reject(new CliError(CliErrorCode.LISTEN, `cannot listen on ${spec.localHost}:${spec.localPort}: ${error.code ?? error.message}`, ExitCode.USAGE, { cause: error })),
+      );
+      server.listen(spec.localPort, spec.localHost, () => resolve());
+    });
+    const address = server.address();
+    const port = typeof address === 'object' && address ? address.port : spec.localPort;
+    servers.push(server);
+    addresses.push({ local: spec.localHost, port, agent: spec.target.agent, target: targetText });
+  }
+  return {
+    servers,
+    addresses,
+    async close() {
+      for (const server of servers) server.close();
+      for (const socket of sockets) socket.destroy();
+    },
+  };
+}

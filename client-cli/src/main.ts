@@ -1,0 +1,280 @@
+#!/usr/bin/env node
+/**
+ * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
+ */
+import { parseArgs } from 'node:util';
+import { StreamResetError } from '@narrowlink/protocol';
+import { MuxDuplex } from '@narrowlink/protocol/stream';
+import { startForwards } from './commands/forward.ts';
+import { startSocks } from './commands/socks.ts';
+import { CliError, CliErrorCode, ExitCode } from './errors.ts';
+import { type OutputFormat, Reporter } from './reporter.ts';
+import { createLink, exitCodeFor, openTarget, PortResolver } from './session.ts';
+import { resolveSettings, type Settings } from './settings.ts';
+import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
+
+const COMMON = `Common options (env in brackets; also read from ~/.config/narrowlink/config.yaml):
+  --gateway URL       gateway URL, wss://host[:port] (ws:// on loopback)   [NARROWLINK_GATEWAY]
+  --token TOKEN       client token                                          [NARROWLINK_TOKEN]
+  --token-file FILE   read the token from FILE                              [NARROWLINK_TOKEN_FILE]
+  --ca-file FILE      extra CA certificates to trust (PEM)                  [NARROWLINK_CA_FILE]
+  --config FILE       settings file (gateway, token, tokenFile, caFile, mode) [NARROWLINK_CONFIG]
+  --mode MODE         auto | direct | relay (default auto)                  [NARROWLINK_MODE]
+  --timeout-ms N      how long to wait for the gateway and a stream to open (default 15000)
+  -o, --output FMT    text | json
+  -h, --help          help for the command`;
+
+const HELP: Record<string, string> = {
+  main: `narrowlink: reach services inside your cluster through a Narrowlink gateway
+
+Usage: narrowlink COMMAND [options]
+
+Commands:
+  ls         list the agents you may reach and their ports
+  forward    forward local ports to agents:  narrowlink forward 8080 demo:http
+  socks      run a local SOCKS5 proxy whose destinations are agents
+  connect    pipe stdin/stdout to an agent's port (ssh ProxyCommand)
+  status     show the gateway session: identity, round trip, agents
+
+Run "narrowlink COMMAND --help" for a command's options.
+
+${COMMON}
+`,
+  ls: `Usage: narrowlink ls [-o json]
+
+Lists the agents your policies let you reach, with their exposed ports and connected instances.
+
+${COMMON}
+`,
+  forward: `Usage: narrowlink forward [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT_NAME|PORT]
+       narrowlink forward -L [LOCAL_ADDR:]LOCAL_PORT:AGENT[:PORT] [-L ...]
+
+Listens on a local port (127.0.0.1 unless given) and relays every connection to the agent's
+port. AGENT is NAME or NAMESPACE/NAME; the port may be left out when the agent exposes one.
+LOCAL_PORT 0 picks a free port (printed). Listeners stay open while the gateway reconnects.
+
+  -L SPEC             a forward spec; repeatable
+${COMMON}
+`,
+  socks: `Usage: narrowlink socks [--listen 127.0.0.1:1080] [--username U --password P]
+
+Runs a SOCKS5 proxy (CONNECT only). The destination host names the agent (AGENT,
+AGENT.NAMESPACE, optionally followed by .narrowlink); the destination port is the agent's port:
+  curl --socks5-hostname 127.0.0.1:1080 http://demo:8080/
+
+  --listen ADDR:PORT  where to listen (default 127.0.0.1:1080)
+  --username U        require SOCKS username/password authentication  [NARROWLINK_SOCKS_USERNAME]
+  --password P                                                       [NARROWLINK_SOCKS_PASSWORD]
+${COMMON}
+`,
+  connect: `Usage: narrowlink connect AGENT PORT
+
+Connects stdin and stdout to the agent's port. Exits 0 when the stream ends cleanly, 1 when it
+was reset. For ssh: ssh -o ProxyCommand='narrowlink connect %h 22' user@AGENT
+
+${COMMON}
+`,
+  status: `Usage: narrowlink status [-o json]
+
+Connects to the gateway and reports the session: identity, token expiry, round trip, and how
+many agents you may reach.
+
+${COMMON}
+`,
+};
+
+const OPTIONS = {
+  gateway: { type: 'string' },
+  token: { type: 'string' },
+  'token-file': { type: 'string' },
+  'ca-file': { type: 'string' },
+  config: { type: 'string' },
+  mode: { type: 'string' },
+  'timeout-ms': { type: 'string' },
+  output: { type: 'string', short: 'o' },
+  help: { type: 'boolean', short: 'h' },
+  L: { type: 'string', short: 'L', multiple: true },
+  listen: { type: 'string' },
+  username: { type: 'string' },
+  password: { type: 'string' },
+} as const;
+
+type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+
+function settingsFrom(values: Values): Settings {
+  return resolveSettings({
+    gateway: values.gateway,
+    token: values.token,
+    tokenFile: values['token-file'],
+    caFile: values['ca-file'],
+    config: values.config,
+    mode: values.mode,
+  });
+}
+
+function usage(message: string): never {
+  throw new CliError(CliErrorCode.USAGE, message, ExitCode.USAGE);
+}
+
+/** Resolves when the process is asked to stop. */
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+}
+
+async function run(argv: string[]): Promise<number> {
+  const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
+  const { values, positionals } = parseArgs({ args: command ? argv.slice(1) : argv, options: OPTIONS, allowPositionals: true, strict: true });
+  if (!command) {
+    process.stdout.write(HELP.main as string);
+    return values.help ? ExitCode.OK : ExitCode.USAGE;
+  }
+  if (!(command in HELP) || command === 'main') usage(`unknown command "${command}"; try narrowlink --help`);
+  if (values.help) {
+    process.stdout.write(HELP[command] as string);
+    return ExitCode.OK;
+  }
+  const output = (values.output ?? 'text') as OutputFormat;
+  if (output !== 'text' && output !== 'json') usage(`--output must be text or json, got "${values.output}"`);
+  const timeoutMs = Number(values['timeout-ms'] ?? 15_000);
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms must be a positive number');
+  const settings = settingsFrom(values);
+  const reporter = new Reporter(output);
+
+  switch (command) {
+    case 'ls': {
+      if (positionals.length > 0) usage('ls takes no arguments');
+      const link = createLink(settings, undefined, { reconnect: true }).start();
+      try {
+        const agents = await link.listAgents(timeoutMs);
+        if (output === 'json') process.stdout.write(`${JSON.stringify({ agents }, null, 2)}\n`);
+        else {
+          const rows = [['NAME', 'NAMESPACE', 'INSTANCES', 'MODE', 'PORTS']];
+          for (const a of agents) rows.push([a.name, a.namespace, String(a.instances), a.mode, a.ports.map((p) => `${p.name}=${p.port}`).join(',')]);
+          const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+          for (const row of rows) process.stdout.write(`${row.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()}\n`);
+          if (agents.length === 0) process.stderr.write('no agents: your policies allow none, or none are configured\n');
+        }
+        return ExitCode.OK;
+      } finally {
+        await link.close();
+      }
+    }
+    case 'status': {
+      if (positionals.length > 0) usage('status takes no arguments');
+      const link = createLink(settings, undefined, { reconnect: true }).start();
+      try {
+        await link.waitOpen(timeoutMs);
+        const rttMs = await link.ping(timeoutMs);
+        const agents = await link.listAgents(timeoutMs);
+        const hello = link.stats.helloOk;
+        const status = {
+          gateway: settings.gateway,
+          state: link.state,
+          session: hello?.sessionId,
+          protocol: hello?.version,
+          identity: hello ? { subject: hello.identity.sub, groups: hello.identity.groups, expiresAt: new Date(hello.identity.expiresAt).toISOString() } : undefined,
+          rttMs: Math.round(rttMs * 1000) / 1000,
+          reachableAgents: agents.length,
+          connectedAgents: agents.filter((a) => a.instances > 0).length,
+          mode: settings.mode,
+          path: { relay: 'available', direct: 'not available on this gateway' },
+          configFile: settings.configPath ?? null,
+        };
+        if (output === 'json') process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+        else {
+          process.stdout.write(
+            [
+              `gateway:   ${status.gateway} (${status.state}, protocol ${status.protocol})`,
+              `identity:  ${status.identity?.subject} groups=[${status.identity?.groups.join(', ')}] token expires ${status.identity?.expiresAt}`,
+              `round trip: ${status.rttMs} ms`,
+              `agents:    ${status.reachableAgents} reachable, ${status.connectedAgents} connected`,
+              `path:      relay available; direct not available on this gateway (mode ${status.mode})`,
+              '',
+            ].join('\n'),
+          );
+        }
+        return ExitCode.OK;
+      } finally {
+        await link.close();
+      }
+    }
+    case 'connect': {
+      if (positionals.length !== 2) usage('connect wants AGENT PORT');
+      const target = parseTarget(`${positionals[0]}:${positionals[1]}`);
+      const link = createLink(settings, undefined, { reconnect: true }).start();
+      try {
+        const { stream } = await openTarget(link, new PortResolver(link), target, settings.mode, timeoutMs);
+        const duplex = new MuxDuplex(stream);
+        const result = await new Promise<number>((resolve) => {
+          process.stdin.pipe(duplex);
+          duplex.pipe(process.stdout);
+          duplex.on('error', (error) => {
+            process.stderr.write(`narrowlink: ${error instanceof StreamResetError ? `${error.streamCode}: ` : ''}${error.message}\n`);
+            resolve(ExitCode.FAILURE);
+          });
+          duplex.on('end', () => process.stdout.end(() => resolve(ExitCode.OK)));
+        });
+        return result;
+      } finally {
+        await link.close();
+      }
+    }
+    case 'forward': {
+      const specs: ForwardSpec[] = (values.L ?? []).map(parseForwardFlag);
+      if (positionals.length === 2) {
+        const local = parseLocal(positionals[0] as string);
+        specs.push({ localHost: local.host, localPort: local.port, target: parseTarget(positionals[1] as string) });
+      } else if (positionals.length !== 0) usage('forward wants [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT], or -L specs');
+      if (specs.length === 0) usage('nothing to forward; see narrowlink forward --help');
+      const link = createLink(settings, reporter, { reconnect: true });
+      const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
+      const handle = await startForwards(link, settings, specs, reporter, { openTimeoutMs: timeoutMs });
+      link.start();
+      reporter.event(
+        'ready',
+        { listeners: handle.addresses },
+        handle.addresses.map((a) => `forwarding ${a.local}:${a.port} -> ${a.target}`).join('\n'),
+      );
+      try {
+        await Promise.race([untilSignal(), fatal]);
+        return ExitCode.OK;
+      } finally {
+        await handle.close();
+        await link.close();
+      }
+    }
+    case 'socks': {
+      if (positionals.length > 0) usage('socks takes no positional arguments');
+      const listen = parseLocal(values.listen ?? '127.0.0.1:1080');
+      const username = values.username ?? process.env.NARROWLINK_SOCKS_USERNAME;
+      const password = values.password ?? process.env.NARROWLINK_SOCKS_PASSWORD;
+      if (Boolean(username) !== Boolean(password)) usage('--username and --password go together');
+      const link = createLink(settings, reporter, { reconnect: true });
+      const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
+      const socks = await startSocks(link, settings, listen, username && password ? { username, password } : undefined, reporter, { openTimeoutMs: timeoutMs });
+      link.start();
+      reporter.event('ready', { listen: `${listen.host}:${socks.port}`, port: socks.port }, `SOCKS5 proxy on ${listen.host}:${socks.port}`);
+      try {
+        await Promise.race([untilSignal(), fatal]);
+        return ExitCode.OK;
+      } finally {
+        await socks.close();
+        await link.close();
+      }
+    }
+  }
+  return usage(`unknown command "${command}"`);
+}
+
+run(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    const e = error as Error & { code?: string };
+    const code = exitCodeFor(error);
+    process.stderr.write(`narrowlink: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+    process.exit(code);
+  },
+);
