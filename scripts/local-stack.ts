@@ -1,0 +1,160 @@
+#!/usr/bin/env node
+/**
+ * `npm start`: a complete Narrowlink stack on loopback, no cluster needed. Starts a gateway, an
+ * agent exposing a small built-in demo HTTP service, and a client `forward`, each as its own
+ * process, with a throwaway signing key and tokens; prints the local URL that answers through
+ * the tunnel. Ctrl-C stops everything and removes the temporary files.
+ *
+ *   --port N   local port of the forward (default 8080; 0 picks a free one)
+ *   --json     print one JSON line with the addresses once ready (for scripts)
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
+import { stringify } from 'yaml';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const { values } = parseArgs({ options: { port: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
+if (values.help) {
+  process.stdout.write('Usage: npm start [-- --port N] [-- --json]\nStarts gateway, agent, demo service and a client forward on loopback.\n');
+  process.exit(0);
+}
+const forwardPort = Number(values.port ?? 8080);
+
+const say = (line: string): void => {
+  if (!values.json) process.stdout.write(`${line}\n`);
+};
+
+const children: ChildProcess[] = [];
+const workDir = mkdtempSync(join(tmpdir(), 'narrowlink-local-'));
+
+/** Starts a component and resolves with its first JSON line carrying `event: "ready"`. */
+function startComponent(name: string, script: string, args: string[]): Promise<Record<string, unknown>> {
+  const child = spawn(process.execPath, [join(root, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  const tail: string[] = [];
+  return new Promise((resolve, reject) => {
+    const remember = (line: string): void => {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+    };
+    createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', remember);
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      remember(line);
+      try {
+        const parsed = JSON.parse(line) as Record<string, unknown>;
+        if (parsed.event === 'ready') resolve(parsed);
+      } catch {
+        // a human line; kept in the tail for errors
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited (${code}) before it was ready:\n${tail.join('\n')}`)));
+  });
+}
+
+async function stopAll(): Promise<void> {
+  for (const child of children.reverse()) {
+    if (child.exitCode !== null) continue;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+    await exited;
+    clearTimeout(timer);
+  }
+  rmSync(workDir, { recursive: true, force: true });
+}
+
+async function main(): Promise<void> {
+  // 1. The demo service the agent exposes.
+  const demo = createServer((request, response) => {
+    response.setHeader('content-type', 'text/plain; charset=utf-8');
+    response.end(`Hello from the Narrowlink demo service behind the agent.\nYou asked for ${request.method} ${request.url}.\n`);
+  });
+  await new Promise<void>((r) => demo.listen(0, '127.0.0.1', r));
+  const demoPort = (demo.address() as { port: number }).port;
+
+  // 2. Throwaway identity: a signing key, an agent token and a client token.
+  const keys = await generateSigningKeyPair();
+  const agentToken = await signToken(keys.privateKeyPem, { typ: 'agent', sub: 'default/demo', ttlSeconds: 24 * 3600 });
+  const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'developer', groups: ['developers'], ttlSeconds: 24 * 3600 });
+  const agentTokenFile = join(workDir, 'agent.token');
+  const clientTokenFile = join(workDir, 'client.token');
+  writeFileSync(agentTokenFile, agentToken, { mode: 0o600 });
+  writeFileSync(clientTokenFile, clientToken, { mode: 0o600 });
+
+  // 3. Gateway configuration: one agent, one policy letting the developers group reach it.
+  const configFile = join(workDir, 'gateway.yaml');
+  writeFileSync(
+    configFile,
+    stringify({
+      apiVersion: 'narrowlink.io/v1alpha1',
+      kind: 'GatewayConfig',
+      signingPublicKeys: [keys.publicKeyPem],
+      agents: [{ name: 'demo', namespace: 'default', labels: { app: 'demo' }, expose: [{ name: 'http', port: demoPort, host: '127.0.0.1' }] }],
+      policies: [
+        {
+          name: 'developers-reach-demo',
+          namespace: 'default',
+          subjects: [{ kind: 'Group', name: 'developers' }],
+          rules: [{ action: 'Allow', agents: { names: ['demo'] }, ports: [demoPort] }],
+        },
+      ],
+    }),
+  );
+
+  const gateway = await startComponent('gateway', 'gateway/src/main.ts', ['--config', configFile, '--listen', '127.0.0.1:0', '--drain-ms', '1000']);
+  const gatewayUrl = gateway.url as string;
+  say(`gateway  ${gatewayUrl} (config ${configFile})`);
+  await startComponent('agent', 'agent-sidecar/src/main.ts', ['--gateway', gatewayUrl, '--token-file', agentTokenFile, '--expose', `http=127.0.0.1:${demoPort}`]);
+  say(`agent    demo, exposing http=127.0.0.1:${demoPort} (the built-in demo service)`);
+  const forward = await startComponent('client', 'client-cli/src/main.ts', [
+    'forward',
+    `127.0.0.1:${forwardPort}`,
+    'demo:http',
+    '--gateway',
+    gatewayUrl,
+    '--token-file',
+    clientTokenFile,
+    '-o',
+    'json',
+  ]);
+  const listener = (forward.listeners as Array<{ local: string; port: number }>)[0] as { local: string; port: number };
+  const url = `http://${listener.local}:${listener.port}/`;
+
+  // 4. Prove the path works before telling the user it does.
+  const response = await fetch(url);
+  const body = await response.text();
+  if (!response.ok) throw new Error(`the demo service did not answer through the tunnel: HTTP ${response.status}`);
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ event: 'ready', url, gateway: gatewayUrl, path: 'relay', demoPort, clientTokenFile })}\n`);
+  } else {
+    say('');
+    say(`The demo service answers through the tunnel at ${url}`);
+    say(`  path: relay (client -> gateway ${gatewayUrl} -> agent "demo" -> 127.0.0.1:${demoPort})`);
+    say(`  try:  curl ${url}`);
+    say(`  more: NARROWLINK_GATEWAY=${gatewayUrl} NARROWLINK_TOKEN_FILE=${clientTokenFile} npx narrowlink ls`);
+    say(`  first answer: ${body.split('\n')[0]}`);
+    say('Ctrl-C stops everything.');
+  }
+
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', () => resolve());
+    process.once('SIGTERM', () => resolve());
+    for (const child of children) child.once('exit', () => resolve());
+  });
+  say('stopping…');
+  demo.close();
+  await stopAll();
+}
+
+main().catch(async (error: unknown) => {
+  process.stderr.write(`npm start: ${(error as Error).message}\n`);
+  await stopAll();
+  process.exit(1);
+});
