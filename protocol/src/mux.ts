@@ -53,7 +53,7 @@ export interface StreamHandlers {
   onFin?(): void;
   /** The stream ended abnormally. `local` is true when this side reset it. */
   onReset?(reset: ResetPayload, local: boolean): void;
-  /** Send credit grew after having been exhausted. */
+  /** The peer granted more send credit (every WINDOW update). */
   onCredit?(): void;
   /** Both directions finished or the stream was reset: forget it. */
   onClose?(): void;
@@ -64,6 +64,8 @@ export type StreamState = 'opening' | 'open' | 'closed';
 export class MuxStream {
   readonly id: number;
   readonly session: Mux;
+  /** True when this side opened the stream (only the opener may receive OPEN_OK). */
+  readonly local: boolean;
   handlers: StreamHandlers = {};
   state: StreamState;
   /** Bytes we may still send before the peer grants more. */
@@ -80,6 +82,7 @@ export class MuxStream {
   constructor(session: Mux, id: number, state: StreamState, sendCredit: number, recvWindow: number) {
     this.session = session;
     this.id = id;
+    this.local = session._isLocalId(id);
     this.state = state;
     this.sendCredit = sendCredit;
     this.recvRemaining = recvWindow;
@@ -155,7 +158,7 @@ export class MuxStream {
   _receive(frame: Frame): void {
     switch (frame.type) {
       case 'open_ok':
-        if (this.state !== 'opening') return this.reset(StreamErrorCode.PROTOCOL_ERROR, 'unexpected OPEN_OK');
+        if (this.state !== 'opening' || !this.local) return this.reset(StreamErrorCode.PROTOCOL_ERROR, 'unexpected OPEN_OK');
         this.state = 'open';
         this.handlers.onOpenOk?.(frame.payload);
         return;
@@ -296,7 +299,9 @@ export class Mux {
       const stream = error.streamId === 0 ? undefined : this.#streams.get(error.streamId);
       // A bad payload on a known stream costs that stream only; anything else breaks the session.
       if (stream && error.code === ErrorCode.FRAME_BAD_PAYLOAD) stream.reset(StreamErrorCode.PROTOCOL_ERROR, error.message);
-      else if (error.code === ErrorCode.FRAME_BAD_PAYLOAD && error.streamId !== 0 && this.#isPeerId(error.streamId)) {
+      else if (error.code === ErrorCode.FRAME_BAD_PAYLOAD && error.streamId > this.#lastPeerId && this.#isPeerId(error.streamId)) {
+        // A refused OPEN still uses up its id, so the peer cannot retry the same id.
+        this.#lastPeerId = error.streamId;
         this._send(encodeFrame({ type: 'reset', streamId: error.streamId, payload: { code: StreamErrorCode.PROTOCOL_ERROR, message: error.message.slice(0, 1024) } }));
       } else this.handlers.onSessionError?.(error);
       return;
@@ -354,6 +359,11 @@ export class Mux {
 
   #isPeerId(id: number): boolean {
     return (id % 2 === 1) === (this.role === 'acceptor');
+  }
+
+  /** @internal */
+  _isLocalId(id: number): boolean {
+    return !this.#isPeerId(id);
   }
 
   #acceptOpen(id: number, payload: OpenPayload): void {
