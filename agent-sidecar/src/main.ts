@@ -134,8 +134,9 @@ async function main(): Promise<void> {
       }
     });
   }
+  // Printed whatever the log level: supervisors and tests wait for it.
   agent.link.once('open', () =>
-    log.info({ event: 'ready', expose: allowList.entries.map((e) => `${e.name}=${e.host}:${e.port}`) }, 'agent attached to the gateway'),
+    log.child({}, { level: 'info' }).info({ event: 'ready', expose: allowList.entries.map((e) => `${e.name}=${e.host}:${e.port}`) }, 'agent attached to the gateway'),
   );
   agent.start();
   let stopping = false;

@@ -26,8 +26,8 @@ const ENDPOINTS: Record<string, SessionKind> = { '/v1/agent': 'agent', '/v1/clie
 export function buildApp(options: AppOptions): FastifyInstance {
   const { gateway } = options;
   const app = Fastify({
-    loggerInstance: options.log.child({ component: 'http' }),
-    disableRequestLogging: true,
+    // Request lines at info would drown the log (health probes, metrics scrapes): keep warnings and up.
+    loggerInstance: options.log.child({ component: 'http' }, { level: 'warn' }),
     ...(options.tls ? { https: { key: options.tls.key, cert: options.tls.cert } } : {}),
   }) as unknown as FastifyInstance;
 

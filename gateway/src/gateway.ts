@@ -73,6 +73,8 @@ export class Gateway {
   readonly #agents = new Map<string, Set<AgentInstance>>();
   readonly #clients = new Set<ClientState>();
   readonly #sessions = new Set<PeerSession>();
+  /** Sessions included in the `sessions` gauge (those whose hello succeeded). */
+  readonly #countedSessions = new Set<PeerSession>();
   #shuttingDown = false;
   #sweepTimer: NodeJS.Timeout | undefined;
   #openStreams = 0;
@@ -211,7 +213,8 @@ export class Gateway {
       },
       onClosed: () => {
         this.#sessions.delete(session);
-        if (session.state !== 'handshaking') this.metrics.sessions.dec({ kind });
+        // Only sessions that completed the hello were counted; by now `state` is always 'closed'.
+        if (this.#countedSessions.delete(session)) this.metrics.sessions.dec({ kind });
         onClosedExtra?.();
         log.info('session closed');
       },
@@ -246,6 +249,7 @@ export class Gateway {
       // The hello handlers may have refused the session (state moved on to closing).
       if ((session.state as string) !== 'open') return;
       this.metrics.sessions.inc({ kind: session.kind });
+      this.#countedSessions.add(session);
       session.mux.sendControl({
         type: 'hello_ok',
         version: PROTOCOL_VERSION,
@@ -347,7 +351,9 @@ export class Gateway {
     const target = { agent, host: exposed.host, port: exposed.port };
     const agentStream = instance.session.mux.open({ host: exposed.host, port: exposed.port, client: client.session.identity.sub });
     const timer = setTimeout(() => {
-      agentStream.reset(StreamErrorCode.TIMEOUT, 'client gave up waiting');
+      // Detach first: the agent leg's onReset would otherwise fail the client stream (and count it) a second time.
+      agentStream.handlers = {};
+      agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
       fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.openTimeoutMs} ms`);
     }, this.openTimeoutMs);
     // While the agent dials, a client reset must cancel the agent leg.

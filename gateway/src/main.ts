@@ -93,7 +93,7 @@ async function main(): Promise<void> {
         (config) => {
           gateway.applyConfig(config);
           metrics.configReloads.inc({ result: 'ok' });
-          log.info({ event: 'config-reloaded', agents: config.agents.length, policies: config.policies.length }, 'configuration reloaded');
+          log.child({}, { level: 'info' }).info({ event: 'config-reloaded', agents: config.agents.length, policies: config.policies.length }, 'configuration reloaded');
         },
         (error) => {
           metrics.configReloads.inc({ result: 'invalid' });
@@ -113,7 +113,9 @@ async function main(): Promise<void> {
   const boundPort = typeof address === 'object' && address ? address.port : port;
   const scheme = tls ? 'wss' : 'ws';
   const urlHost = host.includes(':') ? `[${host}]` : host;
-  log.info({ event: 'ready', url: `${scheme}://${urlHost}:${boundPort}`, port: boundPort, pid: process.pid }, 'gateway listening');
+  // Lifecycle events are printed whatever the log level: supervisors and tests wait for them.
+  const events = log.child({}, { level: 'info' });
+  events.info({ event: 'ready', url: `${scheme}://${urlHost}:${boundPort}`, port: boundPort, pid: process.pid }, 'gateway listening');
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
