@@ -1,0 +1,321 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench [-- --json] [-- --mib N] [-- --rounds N]`: the relay against baselines measured in
+ * the same run on the same machine (these machines are shared and noisy: read the ratios).
+ *
+ *   raw TCP          source → sink, two processes, one loopback TCP connection
+ *   ssh -L           OpenSSH port forward through a private sshd (skipped without openssh-server)
+ *   relay            source → narrowlink forward → gateway → agent → sink, TLS on both legs
+ *   stream open      OPEN → OPEN_OK over a live session (client → gateway → agent → target dial)
+ *   idle sessions    gateway RSS growth per idle agent session at 1,000 sessions (TLS)
+ *
+ * Throughput figures are medians of `--rounds` runs and count bytes at the sink (no hashing at the
+ * sink, which would cap every path at the sink's sha256 speed; the e2e tests verify content).
+ */
+import { writeFileSync } from 'node:fs';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GatewayLink } from '@narrowlink/peer-link';
+import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
+import { stringify } from 'yaml';
+import { startProcess, type StartedProcess, stopAll } from '../helpers/processes.ts';
+import { startEchoServer } from '../helpers/tcp-fixtures.ts';
+import { makeTestCertificate } from '../helpers/tls.ts';
+import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
+
+const MIB = 1024 * 1024;
+const root = fileURLToPath(new URL('../../', import.meta.url));
+const { values } = parseArgs({
+  options: {
+    json: { type: 'boolean' },
+    mib: { type: 'string' },
+    rounds: { type: 'string' },
+    sessions: { type: 'string' },
+    opens: { type: 'string' },
+    'no-tls': { type: 'boolean' },
+    'only-relay': { type: 'boolean' },
+  },
+});
+const streamBytes = Number(values.mib ?? 256) * MIB;
+const rounds = Number(values.rounds ?? 3);
+const idleSessions = Number(values.sessions ?? 1000);
+const openSamples = Number(values.opens ?? 1000);
+const log = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
+}
+
+async function medianOf(label: string, run: () => Promise<Throughput>): Promise<number> {
+  const samples: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const result = await run();
+    samples.push(result.mbPerSec);
+    log(`  ${label} round ${i + 1}: ${result.mbPerSec.toFixed(0)} MB/s`);
+  }
+  return median(samples);
+}
+
+interface Stack {
+  gateway: StartedProcess;
+  privateKeyPem: string;
+  caFile: string;
+  dir: string;
+  clientToken: string;
+  metrics(): Promise<string>;
+}
+
+/** A TLS gateway whose config allows `bench` users to reach agent `sink` (and `idle`). */
+async function startStack(exposePorts: number[]): Promise<Stack> {
+  const dir = await mkdtemp(join(tmpdir(), 'nl-bench-'));
+  const cert = await makeTestCertificate();
+  const keys = await generateSigningKeyPair();
+  const configFile = join(dir, 'gateway.yaml');
+  writeFileSync(
+    configFile,
+    stringify({
+      apiVersion: 'narrowlink.io/v1alpha1',
+      kind: 'GatewayConfig',
+      signingPublicKeys: [keys.publicKeyPem],
+      agents: [
+        { name: 'sink', expose: exposePorts.map((port, i) => ({ name: `p${i}`, port })) },
+        { name: 'idle', expose: [{ name: 'none', port: 9 }] },
+      ],
+      policies: [{ name: 'bench', subjects: [{ kind: 'Group', name: 'bench' }], rules: [{ action: 'Allow' }] }],
+    }),
+  );
+  const gateway = await startProcess('gateway', [
+    join(root, 'gateway/src/main.ts'),
+    '--config',
+    configFile,
+    '--listen',
+    '127.0.0.1:0',
+    ...(values['no-tls'] ? [] : ['--tls-cert', cert.certFile, '--tls-key', cert.keyFile]),
+    '--log-level',
+    'warn',
+    '--drain-ms',
+    '500',
+  ]);
+  const url = gateway.readyLine.url as string;
+  const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'bench', groups: ['bench'], ttlSeconds: 3600 });
+  return {
+    gateway,
+    privateKeyPem: keys.privateKeyPem,
+    caFile: cert.caFile,
+    dir,
+    clientToken,
+    metrics: async () => (await fetch(`${url.replace('wss:', 'https:')}/metrics`, {})).text(),
+  };
+}
+
+async function startAgent(stack: Stack, exposePorts: number[]): Promise<StartedProcess> {
+  const token = await signToken(stack.privateKeyPem, { typ: 'agent', sub: 'default/sink', ttlSeconds: 3600 });
+  const tokenFile = join(stack.dir, 'agent.token');
+  writeFileSync(tokenFile, token);
+  return await startProcess('agent', [
+    join(root, 'agent-sidecar/src/main.ts'),
+    '--gateway',
+    stack.gateway.readyLine.url as string,
+    '--token-file',
+    tokenFile,
+    '--ca-file',
+    stack.caFile,
+    '--log-level',
+    'warn',
+    ...exposePorts.flatMap((port, i) => ['--expose', `p${i}=127.0.0.1:${port}`]),
+  ], { readyEvent: 'ready' });
+}
+
+async function startForward(stack: Stack, target: string): Promise<{ process: StartedProcess; port: number }> {
+  const tokenFile = join(stack.dir, 'client.token');
+  writeFileSync(tokenFile, stack.clientToken);
+  const forward = await startProcess('forward', [
+    join(root, 'client-cli/src/main.ts'),
+    'forward',
+    '127.0.0.1:0',
+    target,
+    '--gateway',
+    stack.gateway.readyLine.url as string,
+    '--token-file',
+    tokenFile,
+    '--ca-file',
+    stack.caFile,
+    '--mode',
+    'relay',
+    '-o',
+    'json',
+  ]);
+  const listeners = forward.readyLine.listeners as Array<{ port: number }>;
+  return { process: forward, port: (listeners[0] as { port: number }).port };
+}
+
+async function rssBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]);
+  return kb * 1024;
+}
+
+async function measureStreamOpen(stack: Stack, echoPort: number): Promise<{ p50: number; p99: number }> {
+  const link = new GatewayLink({
+    url: stack.gateway.readyLine.url as string,
+    role: 'client',
+    token: stack.clientToken,
+    caPem: await readFile(stack.caFile, 'utf8'),
+    reconnect: false,
+  }).start();
+  await link.waitOpen(10_000);
+  const samples: number[] = [];
+  try {
+    for (let i = 0; i < openSamples + 50; i++) {
+      const started = performance.now();
+      const { stream } = await link.openStream({ agent: 'sink', port: echoPort, mode: 'relay' }, 10_000);
+      const elapsed = performance.now() - started;
+      if (i >= 50) samples.push(elapsed); // the first opens warm up JIT and connection pools
+      stream.fin();
+      stream.reset('CANCELLED', 'bench done');
+    }
+  } finally {
+    await link.close();
+  }
+  return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+}
+
+async function measureIdleSessions(stack: Stack): Promise<{ bytesPerSession: number; sessions: number }> {
+  const token = await signToken(stack.privateKeyPem, { typ: 'agent', sub: 'default/idle', ttlSeconds: 3600 });
+  const caPem = await readFile(stack.caFile, 'utf8');
+  const pid = stack.gateway.child.pid as number;
+  await new Promise((r) => setTimeout(r, 1000));
+  const before = await rssBytes(pid);
+  const links: GatewayLink[] = [];
+  for (let i = 0; i < idleSessions; i += 50) {
+    const batch: GatewayLink[] = [];
+    for (let j = i; j < Math.min(idleSessions, i + 50); j++) {
+      batch.push(
+        new GatewayLink({
+          url: stack.gateway.readyLine.url as string,
+          role: 'agent',
+          token,
+          caPem,
+          agent: { instanceId: `idle-${j}`, expose: [{ name: 'none', port: 9 }] },
+          onOpenStream: (stream) => stream.reset('DENIED', 'idle bench agent'),
+        }).start(),
+      );
+    }
+    await Promise.all(batch.map((l) => l.waitOpen(30_000)));
+    links.push(...batch);
+  }
+  // Let allocations settle (TLS buffers, GC) before reading RSS.
+  await new Promise((r) => setTimeout(r, 3000));
+  const after = await rssBytes(pid);
+  await Promise.all(links.map((l) => l.close()));
+  return { bytesPerSession: Math.max(0, (after - before) / idleSessions), sessions: idleSessions };
+}
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  log(`narrowlink bench: ${streamBytes / MIB} MiB per single-stream run, ${rounds} rounds, median`);
+
+  log('raw TCP…');
+  const sink = await startSinkProcess({ hash: false });
+  const rawTcp = await medianOf('raw tcp', () => pushThrough({ sinkServer: sink, bytes: streamBytes, verify: false }));
+  const rawTcp16 = await medianOf('raw tcp x16', () => pushThrough({ sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }));
+
+  log('ssh -L…');
+  const sshSamples: number[] = [];
+  const ssh16Samples: number[] = [];
+  let sshSkipped: string | undefined;
+  for (let i = 0; i < rounds && !sshSkipped && !values['only-relay']; i++) {
+    const one = await measureSshForward({ bytes: streamBytes, targetPort: sink.port, verify: false });
+    if ('skipped' in one) {
+      sshSkipped = one.skipped;
+      break;
+    }
+    sshSamples.push(one.mbPerSec);
+    const many = await measureSshForward({ bytes: streamBytes / 16, streams: 16, targetPort: sink.port, verify: false });
+    if (!('skipped' in many)) ssh16Samples.push(many.mbPerSec);
+    log(`  ssh round ${i + 1}: ${one.mbPerSec.toFixed(0)} MB/s, x16 ${'skipped' in many ? '-' : many.mbPerSec.toFixed(0)} MB/s`);
+  }
+  const ssh = sshSamples.length ? median(sshSamples) : undefined;
+  const ssh16 = ssh16Samples.length ? median(ssh16Samples) : undefined;
+
+  log('relay (TLS both legs)…');
+  const echo = await startEchoServer();
+  const stack = await startStack([sink.port, echo.port]);
+  const agent = await startAgent(stack, [sink.port, echo.port]);
+  const forward = await startForward(stack, `sink:${sink.port}`);
+  const relay = await medianOf('relay', () => pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes, verify: false }));
+  const relay16 = await medianOf('relay x16', () =>
+    pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }),
+  );
+
+  log('stream open latency…');
+  const open = values['only-relay'] ? { p50: Number.NaN, p99: Number.NaN } : await measureStreamOpen(stack, echo.port);
+
+  log(`idle sessions (${idleSessions})…`);
+  const idle = values['only-relay'] ? { bytesPerSession: Number.NaN, sessions: 0 } : await measureIdleSessions(stack);
+
+  await forward.process.stop();
+  await agent.stop();
+  await stack.gateway.stop();
+  await sink.close();
+  await echo.close();
+  await stopAll();
+
+  const round2 = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
+  const result = {
+    stream_mib: streamBytes / MIB,
+    rounds,
+    raw_tcp_mbps: round2(rawTcp),
+    raw_tcp_x16_mbps: round2(rawTcp16),
+    ssh_mbps: round2(ssh),
+    ssh_x16_mbps: round2(ssh16),
+    ssh_skipped: sshSkipped ?? null,
+    relay_mbps: round2(relay),
+    relay_x16_mbps: round2(relay16),
+    relay_vs_tcp: round2(relay / rawTcp),
+    relay_vs_ssh: ssh === undefined ? null : round2(relay / ssh),
+    relay_x16_vs_ssh_x16: ssh16 === undefined ? null : round2(relay16 / ssh16),
+    stream_open_p50_ms: Math.round(open.p50 * 1000) / 1000,
+    stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
+    idle_sessions: idle.sessions,
+    idle_session_bytes: Math.round(idle.bytesPerSession),
+    seconds: Math.round((performance.now() - started) / 100) / 10,
+  };
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    return;
+  }
+  const rows: Array<[string, string, string]> = [
+    ['raw TCP, 1 stream', `${result.raw_tcp_mbps} MB/s`, 'baseline'],
+    ['ssh -L, 1 stream', ssh === undefined ? `skipped (${sshSkipped})` : `${result.ssh_mbps} MB/s`, 'baseline'],
+    ['relay (TLS), 1 stream', `${result.relay_mbps} MB/s`, `${result.relay_vs_tcp} × TCP, ${result.relay_vs_ssh ?? '-'} × ssh (target ≥ 0.5 × ssh)`],
+    ['raw TCP, 16 streams', `${result.raw_tcp_x16_mbps} MB/s`, 'baseline'],
+    ['ssh -L, 16 streams', ssh16 === undefined ? 'skipped' : `${result.ssh_x16_mbps} MB/s`, 'baseline'],
+    ['relay (TLS), 16 streams', `${result.relay_x16_mbps} MB/s`, `${result.relay_x16_vs_ssh_x16 ?? '-'} × ssh`],
+    ['stream open p50 / p99', `${result.stream_open_p50_ms} / ${result.stream_open_p99_ms} ms`, 'target p50 ≤ 1 ms'],
+    [`gateway RSS per idle session (${idle.sessions})`, `${(result.idle_session_bytes / 1024).toFixed(1)} KiB`, 'target ≤ 64 KiB'],
+  ];
+  const w0 = Math.max(...rows.map((r) => r[0].length));
+  const w1 = Math.max(...rows.map((r) => r[1].length));
+  process.stdout.write(`\n${'measure'.padEnd(w0)}  ${'result'.padEnd(w1)}  note\n`);
+  for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}\n`);
+  process.stdout.write(`(${result.seconds} s; ${streamBytes / MIB} MiB per single-stream run, median of ${rounds})\n`);
+}
+
+main().catch(async (error: unknown) => {
+  process.stderr.write(`bench failed: ${(error as Error).stack ?? String(error)}\n`);
+  await stopAll();
+  process.exit(1);
+});
