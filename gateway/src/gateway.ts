@@ -357,7 +357,12 @@ export class Gateway {
       fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.openTimeoutMs} ms`);
     }, this.openTimeoutMs);
     // While the agent dials, a client reset must cancel the agent leg.
-    stream.handlers = { onReset: () => agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open') };
+    stream.handlers = {
+      onReset: () => {
+        clearTimeout(timer);
+        agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
+      },
+    };
     agentStream.handlers = {
       onReset: (reset) => {
         clearTimeout(timer);
