@@ -4,7 +4,6 @@ import { NarrowlinkError } from '@narrowlink/protocol';
 export const AgentErrorCode = {
   USAGE: 'NL_ERR_AGENT_USAGE',
   BAD_EXPOSE: 'NL_ERR_AGENT_BAD_EXPOSE',
-  NOT_EXPOSED: 'NL_ERR_AGENT_NOT_EXPOSED',
   PID_FILE: 'NL_ERR_AGENT_PID_FILE',
 } as const;
 export type AgentErrorCode = (typeof AgentErrorCode)[keyof typeof AgentErrorCode];

@@ -35,7 +35,7 @@ export function parseExposeList(specs: string[]): ExposeEntry[] {
   const names = new Set<string>();
   const targets = new Set<string>();
   for (const entry of entries) {
-    const target = `${entry.host}:${entry.port}`;
+    const target = `${entry.host.toLowerCase()}:${entry.port}`;
     if (names.has(entry.name)) throw new AgentError(AgentErrorCode.BAD_EXPOSE, `--expose: name "${entry.name}" given twice`);
     if (targets.has(target)) throw new AgentError(AgentErrorCode.BAD_EXPOSE, `--expose: ${target} given twice`);
     names.add(entry.name);

@@ -212,7 +212,8 @@ async function run(argv: string[]): Promise<number> {
           process.stdin.pipe(duplex);
           duplex.pipe(process.stdout);
           duplex.on('error', (error) => {
-            process.stderr.write(`narrowlink: ${error instanceof StreamResetError ? `${error.streamCode}: ` : ''}${error.message}\n`);
+            // Same shape as every other failure: the public code (NL_ERR_STREAM_<CODE>), then the message.
+            process.stderr.write(`narrowlink: ${error instanceof StreamResetError ? `${error.code}: ` : ''}${error.message}\n`);
             resolve(ExitCode.FAILURE);
           });
           duplex.on('end', () => process.stdout.end(() => resolve(ExitCode.OK)));

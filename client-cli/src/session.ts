@@ -20,7 +20,8 @@ export function createLink(settings: Settings, reporter: Reporter | undefined, o
   });
   if (reporter) {
     link.on('state', (state: string) => {
-      if (state === 'connecting' && link.stats.reconnects > 0) {
+      // A session that was open and dropped is a reconnect too (`reconnects` only counts retries already made).
+      if (state === 'connecting' && (link.stats.reconnects > 0 || link.stats.connectedAt !== undefined)) {
         reporter.event('reconnecting', { error: link.stats.lastError?.code }, `gateway unavailable (${link.stats.lastError?.message ?? 'connection lost'}); reconnecting`);
       }
     });

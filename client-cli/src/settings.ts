@@ -63,8 +63,15 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
   const gateway = flags.gateway ?? env.NARROWLINK_GATEWAY ?? file.gateway;
   if (!gateway) throw new CliError(CliErrorCode.CONFIG, `no gateway: pass --gateway URL, set NARROWLINK_GATEWAY, or add "gateway:" to ${configPath}`);
   if (!/^wss?:\/\//.test(gateway)) throw new CliError(CliErrorCode.CONFIG, `gateway URL must start with ws:// or wss://, got "${gateway}"`);
-  const tokenText = flags.token ?? env.NARROWLINK_TOKEN ?? file.token;
-  const tokenFile = flags.tokenFile ?? env.NARROWLINK_TOKEN_FILE ?? file.tokenFile;
+  // The highest level that names a token wins (a --token-file flag beats `token:` in the file); within
+  // one level an inline token beats a token file.
+  const tokenLevel = [
+    { text: flags.token, file: flags.tokenFile },
+    { text: env.NARROWLINK_TOKEN, file: env.NARROWLINK_TOKEN_FILE },
+    { text: file.token, file: file.tokenFile },
+  ].find((level) => level.text || level.file);
+  const tokenText = tokenLevel?.text;
+  const tokenFile = tokenLevel?.file;
   if (!tokenText && !tokenFile) {
     throw new CliError(CliErrorCode.CONFIG, `no token: pass --token, set NARROWLINK_TOKEN or NARROWLINK_TOKEN_FILE, or add "token:" to ${configPath}`);
   }

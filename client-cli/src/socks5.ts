@@ -68,12 +68,16 @@ class ByteReader {
         const cleanup = (): void => {
           this.#socket.off('readable', onReadable);
           this.#socket.off('end', onEnd);
+          this.#socket.off('close', onEnd);
           this.#socket.off('error', onError);
         };
         const ready = this.#socket.read() as Buffer | null;
         if (ready) return resolve(ready);
+        // 'end' may already have fired (during the read() above or between two calls): waiting would hang.
+        if (this.#socket.readableEnded || this.#socket.destroyed) return resolve(null);
         this.#socket.on('readable', onReadable);
         this.#socket.on('end', onEnd);
+        this.#socket.on('close', onEnd);
         this.#socket.on('error', onError);
       });
       if (chunk === null) throw new SocksProtocolError('client closed during the SOCKS handshake');

@@ -177,6 +177,11 @@ export class Gateway {
           { reason: error.code, cause: error },
         );
       }
+      // verifyToken allows 30 s of skew past `exp`, but the sweep closes a session at `exp` itself: accepting such a
+      // token would let a peer reconnect and be closed again, in a loop, for those 30 s.
+      if (claims.exp * 1000 <= this.#now()) {
+        throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: token has expired', { reason: 'NL_ERR_TOKEN_EXPIRED' });
+      }
       if (kind === 'agent' && !this.#findAgent(normalizeAgentRef(claims.sub))) {
         throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${claims.sub}" is not configured on this gateway`);
       }
@@ -209,7 +214,12 @@ export class Gateway {
           session.mux.sendControl({ type: 'error', code: error.code, message: error.message.slice(0, 1024) });
           session.close(4400, error.code);
         },
-        onOpen: (stream) => stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'no stream before hello'),
+        // A stream before the hello breaks the handshake like any other early message: end the session,
+        // not only the stream, so a peer cannot sit in `handshaking` probing OPENs until the timeout.
+        onOpen: (stream) => {
+          stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'no stream before hello');
+          this.#protocolViolation(session, 'OPEN before hello');
+        },
       },
       onClosed: () => {
         this.#sessions.delete(session);

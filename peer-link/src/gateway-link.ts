@@ -152,6 +152,8 @@ export class GatewayLink extends EventEmitter {
   }
 
   async #dial(): Promise<void> {
+    // An error from an earlier attempt must not be reported for this one.
+    this.#handshakeError = undefined;
     const token = await this.#token();
     if (this.#stopped) return;
     const endpoint = new URL(`/v1/${this.options.role}`, this.options.url);

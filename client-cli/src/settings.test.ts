@@ -1,0 +1,170 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { CliError, ExitCode } from './errors.ts';
+import { defaultConfigPath, resolveSettings } from './settings.ts';
+
+const dirs: string[] = [];
+after(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A temp XDG_CONFIG_HOME, optionally with narrowlink/config.yaml holding `yaml`. */
+function home(yaml?: string): { xdg: string; configPath: string; dir: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'nl-settings-'));
+  dirs.push(dir);
+  const xdg = join(dir, 'xdg');
+  const configPath = join(xdg, 'narrowlink', 'config.yaml');
+  mkdirSync(join(xdg, 'narrowlink'), { recursive: true });
+  if (yaml !== undefined) writeFileSync(configPath, yaml);
+  return { xdg, configPath, dir };
+}
+
+function assertCliError(fn: () => unknown, code: string, exitCode: number = ExitCode.USAGE): void {
+  assert.throws(fn, (error: unknown) => {
+    assert.ok(error instanceof CliError, String(error));
+    assert.equal(error.code, code);
+    assert.equal(error.exitCode, exitCode);
+    return true;
+  });
+}
+
+describe('resolveSettings precedence', () => {
+  const file = 'gateway: wss://file.example:443\ntoken: file-token\nmode: relay\n';
+
+  test('the config file alone supplies everything', () => {
+    const h = home(file);
+    const s = resolveSettings({}, { XDG_CONFIG_HOME: h.xdg });
+    assert.equal(s.gateway, 'wss://file.example:443');
+    assert.equal(s.token(), 'file-token');
+    assert.equal(s.mode, 'relay');
+    assert.equal(s.configPath, h.configPath);
+    assert.equal(s.caPem, undefined);
+  });
+
+  test('environment beats the file', () => {
+    const h = home(file);
+    const s = resolveSettings({}, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_GATEWAY: 'ws://127.0.0.1:1', NARROWLINK_TOKEN: 'env-token', NARROWLINK_MODE: 'auto' });
+    assert.deepEqual([s.gateway, s.token(), s.mode], ['ws://127.0.0.1:1', 'env-token', 'auto']);
+  });
+
+  test('flags beat the environment and the file', () => {
+    const h = home(file);
+    const env = { XDG_CONFIG_HOME: h.xdg, NARROWLINK_GATEWAY: 'ws://127.0.0.1:1', NARROWLINK_TOKEN: 'env-token', NARROWLINK_MODE: 'auto' };
+    const s = resolveSettings({ gateway: 'wss://flag.example', token: 'flag-token', mode: 'direct' }, env);
+    assert.deepEqual([s.gateway, s.token(), s.mode], ['wss://flag.example', 'flag-token', 'direct']);
+  });
+
+  test('a token file is read (trimmed) at use time; an inline token wins over a token file at the same level', () => {
+    const h = home();
+    const tokenFile = join(h.dir, 'token');
+    writeFileSync(tokenFile, 'from-file\n');
+    const s = resolveSettings({ gateway: 'ws://127.0.0.1:1', tokenFile }, { XDG_CONFIG_HOME: h.xdg });
+    assert.equal(s.token(), 'from-file');
+    writeFileSync(tokenFile, 'rotated\n');
+    assert.equal(s.token(), 'rotated', 'read per use, so a rotated token is picked up');
+    const both = resolveSettings({ gateway: 'ws://127.0.0.1:1', tokenFile, token: 'inline' }, { XDG_CONFIG_HOME: h.xdg });
+    assert.equal(both.token(), 'inline');
+    const envFile = resolveSettings({ gateway: 'ws://127.0.0.1:1' }, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_TOKEN_FILE: tokenFile });
+    assert.equal(envFile.token(), 'rotated');
+  });
+
+  test('a token file at a higher level beats an inline token at a lower one', () => {
+    const h = home('gateway: wss://file.example\ntoken: file-token\n');
+    const tokenFile = join(h.dir, 'token');
+    writeFileSync(tokenFile, 'newer\n');
+    assert.equal(resolveSettings({ tokenFile }, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_TOKEN: 'env-token' }).token(), 'newer', 'flag file > env token');
+    assert.equal(resolveSettings({}, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_TOKEN_FILE: tokenFile }).token(), 'newer', 'env file > file token');
+    assert.equal(resolveSettings({}, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_TOKEN: '' }).token(), 'file-token', 'an empty env value is no value');
+  });
+
+  test('--config and NARROWLINK_CONFIG pick another file; the flag wins', () => {
+    const h = home(file);
+    const other = join(h.dir, 'other.yaml');
+    writeFileSync(other, 'gateway: ws://127.0.0.1:2\ntoken: other\n');
+    const third = join(h.dir, 'third.yaml');
+    writeFileSync(third, 'gateway: ws://127.0.0.1:3\ntoken: third\n');
+    const viaEnv = resolveSettings({}, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_CONFIG: other });
+    assert.deepEqual([viaEnv.gateway, viaEnv.configPath], ['ws://127.0.0.1:2', other]);
+    const viaFlag = resolveSettings({ config: third }, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_CONFIG: other });
+    assert.deepEqual([viaFlag.gateway, viaFlag.configPath], ['ws://127.0.0.1:3', third]);
+  });
+
+  test('mode defaults to auto; a CA file is read', () => {
+    const h = home();
+    const ca = join(h.dir, 'ca.pem');
+    writeFileSync(ca, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+    const s = resolveSettings({ gateway: 'wss://g', token: 't', caFile: ca }, { XDG_CONFIG_HOME: h.xdg });
+    assert.equal(s.mode, 'auto');
+    assert.match(s.caPem ?? '', /BEGIN CERTIFICATE/);
+    assert.equal(s.configPath, undefined, 'no file in use');
+  });
+});
+
+describe('resolveSettings errors', () => {
+  test('no gateway anywhere: NL_ERR_CLI_CONFIG', () => {
+    const h = home();
+    assertCliError(() => resolveSettings({ token: 't' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('no token anywhere: NL_ERR_CLI_CONFIG', () => {
+    const h = home('gateway: wss://g.example\n');
+    assertCliError(() => resolveSettings({}, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('a gateway URL that is not ws:// or wss://: NL_ERR_CLI_CONFIG', () => {
+    const h = home();
+    for (const gateway of ['https://g.example', 'g.example:443', 'tcp://g']) {
+      assertCliError(() => resolveSettings({ gateway, token: 't' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+    }
+  });
+
+  test('invalid file fields: unknown key, bad types, bad mode, bad URL, bad YAML', () => {
+    for (const yaml of [
+      'gatway: wss://typo.example\n',
+      'gateway: 42\ntoken: t\n',
+      'gateway: wss://g\ntoken: ""\n',
+      'gateway: wss://g\ntoken: t\nmode: fast\n',
+      'gateway: not a url\ntoken: t\n',
+      'gateway: [unclosed\n',
+      '- a list\n- not a map\n',
+    ]) {
+      const h = home(yaml);
+      assertCliError(() => resolveSettings({ gateway: 'wss://flag', token: 'flag' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+    }
+  });
+
+  test('an empty config file is fine', () => {
+    const h = home('');
+    const s = resolveSettings({ gateway: 'wss://g', token: 't' }, { XDG_CONFIG_HOME: h.xdg });
+    assert.equal(s.gateway, 'wss://g');
+  });
+
+  test('an explicit config file that does not exist: NL_ERR_CLI_CONFIG', () => {
+    const h = home();
+    const missing = join(h.dir, 'missing.yaml');
+    assertCliError(() => resolveSettings({ config: missing, gateway: 'wss://g', token: 't' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+    assertCliError(() => resolveSettings({ gateway: 'wss://g', token: 't' }, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_CONFIG: missing }), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('an unreadable CA file: NL_ERR_CLI_CONFIG', () => {
+    const h = home();
+    assertCliError(() => resolveSettings({ gateway: 'wss://g', token: 't', caFile: join(h.dir, 'nope.pem') }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('a bad --mode: NL_ERR_CLI_USAGE', () => {
+    const h = home();
+    assertCliError(() => resolveSettings({ gateway: 'wss://g', token: 't', mode: 'fast' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_USAGE');
+    assertCliError(() => resolveSettings({ gateway: 'wss://g', token: 't' }, { XDG_CONFIG_HOME: h.xdg, NARROWLINK_MODE: 'fast' }), 'NL_ERR_CLI_USAGE');
+  });
+});
+
+describe('defaultConfigPath', () => {
+  test('uses XDG_CONFIG_HOME when set, ~/.config otherwise', () => {
+    assert.equal(defaultConfigPath({ XDG_CONFIG_HOME: '/tmp/xdg' }), join('/tmp/xdg', 'narrowlink', 'config.yaml'));
+    assert.equal(defaultConfigPath({}), join(homedir(), '.config', 'narrowlink', 'config.yaml'));
+    assert.equal(defaultConfigPath({ XDG_CONFIG_HOME: '' }), join(homedir(), '.config', 'narrowlink', 'config.yaml'));
+  });
+});
