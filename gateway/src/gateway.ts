@@ -389,6 +389,7 @@ export class Gateway {
         stream.accept({ path: 'relay' });
         splice(stream, agentStream, {
           onBytes: (direction, bytes) => this.metrics.relayBytes.inc({ direction }, bytes),
+          onQueued: (delta) => this.metrics.relayQueuedBytes.inc(delta),
           onClosed: () => {
             this.metrics.streamsOpen.dec();
             this.#openStreams--;

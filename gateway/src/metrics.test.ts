@@ -15,6 +15,7 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_config_reloads_total',
       'narrowlink_gateway_policy_resets_total',
       'narrowlink_gateway_relay_bytes_total',
+      'narrowlink_gateway_relay_queued_bytes',
       'narrowlink_gateway_sessions',
       'narrowlink_gateway_stream_open_seconds',
       'narrowlink_gateway_streams_open',

@@ -8,6 +8,7 @@ export interface GatewayMetrics {
   registry: Registry;
   sessions: Gauge<'kind'>;
   streamsOpen: Gauge;
+  relayQueuedBytes: Gauge;
   streamsTotal: Counter<'result'>;
   relayBytes: Counter<'direction'>;
   streamOpenSeconds: Histogram;
@@ -24,6 +25,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     registry,
     sessions: new Gauge({ name: 'narrowlink_gateway_sessions', help: 'Open peer sessions by kind (agent, client).', labelNames: ['kind'], registers }),
     streamsOpen: new Gauge({ name: 'narrowlink_gateway_streams_open', help: 'Relayed streams currently open.', registers }),
+    relayQueuedBytes: new Gauge({
+      name: 'narrowlink_gateway_relay_queued_bytes',
+      help: 'Payload bytes held in relay queues, waiting for credit from the slower side (bounded by the stream windows).',
+      registers,
+    }),
     streamsTotal: new Counter({
       name: 'narrowlink_gateway_streams_total',
       help: 'Stream open attempts by result (ok or a stream error code).',

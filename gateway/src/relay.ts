@@ -10,6 +10,8 @@ import { type MuxStream, StreamErrorCode } from '@narrowlink/protocol';
 export interface SpliceCounters {
   /** Called with the payload size of every chunk forwarded in the given direction. */
   onBytes(direction: 'client_to_agent' | 'agent_to_client', bytes: number): void;
+  /** Called with every change of the bytes held in the gateway's queues (positive or negative). */
+  onQueued?(delta: number): void;
   /** Called once when both legs are closed. */
   onClosed(): void;
 }
@@ -19,15 +21,17 @@ class Pipe {
   readonly #source: MuxStream;
   readonly #sink: MuxStream;
   readonly #count: (bytes: number) => void;
+  readonly #queued: (delta: number) => void;
   readonly #queue: Uint8Array[] = [];
   #finPending = false;
   /** Bytes held in the queue; bounded by the window granted to the source. */
   queuedBytes = 0;
 
-  constructor(source: MuxStream, sink: MuxStream, count: (bytes: number) => void) {
+  constructor(source: MuxStream, sink: MuxStream, count: (bytes: number) => void, queued: (delta: number) => void) {
     this.#source = source;
     this.#sink = sink;
     this.#count = count;
+    this.#queued = queued;
   }
 
   onData(data: Uint8Array): void {
@@ -42,7 +46,15 @@ class Pipe {
     }
     this.#queue.push(data);
     this.queuedBytes += data.length;
+    this.#queued(data.length);
     this.flush();
+  }
+
+  /** Drops what is still queued (the stream ended abnormally). */
+  discard(): void {
+    if (this.queuedBytes > 0) this.#queued(-this.queuedBytes);
+    this.queuedBytes = 0;
+    this.#queue.length = 0;
   }
 
   onFin(): void {
@@ -57,6 +69,7 @@ class Pipe {
       if (sent === 0) break;
       this.#count(sent);
       this.queuedBytes -= sent;
+      this.#queued(-sent);
       this.#source.consumed(sent);
       if (sent === head.length) this.#queue.shift();
       else this.#queue[0] = head.subarray(sent);
@@ -70,11 +83,16 @@ class Pipe {
 
 /** Connects `client` and `agent` (both already open) until both directions end or either resets. */
 export function splice(client: MuxStream, agent: MuxStream, counters: SpliceCounters): { up: Pipe; down: Pipe } {
-  const up = new Pipe(client, agent, (n) => counters.onBytes('client_to_agent', n));
-  const down = new Pipe(agent, client, (n) => counters.onBytes('agent_to_client', n));
+  const queued = (delta: number): void => counters.onQueued?.(delta);
+  const up = new Pipe(client, agent, (n) => counters.onBytes('client_to_agent', n), queued);
+  const down = new Pipe(agent, client, (n) => counters.onBytes('agent_to_client', n), queued);
   let closedLegs = 0;
   const legClosed = (): void => {
-    if (++closedLegs === 2) counters.onClosed();
+    if (++closedLegs === 2) {
+      up.discard();
+      down.discard();
+      counters.onClosed();
+    }
   };
   client.handlers = {
     onData: (d) => up.onData(d),
