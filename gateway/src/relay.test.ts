@@ -112,10 +112,13 @@ function relayed(options: Parameters<typeof topology>[0] & { agentConsumes?: boo
   t.flush();
   assert.ok(opened, 'gateway saw OPEN_OK');
   gwClientStream.accept({ path: 'relay' });
-  const counted = { client_to_agent: 0, agent_to_client: 0, closed: 0 };
+  const counted = { client_to_agent: 0, agent_to_client: 0, closed: 0, queued: 0 };
   const pipes = splice(gwClientStream, gwAgentStream, {
     onBytes: (direction, bytes) => {
       counted[direction] += bytes;
+    },
+    onQueued: (delta) => {
+      counted.queued += delta;
     },
     onClosed: () => {
       counted.closed++;
@@ -137,6 +140,18 @@ function writeAll(r: ReturnType<typeof relayed>, stream: MuxStream, data: Buffer
 }
 
 describe('splice', () => {
+  test('reports queued bytes as deltas that track the queues and return to zero after a reset', () => {
+    const window = 32 * 1024;
+    const r = relayed({ clientWindow: window, agentWindow: window, agentConsumes: false });
+    writeAll(r, r.client.stream, randomBytes(2 * window));
+    assert.equal(r.counted.queued, r.pipes.up.queuedBytes);
+    assert.equal(r.counted.queued, window);
+    r.client.stream.reset(StreamErrorCode.CANCELLED, 'user gave up');
+    r.flush();
+    assert.equal(r.counted.closed, 1);
+    assert.equal(r.counted.queued, 0, 'nothing is reported as held once both legs closed');
+  });
+
   test('relays bytes in both directions and counts them', () => {
     const r = relayed();
     const up = randomBytes(300_000);
