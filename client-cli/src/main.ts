@@ -3,6 +3,7 @@
  * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
  */
 import { parseArgs } from 'node:util';
+import type { GatewayLink } from '@narrowlink/peer-link';
 import { StreamResetError } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
 import { startForwards } from './commands/forward.ts';
@@ -124,6 +125,30 @@ function untilSignal(): Promise<string> {
   });
 }
 
+/**
+ * Runs a long-lived command (forward, socks): its listeners open before the session so that
+ * connections made while the gateway is still coming up wait for it; then it serves until a
+ * signal, or until the gateway refuses our credentials for good.
+ */
+async function serveUntilStopped(
+  settings: Settings,
+  reporter: Reporter,
+  start: (link: GatewayLink) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
+): Promise<number> {
+  const link = createLink(settings, reporter, { reconnect: true });
+  const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
+  const service = await start(link);
+  link.start();
+  reporter.event('ready', service.ready.fields, service.ready.text);
+  try {
+    await Promise.race([untilSignal(), fatal]);
+    return ExitCode.OK;
+  } finally {
+    await service.close();
+    await link.close();
+  }
+}
+
 async function run(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
   const { values, positionals } = parseArgs({ args: command ? argv.slice(1) : argv, options: OPTIONS, allowPositionals: true, strict: true });
@@ -230,22 +255,11 @@ async function run(argv: string[]): Promise<number> {
         specs.push({ localHost: local.host, localPort: local.port, target: parseTarget(positionals[1] as string) });
       } else if (positionals.length !== 0) usage('forward wants [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT], or -L specs');
       if (specs.length === 0) usage('nothing to forward; see narrowlink forward --help');
-      const link = createLink(settings, reporter, { reconnect: true });
-      const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
-      const handle = await startForwards(link, settings, specs, reporter, { openTimeoutMs: timeoutMs });
-      link.start();
-      reporter.event(
-        'ready',
-        { listeners: handle.addresses },
-        handle.addresses.map((a) => `forwarding ${a.local}:${a.port} -> ${a.target}`).join('\n'),
-      );
-      try {
-        await Promise.race([untilSignal(), fatal]);
-        return ExitCode.OK;
-      } finally {
-        await handle.close();
-        await link.close();
-      }
+      return await serveUntilStopped(settings, reporter, async (link) => {
+        const handle = await startForwards(link, settings, specs, reporter, { openTimeoutMs: timeoutMs });
+        const lines = handle.addresses.map((a) => `forwarding ${a.local}:${a.port} -> ${a.target}`).join('\n');
+        return { close: handle.close, ready: { fields: { listeners: handle.addresses }, text: lines } };
+      });
     }
     case 'socks': {
       if (positionals.length > 0) usage('socks takes no positional arguments');
@@ -253,18 +267,12 @@ async function run(argv: string[]): Promise<number> {
       const username = values.username ?? process.env.NARROWLINK_SOCKS_USERNAME;
       const password = values.password ?? process.env.NARROWLINK_SOCKS_PASSWORD;
       if (Boolean(username) !== Boolean(password)) usage('--username and --password go together');
-      const link = createLink(settings, reporter, { reconnect: true });
-      const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
-      const socks = await startSocks(link, settings, listen, username && password ? { username, password } : undefined, reporter, { openTimeoutMs: timeoutMs });
-      link.start();
-      reporter.event('ready', { listen: `${listen.host}:${socks.port}`, port: socks.port }, `SOCKS5 proxy on ${listen.host}:${socks.port}`);
-      try {
-        await Promise.race([untilSignal(), fatal]);
-        return ExitCode.OK;
-      } finally {
-        await socks.close();
-        await link.close();
-      }
+      const auth = username && password ? { username, password } : undefined;
+      return await serveUntilStopped(settings, reporter, async (link) => {
+        const socks = await startSocks(link, settings, listen, auth, reporter, { openTimeoutMs: timeoutMs });
+        const address = `${listen.host}:${socks.port}`;
+        return { close: socks.close, ready: { fields: { listen: address, port: socks.port }, text: `SOCKS5 proxy on ${address}` } };
+      });
     }
   }
   return usage(`unknown command "${command}"`);
