@@ -161,6 +161,15 @@ async function startForward(stack: Stack, target: string): Promise<{ process: St
   return { process: forward, port: (listeners[0] as { port: number }).port };
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticksPerSecond = 100;
+  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+}
+
 async function rssBytes(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]);
@@ -257,7 +266,13 @@ async function main(): Promise<void> {
   const forward = await startForward(stack, `sink:${sink.port}`);
   // One unmeasured transfer first: JIT warm-up and TCP window growth, as the other paths had in their first round.
   await pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: 64 * MIB, verify: false });
+  const relayPids = { client: forward.process.child.pid as number, gateway: stack.gateway.child.pid as number, agent: agent.child.pid as number };
+  const cpuBefore = await Promise.all(Object.values(relayPids).map(cpuSeconds));
   const relay = await medianOf('relay', () => pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes, verify: false }));
+  const cpuAfter = await Promise.all(Object.values(relayPids).map(cpuSeconds));
+  // CPU milliseconds each relay process spent per MB moved (single-stream rounds only).
+  const relayMb = (streamBytes * rounds) / 1e6;
+  const [clientCpu, gatewayCpu, agentCpu] = cpuAfter.map((after, i) => (((after - (cpuBefore[i] as number)) * 1000) / relayMb));
   const relay16 = await medianOf('relay x16', () =>
     pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }),
   );
@@ -289,6 +304,7 @@ async function main(): Promise<void> {
     relay_vs_tcp: round2(relay / rawTcp),
     relay_vs_ssh: ssh === undefined ? null : round2(relay / ssh),
     relay_x16_vs_ssh_x16: ssh16 === undefined ? null : round2(relay16 / ssh16),
+    relay_cpu_ms_per_mb: { client: round2(clientCpu), gateway: round2(gatewayCpu), agent: round2(agentCpu) },
     stream_open_p50_ms: Math.round(open.p50 * 1000) / 1000,
     stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
     idle_sessions: idle.sessions,
@@ -303,6 +319,7 @@ async function main(): Promise<void> {
     ['raw TCP, 1 stream', `${result.raw_tcp_mbps} MB/s`, 'baseline'],
     ['ssh -L, 1 stream', ssh === undefined ? `skipped (${sshSkipped})` : `${result.ssh_mbps} MB/s`, 'baseline'],
     ['relay (TLS), 1 stream', `${result.relay_mbps} MB/s`, `${result.relay_vs_tcp} × TCP, ${result.relay_vs_ssh ?? '-'} × ssh (target ≥ 0.5 × ssh)`],
+    ['relay CPU per MB (client/gateway/agent)', `${result.relay_cpu_ms_per_mb.client} / ${result.relay_cpu_ms_per_mb.gateway} / ${result.relay_cpu_ms_per_mb.agent} ms`, 'what bounds the single stream on 2 cores'],
     ['raw TCP, 16 streams', `${result.raw_tcp_x16_mbps} MB/s`, 'baseline'],
     ['ssh -L, 16 streams', ssh16 === undefined ? 'skipped' : `${result.ssh_x16_mbps} MB/s`, 'baseline'],
     ['relay (TLS), 16 streams', `${result.relay_x16_mbps} MB/s`, `${result.relay_x16_vs_ssh_x16 ?? '-'} × ssh`],
