@@ -1,1 +1,10 @@
-export {};
+/** Public API of the operator package: CRD definitions and types, and the pure reconcile cores. */
+export * from './crds/index.ts';
+export * from './labels.ts';
+export * from './names.ts';
+export * from './objects.ts';
+export * from './reconcilers/agent-token/desired.ts';
+export * from './reconcilers/certificates/desired.ts';
+export * from './reconcilers/conditions.ts';
+export * from './reconcilers/domains.ts';
+export * from './reconcilers/gateway-config/desired.ts';
