@@ -9,8 +9,11 @@ import { basename, dirname } from 'node:path';
 import { type GatewayConfig, parseGatewayConfig } from '@narrowlink/protocol';
 
 export interface ConfigSource {
-  /** Loads the first configuration (throws when it is missing or invalid) and starts watching. */
-  start(onChange: (config: GatewayConfig) => void, onError: (error: Error) => void): GatewayConfig;
+  /**
+   * Loads the first configuration and starts watching. The file source throws at once when the file
+   * is missing or invalid; the Kubernetes source resolves once its Secret holds a valid document.
+   */
+  start(onChange: (config: GatewayConfig) => void, onError: (error: Error) => void): GatewayConfig | Promise<GatewayConfig>;
   stop(): void;
 }
 

@@ -6,9 +6,12 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
+import type { GatewayConfig } from '@narrowlink/protocol';
+import { type Logger, pino } from 'pino';
 import { buildApp } from './app.ts';
-import { FileConfigSource } from './config-source.ts';
+import { loadFromDefaultOrFile } from './kube.ts';
+import { type ConfigSource, FileConfigSource } from './config-source.ts';
+import { KubeSecretConfigSource } from './kube-config-source.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics } from './metrics.ts';
@@ -18,7 +21,11 @@ const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and
 Usage: narrowlink-gateway --config FILE [options]
 
 Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LISTEN):
-  --config FILE        gateway configuration (YAML or JSON), hot-reloaded on change   [required]
+  --config FILE        gateway configuration (YAML or JSON), hot-reloaded on change
+  --config-source SRC  file (default; needs --config) or kubernetes (a Secret, hot-reloaded)
+  --config-secret NAME with kubernetes: the Secret written by the operator (default narrowlink-gateway-config)
+  --config-namespace NS  with kubernetes: its namespace (default: this pod's namespace)
+  --kubeconfig FILE    with kubernetes: credentials (default: in-cluster, or $KUBECONFIG)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
@@ -45,6 +52,10 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       config: { type: 'string' },
+      'config-source': { type: 'string' },
+      'config-secret': { type: 'string' },
+      'config-namespace': { type: 'string' },
+      kubeconfig: { type: 'string' },
       listen: { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -69,7 +80,10 @@ async function main(): Promise<void> {
     process.stderr.write(`narrowlink-gateway: ${code}: ${message}\n`);
     process.exit(2);
   };
-  const configPath = option(values, 'config') ?? fail('NL_ERR_GATEWAY_USAGE', 'missing --config FILE (see --help)');
+  const sourceKind = option(values, 'config-source', 'file') as string;
+  if (sourceKind !== 'file' && sourceKind !== 'kubernetes') fail('NL_ERR_GATEWAY_USAGE', `--config-source must be file or kubernetes, got "${sourceKind}"`);
+  const configPath = option(values, 'config');
+  if (sourceKind === 'file' && !configPath) fail('NL_ERR_GATEWAY_USAGE', 'missing --config FILE (see --help)');
   const listen = option(values, 'listen', '0.0.0.0:8443') as string;
   const split = listen.lastIndexOf(':');
   const host = listen.slice(0, split).replace(/^\[|\]$/g, '');
@@ -86,24 +100,25 @@ async function main(): Promise<void> {
 
   const metrics = createMetrics();
   const gateway = new Gateway({ log, metrics, streamWindow });
-  const source = new FileConfigSource(configPath);
-  try {
-    gateway.applyConfig(
-      source.start(
-        (config) => {
-          gateway.applyConfig(config);
-          metrics.configReloads.inc({ result: 'ok' });
-          log.child({}, { level: 'info' }).info({ event: 'config-reloaded', agents: config.agents.length, policies: config.policies.length }, 'configuration reloaded');
-        },
-        (error) => {
-          metrics.configReloads.inc({ result: 'invalid' });
-          log.error({ err: error, code: (error as { code?: string }).code }, 'configuration change rejected; keeping the previous one');
-        },
-      ),
-    );
+  const source: ConfigSource =
+    sourceKind === 'file' ? new FileConfigSource(configPath as string) : await kubernetesSource(values, log, fail);
+  const describeSource = sourceKind === 'file' ? String(configPath) : 'the config Secret';
+  const onReload = (config: GatewayConfig): void => {
+    gateway.applyConfig(config);
     metrics.configReloads.inc({ result: 'ok' });
+    log.child({}, { level: 'info' }).info({ event: 'config-reloaded', agents: config.agents.length, policies: config.policies.length }, 'configuration reloaded');
+  };
+  const onRejected = (error: Error): void => {
+    metrics.configReloads.inc({ result: 'invalid' });
+    log.error({ err: error, code: (error as { code?: string }).code }, 'configuration rejected; keeping the previous one');
+  };
+  let firstConfig: GatewayConfig | Promise<GatewayConfig>;
+  try {
+    // The file source answers at once (and a bad file stops the gateway here); the Kubernetes source
+    // resolves once its Secret holds a valid document, and the gateway listens (not ready) meanwhile.
+    firstConfig = source.start(onReload, onRejected);
   } catch (error) {
-    fail((error as { code?: string }).code ?? 'NL_ERR_CONFIG_PARSE', `cannot load ${configPath}: ${(error as Error).message}`);
+    return fail((error as { code?: string }).code ?? 'NL_ERR_CONFIG_PARSE', `cannot load ${describeSource}: ${(error as Error).message}`);
   }
 
   const tls = certFile && keyFile ? { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') } : undefined;
@@ -115,7 +130,11 @@ async function main(): Promise<void> {
   const urlHost = host.includes(':') ? `[${host}]` : host;
   // Lifecycle events are printed whatever the log level: supervisors and tests wait for them.
   const events = log.child({}, { level: 'info' });
-  events.info({ event: 'ready', url: `${scheme}://${urlHost}:${boundPort}`, port: boundPort, pid: process.pid }, 'gateway listening');
+  const url = `${scheme}://${urlHost}:${boundPort}`;
+  events.info({ event: 'listening', url, port: boundPort, pid: process.pid }, 'gateway listening');
+  gateway.applyConfig(await firstConfig);
+  metrics.configReloads.inc({ result: 'ok' });
+  events.info({ event: 'ready', url, port: boundPort, pid: process.pid }, 'gateway configured and ready');
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
@@ -130,6 +149,30 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** The Kubernetes config source from flags: Secret name and namespace, credentials. */
+async function kubernetesSource(
+  values: Record<string, string | boolean | undefined>,
+  log: Logger,
+  fail: (code: string, message: string) => never,
+): Promise<ConfigSource> {
+  const namespace = option(values, 'config-namespace') ?? podNamespace();
+  if (!namespace) return fail('NL_ERR_GATEWAY_USAGE', '--config-namespace is required outside a pod');
+  const client = await loadFromDefaultOrFile(option(values, 'kubeconfig'));
+  return new KubeSecretConfigSource(client, {
+    namespace,
+    name: option(values, 'config-secret', 'narrowlink-gateway-config') as string,
+    log: log.child({ component: 'config-source' }),
+  });
+}
+
+function podNamespace(): string | undefined {
+  try {
+    return readFileSync('/var/run/secrets/kubernetes.io/serviceaccount/namespace', 'utf8').trim();
+  } catch {
+    return process.env.POD_NAMESPACE;
+  }
 }
 
 main().catch((error: unknown) => {
