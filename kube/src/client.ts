@@ -32,7 +32,7 @@ export interface ObjectMeta {
   finalizers?: string[];
   deletionTimestamp?: string;
   creationTimestamp?: string;
-  ownerReferences?: Array<Record<string, unknown>>;
+  ownerReferences?: Array<object>;
   [key: string]: unknown;
 }
 
@@ -112,6 +112,8 @@ export class RestKubeClient implements KubeClient {
   readonly #options: RequestOptions;
   /** Per-request timeout for non-watch calls, ms. */
   readonly requestTimeoutMs: number;
+  /** Requests sent so far by verb (GET, PATCH, POST, DELETE, WATCH): what a benchmark reports. */
+  readonly requests: Record<string, number> = {};
 
   private constructor(server: URL, options: RequestOptions, requestTimeoutMs: number) {
     this.#server = server;
@@ -135,6 +137,8 @@ export class RestKubeClient implements KubeClient {
     options: { body?: unknown; contentType?: string; timeoutMs?: number; signal?: AbortSignal } = {},
   ): Promise<IncomingMessage> {
     const url = new URL(path, this.#server);
+    const verb = method === 'GET' && path.includes('watch=true') ? 'WATCH' : method;
+    this.requests[verb] = (this.requests[verb] ?? 0) + 1;
     const payload = options.body === undefined ? undefined : Buffer.from(JSON.stringify(options.body));
     const headers: Record<string, string> = { accept: 'application/json', ...((this.#options.headers as Record<string, string>) ?? {}) };
     if (payload) {

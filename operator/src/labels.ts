@@ -27,6 +27,7 @@ export const Component = {
   GatewayConfig: 'gateway-config',
   AgentToken: 'agent-token',
   Certificate: 'certificate',
+  SigningKey: 'signing-key',
 } as const;
 export type Component = (typeof Component)[keyof typeof Component];
 

@@ -1,0 +1,39 @@
+/**
+ * What every reconciler gets: the API client, the informer caches (gather reads these, never the
+ * API, so a reconcile costs no list), the event recorder, the clock, and the operator's settings.
+ */
+import type { Informer, KubeClient } from '@narrowlink/kube';
+import type { Logger } from 'pino';
+import type { EventRecorder } from '../events.ts';
+import type { IssuerRef } from '../objects.ts';
+import type { SigningKey } from '../signing-key.ts';
+import type { Problem } from './gateway-config/desired.ts';
+
+export interface OperatorSettings {
+  /** Namespace of the operator and the gateway (config Secret, Lease). */
+  namespace: string;
+  gatewayConfigSecret: string;
+  allowCrossNamespacePolicies: boolean;
+  defaultIssuerRef?: IssuerRef;
+}
+
+export interface ReconcileContext {
+  client: KubeClient;
+  log: Logger;
+  events: EventRecorder;
+  now(): number;
+  settings: OperatorSettings;
+  signingKey: SigningKey;
+  caches: { agents: Informer; policies: Informer; certificates: Informer; secrets: Informer };
+  /** Problems found by the last gateway-config compile, keyed `Kind/namespace/name`. */
+  problems: Map<string, Problem>;
+}
+
+export interface ReconcileResult {
+  /** Reconcile this key again after this many ms (token rotation, policy expiry). */
+  requeueAfterMs?: number;
+}
+
+export function problemKey(kind: string, namespace: string, name: string): string {
+  return `${kind}/${namespace}/${name}`;
+}
