@@ -46,6 +46,7 @@ export class Informer {
   /** Counts, for tests and metrics: lists done, watches started, 410s seen. */
   readonly stats = { lists: 0, watches: 0, gone: 0, errors: 0 };
   #syncWaiters: Array<() => void> = [];
+  #sleep: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
 
   constructor(client: KubeClient, type: ResourceType, options: InformerOptions) {
     this.#client = client;
@@ -88,6 +89,10 @@ export class Informer {
     this.#stopped = true;
     clearInterval(this.#resyncTimer);
     this.#abort?.abort();
+    if (this.#sleep) {
+      clearTimeout(this.#sleep.timer);
+      this.#sleep.resolve();
+    }
   }
 
   async #run(): Promise<void> {
@@ -124,7 +129,12 @@ export class Informer {
         needList = true;
         const delay = backoffDelayMs(this.#failures++, { baseMs: 200, maxMs: 30_000, ...this.#options.backoff });
         this.#options.log.warn({ resource: this.type.plural, err: (error as Error).message, retryInMs: delay }, 'list/watch failed; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+        // Interruptible and unref'd: stop() must not wait out a 30 s backoff.
+        await new Promise<void>((resolve) => {
+          this.#sleep = { timer: setTimeout(resolve, delay), resolve };
+          this.#sleep.timer.unref();
+        });
+        this.#sleep = undefined;
       }
     }
   }

@@ -44,6 +44,8 @@ export class LeaderElector {
   #stopped = false;
   #lastRenewMs = 0;
   #timer: NodeJS.Timeout | undefined;
+  /** The tick in progress: stop() waits for it, or its renew could land after the release (which then 409s). */
+  #inflight: Promise<void> | undefined;
 
   constructor(client: KubeClient, options: LeaderElectionOptions) {
     this.#client = client;
@@ -60,7 +62,7 @@ export class LeaderElector {
 
   start(): this {
     this.#stopped = false;
-    void this.#tick();
+    this.#inflight = this.#tick();
     return this;
   }
 
@@ -68,6 +70,7 @@ export class LeaderElector {
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
+    await this.#inflight;
     if (this.#leading) {
       try {
         const lease = await this.#client.get(Resources.lease, this.#options.namespace, this.#options.name);
@@ -94,17 +97,30 @@ export class LeaderElector {
 
   async #tick(): Promise<void> {
     if (this.#stopped) return;
+    const renewDeadlineMs = this.#options.renewDeadlineMs ?? 10_000;
+    // A request that hangs must not keep a leader leading: step down at the renew deadline even while it is
+    // still in flight, since another replica takes the lease over once it expires.
+    const watchdog = this.#leading
+      ? setTimeout(() => this.#setLeading(false), Math.max(0, this.#lastRenewMs + renewDeadlineMs - this.#now())).unref()
+      : undefined;
+    const startedMs = this.#now();
     try {
       const acquired = await this.#tryAcquireOrRenew();
-      if (acquired) this.#lastRenewMs = this.#now();
-      this.#setLeading(acquired);
+      // A write that landed only after the deadline carries a renewTime others may already treat as expired.
+      const inTime = this.#now() - startedMs <= renewDeadlineMs;
+      if (acquired && inTime) this.#lastRenewMs = startedMs;
+      this.#setLeading(acquired && inTime);
     } catch (error) {
       this.#options.log.warn({ err: (error as Error).message }, 'lease update failed');
       // A leader that cannot renew in time must assume someone else took over.
-      if (this.#leading && this.#now() - this.#lastRenewMs > (this.#options.renewDeadlineMs ?? 10_000)) this.#setLeading(false);
+      if (this.#leading && this.#now() - this.#lastRenewMs > renewDeadlineMs) this.#setLeading(false);
+    } finally {
+      clearTimeout(watchdog);
     }
     if (!this.#stopped) {
-      this.#timer = setTimeout(() => void this.#tick(), this.#options.retryPeriodMs ?? 2000);
+      this.#timer = setTimeout(() => {
+        this.#inflight = this.#tick();
+      }, this.#options.retryPeriodMs ?? 2000);
       this.#timer.unref();
     }
   }
