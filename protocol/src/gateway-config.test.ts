@@ -110,6 +110,7 @@ describe('gateway config: valid documents', () => {
       labels: {},
       mode: 'auto',
       expose: [{ name: 'http', port: 8080, host: '127.0.0.1' }],
+      serviceAccounts: [],
     });
     assert.equal(cfg.policies[0]?.namespace, 'data');
     assert.deepEqual(cfg.policies[0]?.rules[1], { action: 'Deny', ports: [9187] });

@@ -19,6 +19,12 @@ const dnsLabel = z
   .max(63, 'must be at most 63 characters')
   .regex(DNS1123_LABEL, 'must be a DNS-1123 label (lowercase letters, digits and "-", alphanumeric at both ends)');
 
+/** Kubernetes DNS-1123 subdomain (ServiceAccount names): labels joined by '.', max 253. */
+const dnsSubdomainName = z
+  .string()
+  .max(253, 'must be at most 253 characters')
+  .regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, 'must be a DNS-1123 subdomain');
+
 /**
  * IANA service name as Kubernetes validates port names: 1..15 chars of lowercase alphanumerics and '-',
  * at least one letter, no '-' at either end, no '--'.
@@ -71,6 +77,12 @@ const agentSchema = z
     /** Which data paths the agent offers: both (auto), only direct, only relay. */
     mode: z.enum(['auto', 'direct', 'relay']).default('auto'),
     expose: z.array(exposedPortSchema),
+    /**
+     * ServiceAccounts (in the agent's namespace) whose projected tokens, audience `narrowlink`, may
+     * attach as this agent: how injected sidecars authenticate without any long-lived secret. The
+     * gateway checks such tokens with a TokenReview. Empty: only Narrowlink agent tokens.
+     */
+    serviceAccounts: z.array(dnsSubdomainName).max(64).default([]),
   })
   .strict()
   .superRefine((agent, ctx) => {

@@ -162,8 +162,7 @@ export const typeMetaProperties = {
     description:
       'Kind is a string value representing the REST resource this object represents. In CamelCase; cannot be updated.',
   },
-  metadata: {
-    type: 'object',
-    description: "Standard object's metadata: name, namespace, labels (agent selectors match these), annotations.",
-  },
+  // Kubernetes 1.20 refuses a CRD whose root metadata schema sets anything but type (a description too:
+  // "must not specify anything other than name and generateName").
+  metadata: { type: 'object' },
 } as const;

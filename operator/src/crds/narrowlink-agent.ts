@@ -130,6 +130,13 @@ export const agentSpecField = object('Desired state of the agent: what it expose
     DEFAULT_AGENT_MODE,
   ),
   issuerRef: optional(issuerRef),
+  serviceAccounts: optional(
+    array(
+      'ServiceAccounts (in this namespace) whose projected tokens with audience "narrowlink" may attach as this agent; the gateway checks them with a TokenReview. The operator fills this for workloads with injected sidecars.',
+      string('Name of a ServiceAccount in the agent\'s namespace.', { pattern: DNS1123_SUBDOMAIN_PATTERN, maxLength: 253 }),
+      { listType: 'set', maxItems: 64 },
+    ),
+  ),
   external: withDefault(
     boolean(
       'True when the agent runs outside the cluster: the operator then creates a token Secret (status.tokenSecretName) to start it with. In-cluster sidecars authenticate with their ServiceAccount token instead. Default false.',

@@ -57,13 +57,14 @@ describe('desiredGatewayConfig', () => {
       signingPublicKeys: [KEY_A],
       allowCrossNamespacePolicies: false,
       agents: [
-        { name: 'db', namespace: 'data', labels: {}, mode: 'auto', expose: [{ name: 'pg', port: 5432, host: '10.0.0.5' }] },
+        { name: 'db', namespace: 'data', labels: {}, mode: 'auto', expose: [{ name: 'pg', port: 5432, host: '10.0.0.5' }], serviceAccounts: [] },
         {
           name: 'web',
           namespace: 'default',
           labels: { app: 'shop', tier: 'web' },
           mode: 'relay',
           expose: [{ name: 'http', port: 8080, host: '127.0.0.1' }],
+          serviceAccounts: [],
         },
       ],
       policies: [

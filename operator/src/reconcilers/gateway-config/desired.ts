@@ -135,6 +135,7 @@ function agentConfig(
     labels: sortedRecord(agent.metadata.labels),
     mode: agent.spec.mode ?? DEFAULT_AGENT_MODE,
     expose: (agent.spec.expose ?? []).map((e) => ({ name: e.name, port: e.port, host: e.host ?? DEFAULT_EXPOSE_HOST })),
+    serviceAccounts: [...new Set(agent.spec.serviceAccounts ?? [])].sort(),
   };
   const parsed = agentSchema.safeParse(candidate);
   if (!parsed.success) {
