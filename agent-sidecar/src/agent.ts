@@ -13,6 +13,8 @@ export interface AgentOptions {
   token: string | (() => string | Promise<string>);
   allowList: AllowList;
   caPem?: string;
+  /** `namespace/name` when authenticating with a ServiceAccount token (injected sidecar). */
+  agentRef?: string;
   instanceId?: string;
   /** Max time to connect to a local target, ms. Default 5 s. */
   dialTimeoutMs?: number;
@@ -34,6 +36,7 @@ export class Agent {
       role: 'agent',
       token: options.token,
       ...(options.caPem ? { caPem: options.caPem } : {}),
+      ...(options.agentRef ? { agentRef: options.agentRef } : {}),
       log: options.log,
       // An agent is infrastructure: it keeps trying even through credential problems (a token may be rotated in).
       retryAuthFailures: true,

@@ -22,7 +22,10 @@ Options (env in brackets):
   --token-file FILE    read the token from FILE on every connect (rotated tokens) [NARROWLINK_AGENT_TOKEN_FILE]
   --expose SPEC        NAME=[HOST:]PORT, repeatable; HOST defaults to 127.0.0.1  [NARROWLINK_EXPOSE, comma-separated]
   --ca-file FILE       extra CA certificates (PEM) to trust for wss://          [NARROWLINK_CA_FILE]
-  --instance-id ID     instance name reported to the gateway (default host-pid-random)
+  --agent-name NS/NAME with a ServiceAccount token (--token-file of a projected token): the agent
+                       this sidecar is; the gateway checks the token with a TokenReview
+                       [NARROWLINK_AGENT_NAME, with NARROWLINK_AGENT_NAMESPACE when NAME has no NS/]
+  --instance-id ID     instance name reported to the gateway (default host-pid-random; POD_NAME in a pod)
   --dial-timeout-ms N  max time to connect to a local target (default 5000)
   --background         detach and run as a daemon (needs --pid-file)
   --pid-file FILE      write the daemon's pid here (removed on exit)
@@ -40,6 +43,7 @@ function parse() {
       expose: { type: 'string', multiple: true },
       'ca-file': { type: 'string' },
       'instance-id': { type: 'string' },
+      'agent-name': { type: 'string' },
       'dial-timeout-ms': { type: 'string' },
       background: { type: 'boolean' },
       'pid-file': { type: 'string' },
@@ -101,6 +105,8 @@ async function main(): Promise<void> {
   if (exposeSpecs.length === 0) usage('nothing to expose: give at least one --expose NAME=[HOST:]PORT');
   const allowList = new AllowList(parseExposeList(exposeSpecs));
   const caFile = values['ca-file'] ?? env.NARROWLINK_CA_FILE;
+  const agentName = values['agent-name'] ?? env.NARROWLINK_AGENT_NAME;
+  const agentRef = agentName && !agentName.includes('/') && env.NARROWLINK_AGENT_NAMESPACE ? `${env.NARROWLINK_AGENT_NAMESPACE}/${agentName}` : agentName;
   const pidFile = values['pid-file'];
 
   if (values.background) {
@@ -120,7 +126,8 @@ async function main(): Promise<void> {
     token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : (tokenValue as string),
     allowList,
     ...(caFile ? { caPem: readFileSync(caFile, 'utf8') } : {}),
-    ...(values['instance-id'] ? { instanceId: values['instance-id'] } : {}),
+    ...(agentRef ? { agentRef } : {}),
+    ...((values['instance-id'] ?? env.POD_NAME) ? { instanceId: (values['instance-id'] ?? env.POD_NAME) as string } : {}),
     dialTimeoutMs: Number(values['dial-timeout-ms'] ?? 5000),
     log,
   });

@@ -71,7 +71,8 @@ export function buildApp(options: AppOptions): FastifyInstance {
     const kind = ENDPOINTS[path];
     try {
       if (!kind) throw new GatewayError(GatewayErrorCode.NOT_FOUND, 404, `no WebSocket endpoint at ${path}; use /v1/agent or /v1/client`);
-      const identity = await gateway.authenticate(kind, request.headers.authorization);
+      const agentHeader = request.headers['x-narrowlink-agent'];
+      const identity = await gateway.authenticate(kind, request.headers.authorization, typeof agentHeader === 'string' ? agentHeader : undefined);
       if (socket.destroyed) return;
       wss.handleUpgrade(request, socket, head, (ws) => {
         gateway.attach(kind, identity, ws);

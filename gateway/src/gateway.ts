@@ -32,6 +32,7 @@ import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
 import { splice } from './relay.ts';
+import type { TokenReviewer } from './token-review.ts';
 
 export interface GatewayOptions {
   log: Logger;
@@ -45,6 +46,8 @@ export interface GatewayOptions {
   handshakeTimeoutMs?: number;
   /** Wall clock, ms since epoch (token expiry, policy expiry). */
   now?: () => number;
+  /** Checks ServiceAccount tokens of injected sidecars; absent outside Kubernetes. */
+  tokenReviewer?: TokenReviewer;
 }
 
 interface AgentInstance {
@@ -68,6 +71,7 @@ export class Gateway {
   readonly openTimeoutMs: number;
   readonly handshakeTimeoutMs: number;
   readonly #now: () => number;
+  readonly #tokenReviewer: TokenReviewer | undefined;
   #config: GatewayConfig | undefined;
   /** agentKey → attached instances */
   readonly #agents = new Map<string, Set<AgentInstance>>();
@@ -87,6 +91,7 @@ export class Gateway {
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.#now = options.now ?? Date.now;
+    this.#tokenReviewer = options.tokenReviewer;
     // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
     // would cost memory at thousands of sessions.
     this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, HEARTBEAT_INTERVAL_MS / 4));
@@ -152,13 +157,15 @@ export class Gateway {
    * Authenticates an upgrade request before any WebSocket exists. Throws GatewayError with the
    * HTTP status to answer; never logs the token.
    */
-  async authenticate(kind: SessionKind, authorization: string | undefined): Promise<SessionIdentity> {
+  async authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string): Promise<SessionIdentity> {
     try {
       if (this.#shuttingDown) throw new GatewayError(GatewayErrorCode.SHUTTING_DOWN, 503, 'gateway is shutting down; reconnect shortly');
       const config = this.#config;
       if (!config) throw new GatewayError(GatewayErrorCode.NOT_READY, 503, 'gateway has no configuration yet');
       const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
       if (!match) throw new GatewayError(GatewayErrorCode.AUTH_MISSING_TOKEN, 401, 'send "Authorization: Bearer <token>"');
+      // An agent naming itself presents a ServiceAccount token (injected sidecar), checked by TokenReview.
+      if (kind === 'agent' && agentRef !== undefined) return await this.#authenticateServiceAccount(config, match[1] as string, agentRef);
       let claims: Awaited<ReturnType<typeof verifyToken>>;
       try {
         claims = await verifyToken(match[1] as string, {
@@ -192,6 +199,36 @@ export class Gateway {
       this.metrics.authFailures.inc({ reason: gatewayError.reason });
       throw gatewayError;
     }
+  }
+
+  async #authenticateServiceAccount(config: GatewayConfig, token: string, agentRef: string): Promise<SessionIdentity> {
+    if (!this.#tokenReviewer) {
+      throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'this gateway does not accept ServiceAccount tokens (it runs without Kubernetes)', {
+        reason: 'NL_ERR_TOKEN_REVIEW_UNAVAILABLE',
+      });
+    }
+    let result: Awaited<ReturnType<TokenReviewer['review']>>;
+    try {
+      result = await this.#tokenReviewer.review(token, config.audience);
+    } catch (error) {
+      throw new GatewayError(GatewayErrorCode.NOT_READY, 503, 'cannot verify ServiceAccount tokens right now (TokenReview failed); retry', {
+        reason: 'NL_ERR_TOKEN_REVIEW_UNAVAILABLE',
+        cause: error,
+      });
+    }
+    if (!result.authenticated) throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'ServiceAccount token rejected by the TokenReview', { reason: result.reason });
+    // Only an authenticated caller learns whether the agent exists (no name oracle before authentication).
+    const key = normalizeAgentRef(agentRef);
+    const agent = this.#findAgent(key);
+    if (!agent) throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${agentRef}" is not configured on this gateway`);
+    if (result.namespace !== agent.namespace || !agent.serviceAccounts.includes(result.serviceAccount)) {
+      throw new GatewayError(
+        GatewayErrorCode.AUTH_SERVICE_ACCOUNT_NOT_ALLOWED,
+        403,
+        `ServiceAccount ${result.namespace}/${result.serviceAccount} may not attach as agent ${key}`,
+      );
+    }
+    return { sub: key, groups: [], typ: 'agent', expiresAtMs: result.expiresAtMs, viaServiceAccount: true };
   }
 
   /** Takes over an authenticated WebSocket. */
@@ -272,12 +309,38 @@ export class Gateway {
       return;
     }
     if (session.state !== 'open') return this.#protocolViolation(session, `${message.type} before hello`);
+    if (message.type === 'reauth') {
+      void this.#reauthenticate(session, message.token);
+      return;
+    }
     if (message.type === 'list_agents' && session.kind === 'client') {
       const client = [...this.#clients].find((c) => c.session === session);
       if (client) session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#listAgents(client) });
       return;
     }
     return this.#protocolViolation(session, `unexpected ${message.type} message from a ${session.kind}`);
+  }
+
+  /** Accepts a fresh credential for the same identity and extends the session; anything else closes it. */
+  async #reauthenticate(session: PeerSession, token: string): Promise<void> {
+    const identity = session.identity;
+    try {
+      const next = await this.authenticate(session.kind, `Bearer ${token}`, identity.viaServiceAccount ? identity.sub : undefined);
+      if (next.sub !== identity.sub) {
+        throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'a session cannot change identity; reconnect instead', { reason: 'NL_ERR_AUTH_IDENTITY_CHANGED' });
+      }
+      identity.expiresAtMs = next.expiresAtMs;
+      identity.groups = next.groups;
+      // Group membership may have changed with the new token: the client's policy follows.
+      const client = [...this.#clients].find((c) => c.session === session);
+      if (client) this.#recompile(client);
+      session.mux.sendControl({ type: 'reauth_ok', expiresAt: next.expiresAtMs });
+      session.log.debug({ expiresAtMs: next.expiresAtMs }, 'session re-authenticated');
+    } catch (error) {
+      const e = error instanceof GatewayError ? error : new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+      session.mux.sendControl({ type: 'error', code: e.code, message: e.message });
+      session.close(4401, e.reason);
+    }
   }
 
   #protocolViolation(session: PeerSession, what: string): void {

@@ -12,6 +12,7 @@ import { buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
 import { type ConfigSource, FileConfigSource } from './config-source.ts';
 import { KubeSecretConfigSource } from './kube-config-source.ts';
+import { KubeTokenReviewer } from './token-review.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics } from './metrics.ts';
@@ -26,6 +27,8 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --config-secret NAME with kubernetes: the Secret written by the operator (default narrowlink-gateway-config)
   --config-namespace NS  with kubernetes: its namespace (default: this pod's namespace)
   --kubeconfig FILE    with kubernetes: credentials (default: in-cluster, or $KUBECONFIG)
+  --token-review BOOL  accept injected sidecars' ServiceAccount tokens via TokenReview
+                       (default true with --config-source kubernetes, else false)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
@@ -56,6 +59,7 @@ async function main(): Promise<void> {
       'config-secret': { type: 'string' },
       'config-namespace': { type: 'string' },
       kubeconfig: { type: 'string' },
+      'token-review': { type: 'string' },
       listen: { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -99,7 +103,9 @@ async function main(): Promise<void> {
   const streamWindow = Number(option(values, 'stream-window', String(1024 * 1024)));
 
   const metrics = createMetrics();
-  const gateway = new Gateway({ log, metrics, streamWindow });
+  const useTokenReview = (option(values, 'token-review', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
+  const tokenReviewer = useTokenReview ? new KubeTokenReviewer(await loadFromDefaultOrFile(option(values, 'kubeconfig'))) : undefined;
+  const gateway = new Gateway({ log, metrics, streamWindow, ...(tokenReviewer ? { tokenReviewer } : {}) });
   const source: ConfigSource =
     sourceKind === 'file' ? new FileConfigSource(configPath as string) : await kubernetesSource(values, log, fail);
   const describeSource = sourceKind === 'file' ? String(configPath) : 'the config Secret';

@@ -11,8 +11,10 @@ export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
 
 export interface SessionIdentity extends Identity {
   typ: SessionKind;
-  /** Token expiry, milliseconds since the epoch. */
+  /** Token expiry, milliseconds since the epoch (extended by a successful `reauth`). */
   expiresAtMs: number;
+  /** The agent authenticated with a ServiceAccount token naming itself (re-authentication must too). */
+  viaServiceAccount?: boolean;
 }
 
 export class PeerSession {

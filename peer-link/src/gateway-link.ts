@@ -56,6 +56,11 @@ export interface GatewayLinkOptions {
   token: string | (() => string | Promise<string>);
   /** Extra CA certificates (PEM) to trust for `wss://`. */
   caPem?: string;
+  /**
+   * Agents authenticating with a ServiceAccount token name the agent they are (`namespace/name`);
+   * sent as the `X-Narrowlink-Agent` header.
+   */
+  agentRef?: string;
   /** Sent in the agent's hello. */
   agent?: Hello['agent'];
   /** Agents only: the gateway opened a stream. */
@@ -155,10 +160,11 @@ export class GatewayLink extends EventEmitter {
     // An error from an earlier attempt must not be reported for this one.
     this.#handshakeError = undefined;
     const token = await this.#token();
+    this.#sessionToken = token;
     if (this.#stopped) return;
     const endpoint = new URL(`/v1/${this.options.role}`, this.options.url);
     const ws = new WebSocket(endpoint, {
-      headers: { authorization: `Bearer ${token}` },
+      headers: { authorization: `Bearer ${token}`, ...(this.options.agentRef ? { 'x-narrowlink-agent': this.options.agentRef } : {}) },
       perMessageDeflate: false,
       maxPayload: 1024 * 1024 + 9,
       handshakeTimeout: this.options.connectTimeoutMs ?? 10_000,
@@ -255,6 +261,7 @@ export class GatewayLink extends EventEmitter {
         this.#ws = undefined;
         this.mux = undefined;
         clearInterval(this.#heartbeat);
+        clearTimeout(this.#reauthTimer);
       }
       for (const resolve of this.#pendingLists.values()) resolve([]);
       this.#pendingLists.clear();
@@ -280,6 +287,9 @@ export class GatewayLink extends EventEmitter {
   }
 
   #onHelloOk: (() => void) | undefined;
+  #reauthTimer: NodeJS.Timeout | undefined;
+  /** The credential the current session was opened (or last re-authenticated) with. */
+  #sessionToken: string | undefined;
   #handshakeError: LinkError | undefined;
 
   #onControl(mux: Mux, message: ControlMessage): void {
@@ -301,6 +311,7 @@ export class GatewayLink extends EventEmitter {
         this.#connectedAt = Date.now();
         this.#setState('open');
         this.#startHeartbeat();
+        this.#scheduleReauth(message.identity.expiresAt);
         this.#log.info({ event: 'connected', session: message.sessionId }, 'gateway session open');
         this.emit('open', message);
         return;
@@ -315,6 +326,9 @@ export class GatewayLink extends EventEmitter {
         this.#log.warn({ code: message.code, msg: message.message }, 'gateway reported an error');
         return;
       }
+      case 'reauth_ok':
+        this.#scheduleReauth(message.expiresAt);
+        return;
       case 'goaway':
         this.#log.info({ reason: message.reason, drainMs: message.drainMs }, 'gateway is going away');
         this.emit('goaway', message.reason);
@@ -328,6 +342,47 @@ export class GatewayLink extends EventEmitter {
       default:
         this.#log.debug({ type: message.type }, 'ignoring control message');
     }
+  }
+
+  /**
+   * Before the credential expires, re-read it (a projected token file is rotated by the kubelet, a
+   * token file by its owner) and hand the fresh one to the gateway, so the session outlives it.
+   */
+  #scheduleReauth(expiresAtMs: number): void {
+    const now = Date.now();
+    if (expiresAtMs <= now) return;
+    this.#armReauth(now + Math.max(1000, (expiresAtMs - now) * 0.8), expiresAtMs);
+  }
+
+  /** setTimeout fires at once past 2^31-1 ms (~24.8 days) and agent tokens live 90 days: wait in steps. */
+  #armReauth(atMs: number, expiresAtMs: number): void {
+    clearTimeout(this.#reauthTimer);
+    const wait = atMs - Date.now();
+    this.#reauthTimer = setTimeout(
+      () => (Date.now() >= atMs ? void this.#reauth(expiresAtMs) : this.#armReauth(atMs, expiresAtMs)),
+      Math.min(2 ** 31 - 1, Math.max(0, wait)),
+    );
+    this.#reauthTimer.unref();
+  }
+
+  async #reauth(expiresAtMs: number): Promise<void> {
+    let token: string;
+    try {
+      token = await this.#token();
+    } catch (error) {
+      this.#log.warn({ err: (error as Error).message }, 'cannot read a fresh token; the session ends when the current one expires');
+      return;
+    }
+    if (token === this.#sessionToken) {
+      // Nothing new yet (the kubelet refreshes at 80% of the lifetime too): look again shortly.
+      if (expiresAtMs - Date.now() > 2000) {
+        this.#reauthTimer = setTimeout(() => void this.#reauth(expiresAtMs), Math.min(30_000, (expiresAtMs - Date.now()) / 4));
+        this.#reauthTimer.unref();
+      }
+      return;
+    }
+    this.#sessionToken = token;
+    this.mux?.sendControl({ type: 'reauth', token });
   }
 
   #startHeartbeat(): void {
@@ -478,6 +533,7 @@ export class GatewayLink extends EventEmitter {
   async close(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
+    clearTimeout(this.#reauthTimer);
     clearInterval(this.#heartbeat);
     const ws = this.#ws;
     if (!ws) {

@@ -76,7 +76,17 @@ export const agentListSchema = z
 /** The gateway is draining: open no new streams, reconnect (elsewhere) after `drainMs`. */
 export const goAwaySchema = z.object({ type: z.literal('goaway'), reason: shortText, drainMs: z.number().int().nonnegative() }).strict();
 
+/**
+ * A fresh credential for the running session (projected tokens rotate every few minutes): the
+ * gateway re-authenticates it for the same identity and extends the session, instead of closing it
+ * at the old token's expiry and resetting its streams.
+ */
+export const reauthSchema = z.object({ type: z.literal('reauth'), token: z.string().min(1).max(16_384) }).strict();
+export const reauthOkSchema = z.object({ type: z.literal('reauth_ok'), expiresAt: z.number() }).strict();
+
 export const controlMessageSchema = z.discriminatedUnion('type', [
+  reauthSchema,
+  reauthOkSchema,
   helloSchema,
   helloOkSchema,
   sessionErrorSchema,
