@@ -3,7 +3,8 @@
  * operator owns; every change enqueues the affected keys; one worker reconciles a key at a time
  * (failures retry with per-key backoff, requeues come back on their own timer).
  *
- * Keys: `gateway-config` (the one compiled Secret), `agent/NS/NAME`, `policy/NS/NAME`.
+ * Keys: `gateway-config` (the one compiled Secret), `agent/NS/NAME`, `policy/NS/NAME`, and
+ * `injected/NS/NAME` (the agent of a workload whose pods carry an injected sidecar).
  */
 import { Informer, type KubeClient, type KubeObject, objectKey, Resources, WorkQueue } from '@narrowlink/kube';
 import type { Logger } from 'pino';
@@ -15,6 +16,8 @@ import type { OperatorMetrics } from './metrics.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
+import { reconcileInjectedAgent } from './reconcilers/injected-agent/reconcile.ts';
+import { LABEL_AGENT } from './webhook/patch.ts';
 import { reconcilePolicy } from './reconcilers/policy/reconcile.ts';
 import type { SigningKey } from './signing-key.ts';
 
@@ -74,6 +77,15 @@ export class Operator {
       }),
       certificates: informer(Resources.certificate, toOwner, managed),
       secrets: informer(Resources.secret, toOwner, managed),
+      // Pods with an injected sidecar (the webhook labels them with their agent's name).
+      pods: informer(
+        Resources.pod,
+        (o) => {
+          const agent = o.metadata.labels?.[LABEL_AGENT];
+          if (agent) this.queue.add(`injected/${o.metadata.namespace}/${agent}`);
+        },
+        LABEL_AGENT,
+      ),
     };
     this.context = {
       client: options.client,
@@ -92,7 +104,7 @@ export class Operator {
     const { caches } = this.context;
     for (const informer of Object.values(caches)) informer.start();
     // Certificates are not awaited: without cert-manager their list fails until it is installed.
-    await Promise.all([caches.agents.waitForSync(), caches.policies.waitForSync(), caches.secrets.waitForSync()]);
+    await Promise.all([caches.agents.waitForSync(), caches.policies.waitForSync(), caches.secrets.waitForSync(), caches.pods.waitForSync()]);
     this.#running = true;
     this.queue.add(GATEWAY_CONFIG_KEY);
     void this.#work();
@@ -160,6 +172,7 @@ export class Operator {
     const objectRef = key.slice(slash + 1);
     if (kind === 'agent') return await reconcileAgent(this.context, objectRef);
     if (kind === 'policy') return await reconcilePolicy(this.context, objectRef);
+    if (kind === 'injected') return await reconcileInjectedAgent(this.context, objectRef, this.context.caches.pods.list());
     return {};
   }
 }

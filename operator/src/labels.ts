@@ -28,11 +28,17 @@ export const Component = {
   AgentToken: 'agent-token',
   Certificate: 'certificate',
   SigningKey: 'signing-key',
+  WebhookCertificate: 'webhook-certificate',
 } as const;
 export type Component = (typeof Component)[keyof typeof Component];
 
 /** The one server-side apply field manager of the operator. */
 export const FIELD_MANAGER = 'narrowlink-operator';
+/**
+ * The field manager of status writes. Kubernetes before 1.22 records status and spec ownership in one
+ * list without telling subresources apart, so one manager applying both would fight itself.
+ */
+export const STATUS_FIELD_MANAGER = 'narrowlink-operator-status';
 /** Finalizer on NarrowlinkAgents: removed once Certificates and their Secrets are gone. */
 export const FINALIZER = 'narrowlink.io/cleanup';
 

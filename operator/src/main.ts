@@ -4,8 +4,9 @@
  * cert-manager Certificates and agent token Secrets. Replicas campaign for a Lease; only the leader
  * runs the control loop, and a leader that loses the Lease exits so it can never write as a follower.
  */
-import { hostname } from 'node:os';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { LeaderElector, RestKubeClient } from '@narrowlink/kube';
@@ -14,6 +15,17 @@ import { pino } from 'pino';
 import { Operator } from './controller.ts';
 import { createOperatorMetrics } from './metrics.ts';
 import { ensureSigningKey } from './signing-key.ts';
+import { WEBHOOK_CLI_OPTIONS, WEBHOOK_HELP, resolveWebhookConfig } from './webhook/config.ts';
+import { startWebhookServer, type WebhookServer } from './webhook/server.ts';
+import { ensureWebhookCertificate } from './webhook-ca.ts';
+
+const WEBHOOK_CA_HELP = `
+Webhook TLS without cert-manager:
+  --webhook-ca-secret NAME       make (once) a CA and serving certificate in this Secret and put the CA
+                                 into the webhook configuration's caBundle (chart: certManager.enabled=false)
+  --webhook-configuration NAME   MutatingWebhookConfiguration to patch (default narrowlink-sidecar-injector)
+  --webhook-service NAME         Service the certificate is for (default narrowlink-operator)
+`;
 
 const HELP = `narrowlink-operator: the Narrowlink control plane for Kubernetes
 
@@ -25,6 +37,8 @@ Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --allow-cross-namespace-policies  let a policy reach agents in other namespaces
   --leader-election BOOL         campaign for the Lease before acting (default true)
   --lease-name NAME              leader election Lease (default narrowlink-operator)
+  --lease-duration-seconds N     how long a Lease holds without renewal before a standby takes over (default 15)
+  --retry-period-ms N            how often the leader renews and candidates retry, ms (default 2000)
   --identity ID                  this replica's name in the Lease (default: hostname)
   --listen HOST:PORT             health and metrics (default 0.0.0.0:8080): /healthz /readyz /metrics
   --kubeconfig FILE              credentials (default: in-cluster, or $KUBECONFIG)
@@ -50,16 +64,22 @@ async function main(): Promise<void> {
       'allow-cross-namespace-policies': { type: 'boolean' },
       'leader-election': { type: 'string' },
       'lease-name': { type: 'string' },
+      'lease-duration-seconds': { type: 'string' },
+      'retry-period-ms': { type: 'string' },
       identity: { type: 'string' },
       listen: { type: 'string' },
       kubeconfig: { type: 'string' },
       'log-level': { type: 'string' },
+      'webhook-ca-secret': { type: 'string' },
+      'webhook-configuration': { type: 'string' },
+      'webhook-service': { type: 'string' },
+      ...WEBHOOK_CLI_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
   });
   if (values.help) {
-    process.stdout.write(HELP);
+    process.stdout.write(HELP + WEBHOOK_HELP + WEBHOOK_CA_HELP);
     return;
   }
   const env = (name: string): string | undefined => process.env[`NARROWLINK_OPERATOR_${name.toUpperCase().replaceAll('-', '_')}`];
@@ -88,6 +108,40 @@ async function main(): Promise<void> {
     reply.header('content-type', metrics.registry.contentType);
     return metrics.registry.metrics();
   });
+  // The webhook serves on every replica (the Service balances admission calls), leader or not.
+  const webhookConfig = resolveWebhookConfig((flag) => opt(flag), namespace);
+  let webhook: WebhookServer | undefined;
+  if (webhookConfig) {
+    let { certFile, keyFile } = webhookConfig;
+    const caSecret = opt('webhook-ca-secret');
+    if (caSecret) {
+      // No cert-manager: our own CA, kept in a Secret, trusted through caBundle.
+      const serving = await ensureWebhookCertificate(client, {
+        namespace,
+        secretName: caSecret,
+        serviceName: opt('webhook-service') ?? 'narrowlink-operator',
+        webhookConfiguration: opt('webhook-configuration') ?? 'narrowlink-sidecar-injector',
+        nowMs: Date.now(),
+      });
+      const dir = mkdtempSync(join(tmpdir(), 'narrowlink-webhook-'));
+      certFile = join(dir, 'tls.crt');
+      keyFile = join(dir, 'tls.key');
+      writeFileSync(certFile, serving.certPem);
+      writeFileSync(keyFile, serving.keyPem, { mode: 0o600 });
+    }
+    webhook = await startWebhookServer({
+      log,
+      settings: webhookConfig.settings,
+      ownNamespace: namespace,
+      strict: webhookConfig.strict,
+      host: webhookConfig.host,
+      port: webhookConfig.port,
+      certFile,
+      keyFile,
+    });
+    events.info({ event: 'webhook-listening', url: webhook.url }, 'sidecar-injection webhook listening');
+  }
+
   const listen = opt('listen') ?? '0.0.0.0:8080';
   const split = listen.lastIndexOf(':');
   await app.listen({ host: listen.slice(0, split), port: Number(listen.slice(split + 1)) });
@@ -114,12 +168,26 @@ async function main(): Promise<void> {
   };
 
   const useElection = (opt('leader-election') ?? 'true') !== 'false';
+  const positive = (name: 'lease-duration-seconds' | 'retry-period-ms'): number | undefined => {
+    const text = opt(name);
+    if (text === undefined) return undefined;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value <= 0) throw new Error(`NL_ERR_OPERATOR_USAGE: --${name} wants a positive integer, got "${text}"`);
+    return value;
+  };
+  const leaseDurationSeconds = positive('lease-duration-seconds');
+  const retryPeriodMs = positive('retry-period-ms');
   let elector: LeaderElector | undefined;
   if (useElection) {
     elector = new LeaderElector(client, {
       namespace,
       name: opt('lease-name') ?? 'narrowlink-operator',
       identity,
+      // The leader must give up before its Lease can expire (client-go keeps renewDeadline < leaseDuration).
+      ...(leaseDurationSeconds !== undefined
+        ? { leaseDurationSeconds, renewDeadlineMs: Math.min(10_000, Math.floor((leaseDurationSeconds * 1000 * 2) / 3)) }
+        : {}),
+      ...(retryPeriodMs !== undefined ? { retryPeriodMs } : {}),
       log,
       onStartedLeading: () => {
         startLeading().catch((error: unknown) => {
@@ -144,6 +212,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'operator stopping');
     await operator?.stop();
+    await webhook?.close();
     await elector?.stop(); // releases the Lease so a standby takes over at once
     await app.close();
     process.exit(0);

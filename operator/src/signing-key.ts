@@ -4,7 +4,7 @@
  * start when the chart could not) and kept forever after: rotating it is an explicit admin action.
  */
 import { generateSigningKeyPair } from '@narrowlink/protocol';
-import { type KubeClient, KubeError, Resources } from '@narrowlink/kube';
+import { type KubeClient, KubeError, KubeErrorCode, Resources } from '@narrowlink/kube';
 import { Component, managedLabels } from './labels.ts';
 
 export const PRIVATE_KEY_KEY = 'private.pem';
@@ -28,7 +28,7 @@ export async function ensureSigningKey(client: KubeClient, namespace: string, na
     const existing = await client.get(Resources.secret, namespace, name);
     if (existing) {
       const key = decode(existing.data as Record<string, string> | undefined);
-      if (!key) throw new KubeError('NL_ERR_KUBE_API', `Secret ${namespace}/${name} lacks ${PRIVATE_KEY_KEY} and ${PUBLIC_KEY_KEY}`);
+      if (!key) throw new KubeError(KubeErrorCode.API, `Secret ${namespace}/${name} lacks ${PRIVATE_KEY_KEY} and ${PUBLIC_KEY_KEY}`);
       return key;
     }
     const pair = await generateSigningKeyPair();
@@ -49,5 +49,5 @@ export async function ensureSigningKey(client: KubeClient, namespace: string, na
       // another replica created it first: read theirs
     }
   }
-  throw new KubeError('NL_ERR_KUBE_API', `could not read or create Secret ${namespace}/${name}`);
+  throw new KubeError(KubeErrorCode.API, `could not read or create Secret ${namespace}/${name}`);
 }

@@ -8,7 +8,7 @@ import { type KubeObject, KubeError, Resources } from '@narrowlink/kube';
 import { signToken } from '@narrowlink/protocol';
 import type { Condition } from '../../crds/common.ts';
 import { AGENT_KIND, AgentConditionType, type NarrowlinkAgent, type NarrowlinkAgentStatus } from '../../crds/narrowlink-agent.ts';
-import { Component, FIELD_MANAGER, FINALIZER, hasOwnerLabels } from '../../labels.ts';
+import { Component, FIELD_MANAGER, FINALIZER, hasOwnerLabels, STATUS_FIELD_MANAGER } from '../../labels.ts';
 import { type Certificate, isDeleting, type Secret } from '../../objects.ts';
 import { desiredAgentTokenSecret, agentTokenSecretName, signingKeyId } from '../agent-token/desired.ts';
 import { certificatesToDelete, desiredCertificates, tlsSecretsToDelete } from '../certificates/desired.ts';
@@ -135,7 +135,7 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
     await ctx.client.apply(
       Resources.narrowlinkAgent,
       { apiVersion: 'narrowlink.io/v1alpha1', kind: AGENT_KIND, metadata: { name, namespace }, status } as KubeObject,
-      { fieldManager: FIELD_MANAGER, force: true, subresource: 'status' },
+      { fieldManager: STATUS_FIELD_MANAGER, force: true, subresource: 'status' },
     );
   }
   return result;

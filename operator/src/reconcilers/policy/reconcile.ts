@@ -1,7 +1,7 @@
 /** An AccessPolicy's status: Ready when it is valid and in force, False (with an Event) otherwise. */
 import { type KubeObject, Resources } from '@narrowlink/kube';
 import { type AccessPolicy, POLICY_KIND, PolicyConditionType } from '../../crds/access-policy.ts';
-import { FIELD_MANAGER } from '../../labels.ts';
+import { STATUS_FIELD_MANAGER } from '../../labels.ts';
 import { setCondition } from '../conditions.ts';
 import { problemKey, type ReconcileContext, type ReconcileResult } from '../context.ts';
 
@@ -31,7 +31,7 @@ export async function reconcilePolicy(ctx: ReconcileContext, key: string): Promi
     await ctx.client.apply(
       Resources.accessPolicy,
       { apiVersion: 'narrowlink.io/v1alpha1', kind: POLICY_KIND, metadata: { name, namespace }, status } as KubeObject,
-      { fieldManager: FIELD_MANAGER, force: true, subresource: 'status' },
+      { fieldManager: STATUS_FIELD_MANAGER, force: true, subresource: 'status' },
     );
   }
   return expiresAtMs !== undefined && !expired ? { requeueAfterMs: expiresAtMs - nowMs + 100 } : {};
