@@ -1,0 +1,1004 @@
+/**
+ * The Helm chart `charts/narrowlink`: `helm lint --strict` and `helm template` over a values matrix (every
+ * rendered object parsed and validated with kubernetes-models / @kubernetes-models/cert-manager, security
+ * contexts, webhook scope and RBAC checked), then install / upgrade / uninstall into the real kube-apiserver 1.20
+ * of the test tier: every rendered object exists and keeps every rendered field (helm checks the manifests against
+ * the 1.20 OpenAPI first; a field the API server silently dropped would also show), the ServiceAccounts get exactly
+ * the access they need (SubjectAccessReview), the signing key survives upgrades and reinstalls, and a caBundle
+ * patched in by the operator survives `helm upgrade`. The install tests run in order and build on each other.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Certificate } from '@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate';
+import { Issuer } from '@kubernetes-models/cert-manager/cert-manager.io/v1/Issuer';
+import { AuthorizationV1Api } from '@kubernetes/client-node';
+import { MutatingWebhookConfiguration } from 'kubernetes-models/admissionregistration.k8s.io/v1/MutatingWebhookConfiguration';
+import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
+import { PodDisruptionBudget as PodDisruptionBudgetV1 } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
+import { PodDisruptionBudget as PodDisruptionBudgetV1beta1 } from 'kubernetes-models/policy/v1beta1/PodDisruptionBudget';
+import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole';
+import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
+import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
+import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
+import { Secret } from 'kubernetes-models/v1/Secret';
+import { Service } from 'kubernetes-models/v1/Service';
+import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import { parseAllDocuments } from 'yaml';
+import { type ApiServer, useApiServer } from './cluster.ts';
+import { helmPath, kubectlPath, toolsUnavailableReason } from './tools.ts';
+
+const run = promisify(execFile);
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const chartDir = join(repoRoot, 'charts', 'narrowlink');
+const examplesDir = join(repoRoot, 'deploy', 'examples');
+
+const RELEASE = 'narrowlink';
+const NS = 'narrowlink-system';
+const OPERATOR_SA = `system:serviceaccount:${NS}:narrowlink-operator`;
+const GATEWAY_SA = `system:serviceaccount:${NS}:narrowlink-gateway`;
+
+/** A rendered Kubernetes object (only what the assertions read is typed). */
+interface Obj {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [key: string]: unknown;
+}
+
+interface PolicyRule {
+  apiGroups?: string[];
+  resources?: string[];
+  resourceNames?: string[];
+  verbs: string[];
+}
+
+interface Container {
+  name: string;
+  image: string;
+  imagePullPolicy?: string;
+  command?: string[];
+  args?: string[];
+  ports?: Array<{ name?: string; containerPort: number; protocol?: string }>;
+  resources?: unknown;
+  readinessProbe?: { httpGet?: { path: string; port: string | number; scheme?: string } };
+  livenessProbe?: { httpGet?: { path: string; port: string | number; scheme?: string } };
+  securityContext?: {
+    runAsNonRoot?: boolean;
+    runAsUser?: number;
+    readOnlyRootFilesystem?: boolean;
+    allowPrivilegeEscalation?: boolean;
+    privileged?: boolean;
+    capabilities?: { drop?: string[]; add?: string[] };
+    seccompProfile?: { type: string };
+  };
+  volumeMounts?: Array<{ name: string; mountPath: string }>;
+  env?: Array<{ name: string; value?: string }>;
+}
+
+interface DeploymentShape {
+  spec: {
+    replicas: number;
+    selector: { matchLabels: Record<string, string> };
+    template: {
+      metadata: { labels: Record<string, string> };
+      spec: {
+        serviceAccountName: string;
+        securityContext?: { runAsNonRoot?: boolean; seccompProfile?: { type: string } };
+        containers: Container[];
+        volumes?: Array<{ name: string; secret?: { secretName: string; optional?: boolean } }>;
+      };
+    };
+  };
+}
+
+interface WebhookShape {
+  webhooks: Array<{
+    name: string;
+    sideEffects: string;
+    admissionReviewVersions: string[];
+    reinvocationPolicy: string;
+    failurePolicy: string;
+    timeoutSeconds: number;
+    clientConfig: { caBundle?: string; service?: { name: string; namespace: string; path: string; port: number } };
+    rules: Array<{ operations: string[]; apiGroups: string[]; apiVersions: string[]; resources: string[] }>;
+    namespaceSelector?: { matchExpressions?: Array<{ key: string; operator: string; values?: string[] }> };
+    objectSelector?: { matchExpressions?: Array<{ key: string; operator: string; values?: string[] }> };
+  }>;
+}
+
+interface ServiceShape {
+  spec: {
+    type?: string;
+    clusterIP?: string;
+    selector: Record<string, string>;
+    ports: Array<{ name: string; port: number; targetPort: string | number; protocol: string }>;
+  };
+}
+
+// ------------------------------------------------------------------------------------------------ the matrix
+
+interface MatrixEntry {
+  name: string;
+  values: Record<string, unknown>;
+}
+
+const customResources = {
+  requests: { cpu: '250m', memory: '300Mi' },
+  limits: { cpu: '1', memory: '700Mi' },
+};
+
+const MATRIX: MatrixEntry[] = [
+  { name: 'defaults', values: {} },
+  { name: 'certManager.enabled=false', values: { certManager: { enabled: false } } },
+  { name: 'strict webhook', values: { webhook: { strict: true } } },
+  {
+    name: 'custom images and resources',
+    values: {
+      image: { repository: 'registry.example.com/nl/all', tag: '1.2.3', pullPolicy: 'Always' },
+      imagePullSecrets: [{ name: 'regcred' }],
+      operator: { image: { repository: 'registry.example.com/nl/operator' }, resources: customResources, replicas: 3 },
+      gateway: { image: { tag: 'sha256:0123456789abcdef' }, resources: customResources },
+      sidecar: { image: { repository: 'registry.example.com/nl/sidecar', tag: '9.9.9', pullPolicy: 'Never' }, resources: customResources },
+    },
+  },
+  {
+    name: 'gateway TLS from an existing secret',
+    values: { gateway: { tls: { existingSecret: 'my-gateway-tls' }, service: { type: 'ClusterIP' } } },
+  },
+  {
+    name: 'public issuer, default issuer, cross-namespace policies, no UDP',
+    values: {
+      issuer: { defaultIssuer: { name: 'letsencrypt-prod', kind: 'ClusterIssuer' } },
+      policies: { allowCrossNamespacePolicies: true },
+      webhook: { failurePolicy: 'Fail', excludedNamespaces: [] },
+      sidecar: { gatewayUrl: 'wss://gw.example.com', caConfigMap: 'narrowlink-ca' },
+      gateway: {
+        udp: { enabled: false },
+        service: { type: 'NodePort' },
+        tls: { issuerRef: { name: 'letsencrypt-prod', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] },
+      },
+    },
+  },
+];
+
+/**
+ * Flags the chart passes that the binaries may not have yet: the webhook surface of operator/src/webhook/config.ts
+ * (until operator/src/main.ts spreads it into its options), the operator-managed webhook CA (certManager.enabled
+ * false), and the gateway's NAT probe port (the direct path, issue 4; passed as env, so it is ignored until then).
+ * A flag the chart passes must be in the binary's --help or here; once implemented, it is simply found in --help.
+ */
+const PENDING_OPERATOR_FLAGS = [
+  '--webhook-listen',
+  '--webhook-cert-file',
+  '--webhook-key-file',
+  '--webhook-strict',
+  '--webhook-ca-secret',
+  '--webhook-configuration',
+  '--sidecar-image',
+  '--sidecar-image-pull-policy',
+  '--sidecar-gateway-url',
+  '--sidecar-ca-configmap',
+  '--sidecar-cpu-request',
+  '--sidecar-memory-request',
+  '--sidecar-cpu-limit',
+  '--sidecar-memory-limit',
+];
+const PENDING_GATEWAY_FLAGS = ['--nat-probe-port'];
+
+/** Kubernetes versions `helm template` renders for: 1.20 (policy/v1beta1, split UDP load balancer) and helm's default. */
+const KUBE_VERSIONS = ['1.20.2', undefined] as const;
+
+// ------------------------------------------------------------------------------------------------ helpers
+
+const scratch = mkdtempSync(join(tmpdir(), 'narrowlink-chart-'));
+let valuesFiles = 0;
+
+function valuesFile(values: Record<string, unknown>): string {
+  const file = join(scratch, `values-${valuesFiles++}.json`);
+  writeFileSync(file, JSON.stringify(values));
+  return file;
+}
+
+async function helm(args: string[], kubeconfig?: string): Promise<string> {
+  const full = kubeconfig ? ['--kubeconfig', kubeconfig, ...args] : args;
+  try {
+    const { stdout } = await run(helmPath(), full, { maxBuffer: 32 * 1024 * 1024, timeout: 120_000 });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; stdout?: string; message: string };
+    throw new Error(`helm ${args.join(' ')} failed: ${e.stderr || e.message}\n${e.stdout ?? ''}`);
+  }
+}
+
+async function kubectl(api: ApiServer, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run(kubectlPath(), ['--kubeconfig', api.kubeconfigPath, ...args], {
+      maxBuffer: 32 * 1024 * 1024,
+      timeout: 120_000,
+    });
+    return stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new Error(`kubectl ${args.join(' ')} failed: ${e.stderr || e.message}`);
+  }
+}
+
+/** Parses a multi-document YAML stream; every document must parse without errors or warnings. */
+function parseObjects(text: string): Obj[] {
+  const objects: Obj[] = [];
+  for (const doc of parseAllDocuments(text)) {
+    assert.deepEqual(doc.errors, [], `YAML errors: ${doc.errors.map((e) => e.message).join('; ')}`);
+    assert.deepEqual(doc.warnings, [], `YAML warnings: ${doc.warnings.map((e) => e.message).join('; ')}`);
+    const value = doc.toJS() as unknown;
+    if (value === null || value === undefined) continue;
+    assert.equal(typeof value, 'object', `a document is not a mapping: ${String(value)}`);
+    const obj = value as Obj;
+    assert.ok(obj.apiVersion && obj.kind && obj.metadata?.name, `object without apiVersion/kind/name: ${JSON.stringify(obj)}`);
+    objects.push(obj);
+  }
+  return objects;
+}
+
+async function render(values: Record<string, unknown>, kubeVersion?: string): Promise<Obj[]> {
+  const args = ['template', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile(values)];
+  if (kubeVersion) args.push('--kube-version', kubeVersion);
+  return parseObjects(await helm(args));
+}
+
+/** kubernetes-models validator per apiVersion/kind: every kind the chart renders must have one. */
+const validators: Record<string, (obj: Obj) => void> = {
+  'apps/v1/Deployment': (o) => new Deployment(o as never).validate(),
+  'v1/Service': (o) => new Service(o as never).validate(),
+  'v1/ServiceAccount': (o) => new ServiceAccount(o as never).validate(),
+  'v1/Secret': (o) => new Secret(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/ClusterRole': (o) => new ClusterRole(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': (o) => new ClusterRoleBinding(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/Role': (o) => new Role(o as never).validate(),
+  'rbac.authorization.k8s.io/v1/RoleBinding': (o) => new RoleBinding(o as never).validate(),
+  'admissionregistration.k8s.io/v1/MutatingWebhookConfiguration': (o) => new MutatingWebhookConfiguration(o as never).validate(),
+  'policy/v1/PodDisruptionBudget': (o) => new PodDisruptionBudgetV1(o as never).validate(),
+  'policy/v1beta1/PodDisruptionBudget': (o) => new PodDisruptionBudgetV1beta1(o as never).validate(),
+  'cert-manager.io/v1/Certificate': (o) => new Certificate(o as never).validate(),
+  'cert-manager.io/v1/Issuer': (o) => new Issuer(o as never).validate(),
+};
+
+const CLUSTER_SCOPED = new Set(['ClusterRole', 'ClusterRoleBinding', 'MutatingWebhookConfiguration', 'CustomResourceDefinition']);
+
+function find(objects: Obj[], kind: string, name: string): Obj {
+  const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
+  assert.ok(found, `${kind} ${name} not rendered (have: ${objects.map((o) => `${o.kind}/${o.metadata.name}`).join(', ')})`);
+  return found;
+}
+
+function deployment(objects: Obj[], name: string): DeploymentShape & Obj {
+  return find(objects, 'Deployment', name) as DeploymentShape & Obj;
+}
+
+function argValue(args: string[], flag: string): string | undefined {
+  const i = args.indexOf(flag);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+/** Deep merge of plain objects (values overlays), right wins; arrays are replaced. */
+function merge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    out[k] =
+      v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)
+        ? merge(b as Record<string, unknown>, v as Record<string, unknown>)
+        : v;
+  }
+  return out;
+}
+
+/** `group/resource[/subresource]:verb` triples a rule set grants, with `@name` when restricted by resourceNames. */
+function grants(rules: PolicyRule[]): string[] {
+  const out: string[] = [];
+  for (const rule of rules) {
+    for (const group of rule.apiGroups ?? []) {
+      for (const resource of rule.resources ?? []) {
+        for (const verb of rule.verbs) {
+          const names = rule.resourceNames ?? [];
+          if (names.length === 0) out.push(`${group}/${resource}:${verb}`);
+          else for (const name of names) out.push(`${group}/${resource}:${verb}@${name}`);
+        }
+      }
+    }
+  }
+  return out.sort();
+}
+
+function expand(group: string, resources: string[], verbs: string[], names: string[] = []): string[] {
+  return grants([{ apiGroups: [group], resources, verbs, resourceNames: names }]);
+}
+
+/** Paths of `rendered` (object keys, array indexes) that `stored` lacks: fields the API server dropped. */
+function droppedPaths(rendered: unknown, stored: unknown, path = ''): string[] {
+  if (rendered === null || typeof rendered !== 'object') return [];
+  if (stored === null || typeof stored !== 'object') return [path || '<root>'];
+  if (Array.isArray(rendered)) {
+    if (!Array.isArray(stored)) return [path];
+    return rendered.flatMap((item, i) => (i < stored.length ? droppedPaths(item, stored[i], `${path}[${i}]`) : [`${path}[${i}]`]));
+  }
+  const out: string[] = [];
+  for (const [key, value] of Object.entries(rendered)) {
+    const s = (stored as Record<string, unknown>)[key];
+    if (s === undefined) out.push(`${path}.${key}`);
+    else out.push(...droppedPaths(value, s, `${path}.${key}`));
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ checks on one render
+
+/**
+ * The signing key Secret's data: an Ed25519 PKCS#8 private key under private.pem and exactly its SPKI public key
+ * under public.pem, byte for byte as Node exports it (the chart cuts the public key out of a certificate).
+ */
+function checkSigningKey(data: Record<string, string>): void {
+  assert.deepEqual(Object.keys(data).sort(), ['private.pem', 'public.pem']);
+  const privatePem = Buffer.from(data['private.pem'] ?? '', 'base64').toString('utf8');
+  const publicPem = Buffer.from(data['public.pem'] ?? '', 'base64').toString('utf8');
+  const key = createPrivateKey(privatePem);
+  assert.equal(key.asymmetricKeyType, 'ed25519');
+  assert.equal(publicPem, createPublicKey(key).export({ type: 'spki', format: 'pem' }));
+  // And the pair works: a signature made with the private key verifies with the public one.
+  const message = Buffer.from('narrowlink');
+  assert.ok(verify(null, message, createPublicKey(publicPem), sign(null, message, key)));
+}
+
+function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | undefined): void {
+  const values = entry.values as {
+    certManager?: { enabled?: boolean };
+    webhook?: { strict?: boolean; failurePolicy?: string };
+    gateway?: { tls?: { existingSecret?: string; issuerRef?: { name?: string } }; udp?: { enabled?: boolean }; service?: { type?: string } };
+    operator?: { replicas?: number };
+  };
+  const certManager = values.certManager?.enabled ?? true;
+  const udp = values.gateway?.udp?.enabled ?? true;
+  const serviceType = values.gateway?.service?.type ?? 'LoadBalancer';
+  const is120 = kubeVersion === '1.20.2';
+
+  // Every object: a validator exists and passes; namespaced objects live in the release namespace; no duplicates.
+  const seen = new Set<string>();
+  for (const obj of objects) {
+    const key = `${obj.apiVersion}/${obj.kind}`;
+    const validate = validators[key];
+    assert.ok(validate, `no kubernetes-models validator for ${key} (${obj.metadata.name})`);
+    assert.doesNotThrow(() => validate(obj), `${key} ${obj.metadata.name} is invalid`);
+    if (CLUSTER_SCOPED.has(obj.kind)) assert.equal(obj.metadata.namespace, undefined, `${obj.kind} ${obj.metadata.name}`);
+    else assert.equal(obj.metadata.namespace, NS, `${obj.kind} ${obj.metadata.name} namespace`);
+    const id = `${obj.kind}/${obj.metadata.namespace ?? ''}/${obj.metadata.name}`;
+    assert.ok(!seen.has(id), `duplicate ${id}`);
+    seen.add(id);
+    assert.equal(obj.metadata.labels?.['app.kubernetes.io/part-of'], 'narrowlink', `${id} lacks the part-of label`);
+  }
+
+  // Security: every pod non-root, read-only root, no privilege escalation, no capabilities, RuntimeDefault seccomp.
+  const deployments = objects.filter((o) => o.kind === 'Deployment') as Array<DeploymentShape & Obj>;
+  assert.deepEqual(deployments.map((d) => d.metadata.name).sort(), ['narrowlink-gateway', 'narrowlink-operator']);
+  for (const d of deployments) {
+    const pod = d.spec.template.spec;
+    assert.equal(pod.securityContext?.runAsNonRoot, true, `${d.metadata.name} pod runAsNonRoot`);
+    assert.equal(pod.securityContext?.seccompProfile?.type, 'RuntimeDefault', `${d.metadata.name} pod seccomp`);
+    for (const c of pod.containers) {
+      const sc = c.securityContext;
+      assert.equal(sc?.runAsNonRoot, true, `${c.name} runAsNonRoot`);
+      assert.ok((sc?.runAsUser ?? 0) > 0, `${c.name} runAsUser`);
+      assert.equal(sc?.readOnlyRootFilesystem, true, `${c.name} readOnlyRootFilesystem`);
+      assert.equal(sc?.allowPrivilegeEscalation, false, `${c.name} allowPrivilegeEscalation`);
+      assert.equal(sc?.privileged, false, `${c.name} privileged`);
+      assert.deepEqual(sc?.capabilities?.drop, ['ALL'], `${c.name} drops ALL`);
+      assert.equal(sc?.capabilities?.add, undefined, `${c.name} adds capabilities`);
+      assert.equal(sc?.seccompProfile?.type, 'RuntimeDefault', `${c.name} seccomp`);
+      assert.ok(c.volumeMounts?.some((m) => m.mountPath === '/tmp'), `${c.name} has a writable /tmp`);
+    }
+    // Services and PDBs select exactly these pods.
+    assert.equal(pod.serviceAccountName, d.metadata.name);
+    for (const [k, v] of Object.entries(d.spec.selector.matchLabels)) assert.equal(d.spec.template.metadata.labels[k], v);
+    assert.equal(d.spec.template.metadata.labels['narrowlink.io/inject-disabled'], 'true', 'own pods opt out of injection');
+  }
+
+  // Operator: replicas, command, flags, ports, probes.
+  const operator = deployment(objects, 'narrowlink-operator');
+  assert.equal(operator.spec.replicas, values.operator?.replicas ?? 2);
+  const op = operator.spec.template.spec.containers[0];
+  assert.ok(op);
+  assert.deepEqual(op.command, ['node', 'operator/src/main.ts']);
+  const opArgs = op.args ?? [];
+  assert.equal(argValue(opArgs, '--namespace'), NS);
+  assert.equal(argValue(opArgs, '--lease-name'), 'narrowlink-operator');
+  assert.equal(argValue(opArgs, '--gateway-config-secret'), 'narrowlink-gateway-config');
+  assert.equal(argValue(opArgs, '--signing-key-secret'), 'narrowlink-signing-key');
+  assert.equal(argValue(opArgs, '--identity'), '$(POD_NAME)');
+  assert.equal(argValue(opArgs, '--listen'), '0.0.0.0:8080');
+  assert.equal(argValue(opArgs, '--webhook-listen'), '0.0.0.0:9443');
+  assert.equal(argValue(opArgs, '--webhook-cert-file'), '/etc/narrowlink/webhook/tls.crt');
+  assert.equal(argValue(opArgs, '--webhook-key-file'), '/etc/narrowlink/webhook/tls.key');
+  assert.equal(argValue(opArgs, '--webhook-strict'), String(values.webhook?.strict === true));
+  // Without cert-manager the operator manages the webhook CA: the Secret it keeps it in and the webhook to patch.
+  assert.equal(argValue(opArgs, '--webhook-ca-secret'), certManager ? undefined : 'narrowlink-webhook-tls');
+  assert.equal(argValue(opArgs, '--webhook-configuration'), certManager ? undefined : 'narrowlink-sidecar-injector');
+  assert.deepEqual(
+    (op.ports ?? []).map((p) => `${p.name}:${p.containerPort}/${p.protocol}`),
+    ['webhook:9443/TCP', 'metrics:8080/TCP'],
+  );
+  assert.equal(op.readinessProbe?.httpGet?.path, '/readyz');
+  assert.equal(op.livenessProbe?.httpGet?.path, '/healthz');
+  const webhookVolume = operator.spec.template.spec.volumes?.find((v) => v.name === 'webhook-tls');
+  assert.equal(webhookVolume?.secret?.secretName, 'narrowlink-webhook-tls');
+  assert.ok(op.volumeMounts?.some((m) => m.name === 'webhook-tls' && m.mountPath === '/etc/narrowlink/webhook'));
+  assert.equal(webhookVolume?.secret?.optional, !certManager, 'without cert-manager the operator creates the Secret later');
+
+  // Gateway: command, flags, ports, TLS volume.
+  const gateway = deployment(objects, 'narrowlink-gateway');
+  const gw = gateway.spec.template.spec.containers[0];
+  assert.ok(gw);
+  assert.deepEqual(gw.command, ['node', 'gateway/src/main.ts']);
+  const gwArgs = gw.args ?? [];
+  assert.equal(argValue(gwArgs, '--config-source'), 'kubernetes');
+  assert.equal(argValue(gwArgs, '--config-secret'), 'narrowlink-gateway-config');
+  assert.equal(argValue(gwArgs, '--config-namespace'), NS);
+  assert.equal(argValue(gwArgs, '--tls-cert'), '/tls/tls.crt');
+  assert.equal(argValue(gwArgs, '--tls-key'), '/tls/tls.key');
+  assert.equal(argValue(gwArgs, '--listen'), '0.0.0.0:8443');
+  assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_PORT')?.value, udp ? '3478' : undefined);
+  assert.deepEqual(
+    (gw.ports ?? []).map((p) => `${p.name}:${p.containerPort}/${p.protocol}`),
+    udp ? ['wss:8443/TCP', 'nat-probe:3478/UDP', 'nat-probe-alt:3479/UDP'] : ['wss:8443/TCP'],
+  );
+  assert.equal(gw.readinessProbe?.httpGet?.scheme, 'HTTPS');
+  const tlsSecret = values.gateway?.tls?.existingSecret || 'narrowlink-gateway-tls';
+  assert.equal(gateway.spec.template.spec.volumes?.find((v) => v.name === 'tls')?.secret?.secretName, tlsSecret);
+
+  // Gateway Services: 443 -> wss; UDP probe ports on the same Service, or their own LoadBalancer before 1.26.
+  const gwService = find(objects, 'Service', 'narrowlink-gateway') as ServiceShape & Obj;
+  assert.equal(gwService.spec.type, serviceType);
+  const splitUdp = udp && serviceType === 'LoadBalancer' && is120;
+  const udpPorts = ['nat-probe:3478->nat-probe/UDP', 'nat-probe-alt:3479->nat-probe-alt/UDP'];
+  const portsOf = (s: ServiceShape) => s.spec.ports.map((p) => `${p.name}:${p.port}->${p.targetPort}/${p.protocol}`);
+  assert.deepEqual(portsOf(gwService), ['wss:443->wss/TCP', ...(udp && !splitUdp ? udpPorts : [])]);
+  const udpService = objects.find((o) => o.kind === 'Service' && o.metadata.name === 'narrowlink-gateway-udp') as
+    | (ServiceShape & Obj)
+    | undefined;
+  if (splitUdp) assert.deepEqual(udpService && portsOf(udpService), udpPorts);
+  else assert.equal(udpService, undefined);
+  const peers = find(objects, 'Service', 'narrowlink-gateway-peers') as ServiceShape & Obj;
+  assert.equal(peers.spec.clusterIP, 'None');
+  const operatorService = find(objects, 'Service', 'narrowlink-operator') as ServiceShape & Obj;
+  assert.deepEqual(portsOf(operatorService), ['webhook:443->webhook/TCP', 'metrics:8080->metrics/TCP']);
+  for (const s of [gwService, peers, operatorService, ...(udpService ? [udpService] : [])]) {
+    const target = s.metadata.name === 'narrowlink-operator' ? operator : gateway;
+    for (const [k, v] of Object.entries(s.spec.selector)) assert.equal(target.spec.template.metadata.labels[k], v, `${s.metadata.name} selector`);
+  }
+
+  // Webhook: Pod CREATE, side-effect free, scoped away from the release namespace and the chart's own pods.
+  const webhookConfig = find(objects, 'MutatingWebhookConfiguration', 'narrowlink-sidecar-injector') as WebhookShape & Obj;
+  assert.equal(webhookConfig.webhooks.length, 1);
+  const hook = webhookConfig.webhooks[0];
+  assert.ok(hook);
+  assert.equal(hook.sideEffects, 'None');
+  assert.deepEqual(hook.admissionReviewVersions, ['v1']);
+  assert.equal(hook.reinvocationPolicy, 'IfNeeded');
+  assert.equal(hook.timeoutSeconds, 5);
+  assert.equal(hook.failurePolicy, values.webhook?.failurePolicy || (values.webhook?.strict ? 'Fail' : 'Ignore'));
+  assert.deepEqual(hook.rules, [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'], scope: 'Namespaced' }]);
+  assert.deepEqual(hook.clientConfig.service, { name: 'narrowlink-operator', namespace: NS, path: '/mutate-pods', port: 443 });
+  assert.equal(hook.clientConfig.caBundle, undefined, 'caBundle is never rendered (cert-manager or the operator fills it)');
+  const nsExpressions = hook.namespaceSelector?.matchExpressions ?? [];
+  assert.ok(
+    nsExpressions.some((e) => e.key === 'kubernetes.io/metadata.name' && e.operator === 'NotIn' && e.values?.includes(NS)),
+    'the release namespace is excluded by name',
+  );
+  assert.ok(
+    nsExpressions.some((e) => e.key === 'narrowlink.io/inject-disabled' && e.operator === 'NotIn' && e.values?.includes('true')),
+    'namespaces can opt out by label',
+  );
+  assert.ok(
+    hook.objectSelector?.matchExpressions?.some((e) => e.key === 'narrowlink.io/inject-disabled' && e.operator === 'NotIn'),
+    'the chart pods are excluded',
+  );
+  assert.equal(
+    webhookConfig.metadata.annotations?.['cert-manager.io/inject-ca-from'],
+    certManager ? `${NS}/narrowlink-webhook` : undefined,
+  );
+
+  // cert-manager objects only with cert-manager; the gateway Certificate only without an existing Secret.
+  const certs = objects.filter((o) => o.kind === 'Certificate').map((o) => o.metadata.name).sort();
+  const issuers = objects.filter((o) => o.kind === 'Issuer').map((o) => o.metadata.name).sort();
+  if (!certManager) {
+    assert.deepEqual([...certs, ...issuers], []);
+  } else {
+    assert.deepEqual(issuers, ['narrowlink-ca', 'narrowlink-selfsigned']);
+    const expected = ['narrowlink-ca', 'narrowlink-webhook', ...(values.gateway?.tls?.existingSecret ? [] : ['narrowlink-gateway'])];
+    assert.deepEqual(certs, expected.sort());
+    const webhookCert = find(objects, 'Certificate', 'narrowlink-webhook') as Obj & { spec: { secretName: string; dnsNames: string[] } };
+    assert.equal(webhookCert.spec.secretName, 'narrowlink-webhook-tls');
+    assert.ok(webhookCert.spec.dnsNames.includes(`narrowlink-operator.${NS}.svc`));
+  }
+
+  // Signing key: an Ed25519 key pair as the operator reads it, kept on uninstall.
+  const signingKey = find(objects, 'Secret', 'narrowlink-signing-key') as Obj & { data: Record<string, string> };
+  assert.equal(signingKey.metadata.annotations?.['helm.sh/resource-policy'], 'keep');
+  checkSigningKey(signingKey.data);
+
+  // PDB: policy/v1beta1 on 1.20, policy/v1 later.
+  const pdbs = objects.filter((o) => o.kind === 'PodDisruptionBudget');
+  assert.deepEqual(
+    pdbs.map((p) => `${p.apiVersion}/${p.metadata.name}`),
+    [`${is120 ? 'policy/v1beta1' : 'policy/v1'}/narrowlink-operator`],
+  );
+
+  // RBAC: no wildcard anywhere, and exactly the expected grants.
+  const rbacKinds = new Set(['ClusterRole', 'Role']);
+  for (const role of objects.filter((o) => rbacKinds.has(o.kind))) {
+    for (const rule of (role as Obj & { rules: PolicyRule[] }).rules) {
+      for (const field of [rule.apiGroups, rule.resources, rule.verbs, rule.resourceNames]) {
+        for (const item of field ?? []) assert.ok(!item.includes('*'), `wildcard in ${role.kind} ${role.metadata.name}: ${JSON.stringify(rule)}`);
+      }
+    }
+  }
+  const rulesOf = (kind: string, name: string) => grants((find(objects, kind, name) as Obj & { rules: PolicyRule[] }).rules);
+  assert.deepEqual(
+    rulesOf('ClusterRole', 'narrowlink-operator'),
+    [
+      ...expand('narrowlink.io', ['narrowlinkagents'], ['get', 'list', 'watch', 'create', 'patch']),
+      ...expand('narrowlink.io', ['accesspolicies'], ['get', 'list', 'watch', 'patch']),
+      ...expand('narrowlink.io', ['narrowlinkagents/status', 'accesspolicies/status'], ['patch']),
+      ...expand('narrowlink.io', ['narrowlinkagents/finalizers'], ['update']),
+      ...expand('cert-manager.io', ['certificates'], ['get', 'list', 'watch', 'create', 'patch', 'delete']),
+      ...expand('', ['secrets'], ['get', 'list', 'watch', 'create', 'patch', 'delete']),
+      ...expand('', ['pods'], ['get', 'list', 'watch']),
+      ...expand('', ['events'], ['create', 'patch']),
+      ...(certManager
+        ? []
+        : expand('admissionregistration.k8s.io', ['mutatingwebhookconfigurations'], ['get', 'patch'], ['narrowlink-sidecar-injector'])),
+    ].sort(),
+  );
+  assert.deepEqual(
+    rulesOf('Role', 'narrowlink-operator-leader-election'),
+    [
+      ...expand('coordination.k8s.io', ['leases'], ['get', 'update', 'patch'], ['narrowlink-operator']),
+      ...expand('coordination.k8s.io', ['leases'], ['create']),
+    ].sort(),
+  );
+  assert.deepEqual(
+    rulesOf('Role', 'narrowlink-gateway'),
+    expand('', ['secrets'], ['get', 'list', 'watch'], ['narrowlink-gateway-config', tlsSecret]),
+  );
+  assert.deepEqual(rulesOf('ClusterRole', 'narrowlink-gateway'), expand('authentication.k8s.io', ['tokenreviews'], ['create']));
+  // Every binding binds a rendered role to a rendered ServiceAccount.
+  for (const binding of objects.filter((o) => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding')) {
+    const b = binding as Obj & { roleRef: { kind: string; name: string }; subjects: Array<{ kind: string; name: string; namespace: string }> };
+    find(objects, b.roleRef.kind, b.roleRef.name);
+    for (const s of b.subjects) {
+      assert.equal(s.kind, 'ServiceAccount');
+      assert.equal(s.namespace, NS);
+      find(objects, 'ServiceAccount', s.name);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ offline tests
+
+function toolsOrSkip(t: TestContext): boolean {
+  const reason = toolsUnavailableReason();
+  if (reason) {
+    t.skip(`k8s tier: SKIPPED (${reason})`);
+    return false;
+  }
+  return true;
+}
+
+after(() => rmSync(scratch, { recursive: true, force: true }));
+
+describe('Helm chart charts/narrowlink: lint and template', () => {
+  for (const entry of MATRIX) {
+    it(`helm lint --strict passes: ${entry.name}`, async (t) => {
+      if (!toolsOrSkip(t)) return;
+      const out = await helm(['lint', '--strict', chartDir, '--namespace', NS, '--values', valuesFile(entry.values)]);
+      assert.match(out, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+    });
+  }
+
+  for (const entry of MATRIX) {
+    for (const kubeVersion of KUBE_VERSIONS) {
+      it(`helm template renders valid objects: ${entry.name} (Kubernetes ${kubeVersion ?? 'helm default'})`, async (t) => {
+        if (!toolsOrSkip(t)) return;
+        const objects = await render(entry.values, kubeVersion);
+        checkRender(entry, objects, kubeVersion);
+      });
+    }
+  }
+
+  it('custom images, pull secrets and resources reach the operator, gateway and sidecar flags', async (t) => {
+    if (!toolsOrSkip(t)) return;
+    const entry = MATRIX.find((e) => e.name === 'custom images and resources');
+    assert.ok(entry);
+    const objects = await render(entry.values);
+    const op = deployment(objects, 'narrowlink-operator').spec.template.spec.containers[0];
+    const gw = deployment(objects, 'narrowlink-gateway').spec.template.spec.containers[0];
+    assert.ok(op && gw);
+    assert.equal(op.image, 'registry.example.com/nl/operator:1.2.3');
+    assert.equal(op.imagePullPolicy, 'Always');
+    assert.equal(gw.image, 'registry.example.com/nl/all@sha256:0123456789abcdef');
+    assert.deepEqual(op.resources, customResources);
+    assert.deepEqual(gw.resources, customResources);
+    const args = op.args ?? [];
+    assert.equal(argValue(args, '--sidecar-image'), 'registry.example.com/nl/sidecar:9.9.9');
+    assert.equal(argValue(args, '--sidecar-image-pull-policy'), 'Never');
+    assert.equal(argValue(args, '--sidecar-cpu-request'), '250m');
+    assert.equal(argValue(args, '--sidecar-memory-request'), '300Mi');
+    assert.equal(argValue(args, '--sidecar-cpu-limit'), '1');
+    assert.equal(argValue(args, '--sidecar-memory-limit'), '700Mi');
+    for (const name of ['narrowlink-operator', 'narrowlink-gateway']) {
+      const pod = deployment(objects, name).spec.template.spec as { imagePullSecrets?: unknown };
+      assert.deepEqual(pod.imagePullSecrets, [{ name: 'regcred' }]);
+    }
+    // Defaults: the chart appVersion tag of the default repository.
+    const defaults = await render({});
+    const defaultOperator = deployment(defaults, 'narrowlink-operator').spec.template.spec.containers[0];
+    assert.equal(defaultOperator?.image, 'ghcr.io/narrowlink/narrowlink-k8s:0.1.0');
+    const defaultArgs = defaultOperator?.args ?? [];
+    assert.equal(argValue(defaultArgs, '--sidecar-image'), 'ghcr.io/narrowlink/narrowlink-k8s:0.1.0');
+    // An absent limit is passed as "" (the operator then leaves it off the injected container).
+    assert.equal(argValue(defaultArgs, '--sidecar-cpu-limit'), '');
+    assert.equal(argValue(defaultArgs, '--sidecar-memory-limit'), '128Mi');
+  });
+
+  it('issuer, cross-namespace and gateway URL values reach the operator flags; a public issuer certifies only public names', async (t) => {
+    if (!toolsOrSkip(t)) return;
+    const entry = MATRIX.find((e) => e.name.startsWith('public issuer'));
+    assert.ok(entry);
+    const objects = await render(entry.values);
+    const args = deployment(objects, 'narrowlink-operator').spec.template.spec.containers[0]?.args ?? [];
+    assert.equal(argValue(args, '--default-issuer'), 'letsencrypt-prod/ClusterIssuer');
+    assert.ok(args.includes('--allow-cross-namespace-policies'));
+    assert.equal(argValue(args, '--sidecar-gateway-url'), 'wss://gw.example.com');
+    assert.equal(argValue(args, '--sidecar-ca-configmap'), 'narrowlink-ca');
+    const cert = find(objects, 'Certificate', 'narrowlink-gateway') as Obj & { spec: { dnsNames: string[]; issuerRef: unknown } };
+    assert.deepEqual(cert.spec.dnsNames, ['gw.example.com']);
+    assert.deepEqual(cert.spec.issuerRef, { name: 'letsencrypt-prod', kind: 'ClusterIssuer', group: 'cert-manager.io' });
+
+    const defaults = await render({});
+    const defaultArgs = deployment(defaults, 'narrowlink-operator').spec.template.spec.containers[0]?.args ?? [];
+    assert.equal(defaultArgs.includes('--default-issuer'), false, 'no default issuer unless configured');
+    assert.equal(defaultArgs.includes('--allow-cross-namespace-policies'), false);
+    assert.equal(defaultArgs.includes('--sidecar-ca-configmap'), false);
+    assert.equal(argValue(defaultArgs, '--sidecar-gateway-url'), `wss://narrowlink-gateway.${NS}.svc:443`);
+    const defaultCert = find(defaults, 'Certificate', 'narrowlink-gateway') as Obj & { spec: { dnsNames: string[] } };
+    assert.deepEqual(defaultCert.spec.dnsNames, [`narrowlink-gateway.${NS}.svc`, `narrowlink-gateway.${NS}.svc.cluster.local`]);
+  });
+
+  it('every flag the chart passes is one the operator and gateway accept (or is listed as pending)', async (t) => {
+    if (!toolsOrSkip(t)) return;
+    const helpFlags = async (script: string): Promise<Set<string>> => {
+      const { stdout } = await run(process.execPath, [join(repoRoot, script), '--help'], { timeout: 30_000 });
+      return new Set(stdout.match(/--[a-z][a-z0-9-]*/g) ?? []);
+    };
+    const accepted = { operator: await helpFlags('operator/src/main.ts'), gateway: await helpFlags('gateway/src/main.ts') };
+    const pending = { operator: PENDING_OPERATOR_FLAGS, gateway: PENDING_GATEWAY_FLAGS };
+    const unknown: string[] = [];
+    const stillPending = new Set<string>();
+    for (const entry of MATRIX) {
+      const objects = await render(entry.values);
+      for (const component of ['operator', 'gateway'] as const) {
+        const container = deployment(objects, `narrowlink-${component}`).spec.template.spec.containers[0];
+        assert.ok(container);
+        const prefix = `NARROWLINK_${component.toUpperCase()}_`;
+        const fromEnv = (container.env ?? [])
+          .filter((e) => e.name.startsWith(prefix))
+          .map((e) => `--${e.name.slice(prefix.length).toLowerCase().replaceAll('_', '-')}`);
+        for (const flag of [...(container.args ?? []).filter((a) => a.startsWith('--')), ...fromEnv]) {
+          if (accepted[component].has(flag)) continue;
+          if (pending[component].includes(flag)) stillPending.add(`${component} ${flag}`);
+          else unknown.push(`${component} ${flag} (${entry.name})`);
+        }
+      }
+    }
+    assert.deepEqual([...new Set(unknown)], [], 'flags neither in --help nor pending');
+    if (stillPending.size > 0) t.diagnostic(`flags the chart passes that the binaries do not have yet: ${[...stillPending].join(', ')}`);
+  });
+
+  it('refuses invalid values with a message naming the problem', async (t) => {
+    if (!toolsOrSkip(t)) return;
+    const cases: Array<[Record<string, unknown>, RegExp]> = [
+      [{ webhook: { failurePolicy: 'Sometimes' } }, /webhook\.failurePolicy/],
+      [{ operatr: { replicas: 2 } }, /Additional property operatr is not allowed/],
+      [{ operator: { replicas: 0 } }, /operator\.replicas/],
+      [{ gateway: { udp: { probePort: 443 } } }, /gateway\.udp\.probePort/],
+      [{ gateway: { service: { type: 'ExternalName' } } }, /gateway\.service\.type/],
+      [{ image: { pullPolicy: 'Sometimes' } }, /image\.pullPolicy/],
+      [{ gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' } } } }, /needs gateway\.tls\.dnsNames/],
+      [
+        { certManager: { enabled: false }, gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] } } },
+        /needs certManager\.enabled=true/,
+      ],
+      [
+        { gateway: { tls: { existingSecret: 'x', issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] } } },
+        /either gateway\.tls\.issuerRef or gateway\.tls\.existingSecret/,
+      ],
+    ];
+    for (const [values, message] of cases) {
+      await assert.rejects(
+        helm(['template', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile(values)]),
+        message,
+        JSON.stringify(values),
+      );
+    }
+  });
+});
+
+// ------------------------------------------------------------------------------------------------ real apiserver
+
+/** Minimal cert-manager CRDs (the API surface only; no controller): enough for the chart's Issuers and Certificates. */
+function certManagerCrd(plural: string, kind: string): Obj {
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: { name: `${plural}.cert-manager.io` },
+    spec: {
+      group: 'cert-manager.io',
+      scope: 'Namespaced',
+      names: { plural, singular: kind.toLowerCase(), kind, listKind: `${kind}List` },
+      versions: [
+        {
+          name: 'v1',
+          served: true,
+          storage: true,
+          subresources: { status: {} },
+          schema: {
+            openAPIV3Schema: {
+              type: 'object',
+              properties: {
+                spec: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true },
+                status: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true },
+              },
+            },
+          },
+        },
+      ],
+    },
+  };
+}
+
+interface AccessCheck {
+  user: string;
+  verb: string;
+  group?: string;
+  resource: string;
+  subresource?: string;
+  namespace?: string;
+  name?: string;
+  allowed: boolean;
+}
+
+describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20', () => {
+  const k8s = useApiServer();
+  const installValues = { certManager: { enabled: false } };
+  let signingKeyData: Record<string, string> | undefined;
+
+  before(() => {
+    // Unpack helm/kubectl before the first timed test (a no-op when they cannot run here).
+    if (!toolsUnavailableReason()) helmPath();
+  });
+
+  function apiOrSkip(t: TestContext): ApiServer | undefined {
+    if (!toolsOrSkip(t)) return undefined;
+    return k8s.require(t);
+  }
+
+  async function manifestObjects(api: ApiServer): Promise<Obj[]> {
+    return parseObjects(await helm(['get', 'manifest', RELEASE, '--namespace', NS], api.kubeconfigPath));
+  }
+
+  async function getJson<T>(api: ApiServer, args: string[]): Promise<T> {
+    return JSON.parse(await kubectl(api, [...args, '-o', 'json'])) as T;
+  }
+
+  async function readSigningKey(api: ApiServer): Promise<Record<string, string>> {
+    const secret = await getJson<{ data: Record<string, string> }>(api, ['get', 'secret', 'narrowlink-signing-key', '-n', NS]);
+    return secret.data;
+  }
+
+  it('helm install (certManager.enabled=false) creates every rendered object, and the 1.20 API keeps every rendered field', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    await kubectl(api, ['create', 'namespace', NS]);
+    const out = await helm(
+      ['install', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile(installValues), '--timeout', '60s'],
+      api.kubeconfigPath,
+    );
+    assert.match(out, /STATUS: deployed/);
+    assert.match(out, /narrowlink-webhook-tls/, 'NOTES explain the operator-managed webhook CA');
+
+    // CRDs from crds/ are installed and served.
+    for (const crd of ['narrowlinkagents.narrowlink.io', 'accesspolicies.narrowlink.io']) {
+      const stored = await getJson<{ status: { conditions: Array<{ type: string; status: string }> } }>(api, ['get', 'crd', crd]);
+      assert.ok(stored.status.conditions.some((c) => c.type === 'Established' && c.status === 'True'), `${crd} established`);
+    }
+
+    const rendered = await manifestObjects(api);
+    const manifestFile = join(scratch, 'installed.yaml');
+    writeFileSync(manifestFile, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: rendered }));
+    const stored = (await getJson<{ items: Obj[] }>(api, ['get', '-f', manifestFile])).items;
+    assert.deepEqual(
+      stored.map((o) => `${o.kind}/${o.metadata.name}`).sort(),
+      rendered.map((o) => `${o.kind}/${o.metadata.name}`).sort(),
+    );
+    for (const obj of rendered) {
+      const live = stored.find((s) => s.kind === obj.kind && s.metadata.name === obj.metadata.name);
+      assert.deepEqual(droppedPaths(obj, live), [], `${obj.kind} ${obj.metadata.name}: fields dropped by the API server`);
+    }
+    assert.ok(rendered.some((o) => o.apiVersion === 'policy/v1beta1' && o.kind === 'PodDisruptionBudget'), 'a 1.20 cluster gets a v1beta1 PDB');
+    assert.ok(rendered.some((o) => o.kind === 'Service' && o.metadata.name === 'narrowlink-gateway-udp'), 'UDP on its own LoadBalancer before 1.26');
+
+    const operator = await getJson<{ spec: { replicas: number } }>(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS]);
+    assert.equal(operator.spec.replicas, 2);
+    signingKeyData = await readSigningKey(api);
+    checkSigningKey(signingKeyData);
+  });
+
+  it('the ServiceAccounts get exactly the access they need (SubjectAccessReview)', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    const authz = api.kubeConfig().makeApiClient(AuthorizationV1Api);
+    const op = OPERATOR_SA;
+    const gw = GATEWAY_SA;
+    const checks: AccessCheck[] = [
+      // operator: CRDs, status, finalizers
+      { user: op, verb: 'watch', group: 'narrowlink.io', resource: 'narrowlinkagents', allowed: true },
+      { user: op, verb: 'create', group: 'narrowlink.io', resource: 'narrowlinkagents', namespace: 'shop', allowed: true },
+      { user: op, verb: 'delete', group: 'narrowlink.io', resource: 'narrowlinkagents', namespace: 'shop', allowed: false },
+      { user: op, verb: 'update', group: 'narrowlink.io', resource: 'narrowlinkagents', namespace: 'shop', allowed: false },
+      { user: op, verb: 'create', group: 'narrowlink.io', resource: 'accesspolicies', namespace: 'shop', allowed: false },
+      { user: op, verb: 'patch', group: 'narrowlink.io', resource: 'accesspolicies', subresource: 'status', namespace: 'shop', allowed: true },
+      { user: op, verb: 'update', group: 'narrowlink.io', resource: 'narrowlinkagents', subresource: 'finalizers', namespace: 'shop', allowed: true },
+      // operator: cert-manager, secrets, pods, events
+      { user: op, verb: 'delete', group: 'cert-manager.io', resource: 'certificates', namespace: 'shop', allowed: true },
+      { user: op, verb: 'create', group: 'cert-manager.io', resource: 'issuers', namespace: 'shop', allowed: false },
+      { user: op, verb: 'delete', resource: 'secrets', namespace: 'shop', allowed: true },
+      { user: op, verb: 'update', resource: 'secrets', namespace: 'shop', allowed: false },
+      { user: op, verb: 'list', resource: 'pods', allowed: true },
+      { user: op, verb: 'delete', resource: 'pods', namespace: 'shop', allowed: false },
+      { user: op, verb: 'create', resource: 'events', namespace: 'shop', allowed: true },
+      { user: op, verb: 'get', resource: 'configmaps', namespace: NS, allowed: false },
+      { user: op, verb: 'create', group: 'apps', resource: 'deployments', namespace: 'shop', allowed: false },
+      { user: op, verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews', allowed: false },
+      // operator: its webhook only (certManager.enabled=false)
+      { user: op, verb: 'patch', group: 'admissionregistration.k8s.io', resource: 'mutatingwebhookconfigurations', name: 'narrowlink-sidecar-injector', allowed: true },
+      { user: op, verb: 'patch', group: 'admissionregistration.k8s.io', resource: 'mutatingwebhookconfigurations', name: 'someone-else', allowed: false },
+      { user: op, verb: 'create', group: 'admissionregistration.k8s.io', resource: 'mutatingwebhookconfigurations', allowed: false },
+      // operator: its Lease only, in its namespace only
+      { user: op, verb: 'update', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, name: 'narrowlink-operator', allowed: true },
+      { user: op, verb: 'update', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, name: 'other', allowed: false },
+      { user: op, verb: 'create', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, allowed: true },
+      { user: op, verb: 'create', group: 'coordination.k8s.io', resource: 'leases', namespace: 'kube-system', allowed: false },
+      // gateway: two Secrets by name, TokenReviews, nothing else
+      { user: gw, verb: 'get', resource: 'secrets', namespace: NS, name: 'narrowlink-gateway-config', allowed: true },
+      { user: gw, verb: 'watch', resource: 'secrets', namespace: NS, name: 'narrowlink-gateway-tls', allowed: true },
+      { user: gw, verb: 'get', resource: 'secrets', namespace: NS, name: 'narrowlink-signing-key', allowed: false },
+      { user: gw, verb: 'list', resource: 'secrets', namespace: NS, allowed: false },
+      { user: gw, verb: 'get', resource: 'secrets', namespace: 'shop', name: 'narrowlink-gateway-config', allowed: false },
+      { user: gw, verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews', allowed: true },
+      { user: gw, verb: 'list', group: 'narrowlink.io', resource: 'narrowlinkagents', allowed: false },
+      { user: gw, verb: 'get', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, name: 'narrowlink-operator', allowed: false },
+    ];
+    const wrong: string[] = [];
+    for (const c of checks) {
+      const namespace = c.user.split(':')[2] ?? '';
+      const review = await authz.createSubjectAccessReview({
+        body: {
+          apiVersion: 'authorization.k8s.io/v1',
+          kind: 'SubjectAccessReview',
+          spec: {
+            user: c.user,
+            groups: ['system:serviceaccounts', `system:serviceaccounts:${namespace}`, 'system:authenticated'],
+            resourceAttributes: {
+              verb: c.verb,
+              group: c.group ?? '',
+              resource: c.resource,
+              ...(c.subresource ? { subresource: c.subresource } : {}),
+              ...(c.namespace ? { namespace: c.namespace } : {}),
+              ...(c.name ? { name: c.name } : {}),
+            },
+          },
+        },
+      });
+      if ((review.status?.allowed ?? false) !== c.allowed) wrong.push(`${JSON.stringify(c)} → ${review.status?.allowed}`);
+    }
+    assert.deepEqual(wrong, []);
+
+    // The gateway's Informer lists its config Secret with a metadata.name field selector: resourceNames allow it.
+    const asGateway = ['--as', GATEWAY_SA, '-n', NS];
+    await kubectl(api, ['get', 'secrets', '--field-selector', 'metadata.name=narrowlink-gateway-config', ...asGateway]);
+    await assert.rejects(kubectl(api, ['get', 'secrets', ...asGateway]), /forbidden/i);
+  });
+
+  it('helm upgrade keeps the signing key and a caBundle patched in by the operator, and applies the new values', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    assert.ok(signingKeyData, 'install test ran first');
+    // What the operator does without cert-manager: patch its CA into the webhook.
+    const caBundle = Buffer.from(api.caPem).toString('base64');
+    await kubectl(api, [
+      'patch',
+      'mutatingwebhookconfiguration',
+      'narrowlink-sidecar-injector',
+      '--type',
+      'json',
+      '-p',
+      JSON.stringify([{ op: 'add', path: '/webhooks/0/clientConfig/caBundle', value: caBundle }]),
+    ]);
+    const out = await helm(
+      ['upgrade', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile(merge(installValues, { webhook: { strict: true } })), '--timeout', '60s'],
+      api.kubeconfigPath,
+    );
+    assert.match(out, /STATUS: deployed/);
+    assert.deepEqual(await readSigningKey(api), signingKeyData, 'the signing key is unchanged');
+    const hook = await getJson<WebhookShape>(api, ['get', 'mutatingwebhookconfiguration', 'narrowlink-sidecar-injector']);
+    assert.equal(hook.webhooks[0]?.failurePolicy, 'Fail');
+    assert.equal(hook.webhooks[0]?.clientConfig.caBundle, caBundle, 'helm upgrade left the patched caBundle alone');
+    const args = (await getJson<DeploymentShape>(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS])).spec.template.spec.containers[0]?.args;
+    assert.equal(argValue(args ?? [], '--webhook-strict'), 'true');
+  });
+
+  it('helm upgrade to certManager.enabled=true (cert-manager CRDs present) adds the PKI, the CA injection annotation and drops the webhook RBAC', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    const crdFile = join(scratch, 'cert-manager-crds.json');
+    writeFileSync(crdFile, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [certManagerCrd('certificates', 'Certificate'), certManagerCrd('issuers', 'Issuer')] }));
+    await kubectl(api, ['apply', '-f', crdFile]);
+    await kubectl(api, ['wait', '--for=condition=Established', '--timeout=30s', 'crd/certificates.cert-manager.io', 'crd/issuers.cert-manager.io']);
+    // --reset-values: back to the chart defaults (helm would otherwise reuse the last release's values).
+    await helm(
+      ['upgrade', RELEASE, chartDir, '--namespace', NS, '--reset-values', '--values', valuesFile({ certManager: { enabled: true } }), '--timeout', '60s'],
+      api.kubeconfigPath,
+    );
+
+    const certs = await getJson<{ items: Obj[] }>(api, ['get', 'certificates.cert-manager.io', '-n', NS]);
+    assert.deepEqual(certs.items.map((c) => c.metadata.name).sort(), ['narrowlink-ca', 'narrowlink-gateway', 'narrowlink-webhook']);
+    for (const c of certs.items) assert.doesNotThrow(() => new Certificate(c as never).validate(), c.metadata.name);
+    const issuers = await getJson<{ items: Obj[] }>(api, ['get', 'issuers.cert-manager.io', '-n', NS]);
+    assert.deepEqual(issuers.items.map((c) => c.metadata.name).sort(), ['narrowlink-ca', 'narrowlink-selfsigned']);
+    const hook = await getJson<WebhookShape & Obj>(api, ['get', 'mutatingwebhookconfiguration', 'narrowlink-sidecar-injector']);
+    assert.equal(hook.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${NS}/narrowlink-webhook`);
+    assert.equal(hook.webhooks[0]?.failurePolicy, 'Ignore');
+    const role = await getJson<{ rules: PolicyRule[] }>(api, ['get', 'clusterrole', 'narrowlink-operator']);
+    assert.ok(!grants(role.rules).some((g) => g.startsWith('admissionregistration.k8s.io/')), 'no webhook access with cert-manager');
+    assert.deepEqual(await readSigningKey(api), signingKeyData, 'the signing key is unchanged');
+  });
+
+  it('the deploy/examples manifests are accepted by the API server (server-side dry run against the CRDs)', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    await kubectl(api, ['create', 'namespace', 'shop']);
+    const out = await kubectl(api, ['apply', '--dry-run=server', '-f', examplesDir]);
+    for (const name of ['narrowlinkagent.narrowlink.io/build-cache', 'accesspolicy.narrowlink.io/developers', 'deployment.apps/orders-api']) {
+      assert.match(out, new RegExp(`${name.replaceAll('.', '\\.')} created \\(server dry run\\)`));
+    }
+  });
+
+  it('helm uninstall keeps the signing key; a reinstall adopts and reuses it', async (t) => {
+    const api = apiOrSkip(t);
+    if (!api) return;
+    const out = await helm(['uninstall', RELEASE, '--namespace', NS, '--timeout', '60s'], api.kubeconfigPath);
+    assert.match(out, /narrowlink-signing-key/, 'helm reports the kept resource');
+    await assert.rejects(kubectl(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS]), /NotFound|not found/);
+    await assert.rejects(kubectl(api, ['get', 'mutatingwebhookconfiguration', 'narrowlink-sidecar-injector']), /NotFound|not found/);
+    assert.deepEqual(await readSigningKey(api), signingKeyData, 'kept on uninstall');
+
+    await helm(['install', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile({}), '--timeout', '60s'], api.kubeconfigPath);
+    assert.deepEqual(await readSigningKey(api), signingKeyData, 'reused on reinstall');
+    await kubectl(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS]);
+  });
+});
