@@ -22,6 +22,7 @@ import WebSocket from 'ws';
 import { buildApp } from './app.ts';
 import { Gateway, type GatewayOptions } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
+import type { ReviewResult, TokenReviewer } from './token-review.ts';
 
 const keys = await generateSigningKeyPair();
 const log = pino({ level: 'silent' });
@@ -456,5 +457,241 @@ describe('Gateway agents and streams', () => {
     assert.ok(alice.controls.some((c) => c.type === 'goaway'));
     assert.equal((await alice.waitClosed()).code, 1001);
     await gw.stop();
+  });
+});
+
+describe('Gateway ServiceAccount agents (TokenReview) and reauth', { concurrency: true }, () => {
+  const T0 = Date.parse('2030-01-01T00:00:00Z');
+  const SA_EXPIRY = T0 + 600_000;
+
+  function saConfig(): GatewayConfig {
+    return validateGatewayConfig({
+      apiVersion: 'narrowlink.io/v1alpha1',
+      kind: 'GatewayConfig',
+      signingPublicKeys: [keys.publicKeyPem],
+      agents: [
+        { name: 'orders', namespace: 'shop', expose: [{ name: 'http', port: 8080 }], serviceAccounts: ['orders-sa'] },
+        { name: 'billing', namespace: 'shop', expose: [{ name: 'http', port: 8081 }] },
+        { name: 'orders', namespace: 'other', expose: [{ name: 'http', port: 8080 }], serviceAccounts: ['orders-sa'] },
+      ],
+      policies: [
+        { name: 'alice', namespace: 'shop', subjects: [{ kind: 'User', name: 'alice' }], rules: [{ action: 'Allow', agents: { names: ['orders'] } }] },
+        { name: 'admins', namespace: 'shop', subjects: [{ kind: 'Group', name: 'admins' }], rules: [{ action: 'Allow', agents: { names: ['billing'] } }] },
+      ],
+    });
+  }
+
+  /** A TokenReviewer answering from a table of tokens; records what it was asked. */
+  function fakeReviewer(table: Record<string, ReviewResult | Error>): TokenReviewer & { asked: Array<{ token: string; audience: string }> } {
+    const asked: Array<{ token: string; audience: string }> = [];
+    return {
+      asked,
+      async review(token, audience) {
+        asked.push({ token, audience });
+        const answer = table[token] ?? { authenticated: false, reason: 'NL_ERR_TOKEN_REVIEW_REJECTED' };
+        if (answer instanceof Error) throw answer;
+        return answer;
+      },
+    };
+  }
+
+  const sa = (namespace: string, serviceAccount: string, expiresAtMs = SA_EXPIRY): ReviewResult => ({ authenticated: true, namespace, serviceAccount, expiresAtMs });
+  const reviewTable: Record<string, ReviewResult | Error> = {
+    'sa-orders': sa('shop', 'orders-sa'),
+    'sa-default': sa('shop', 'default'),
+    'sa-other-ns': sa('other', 'orders-sa'),
+    'sa-expired': { authenticated: false, reason: 'NL_ERR_TOKEN_REVIEW_REJECTED' },
+    'sa-audience': { authenticated: false, reason: 'NL_ERR_TOKEN_BAD_AUDIENCE' },
+    'sa-broken': new Error('connect ECONNREFUSED 127.0.0.1:6443'),
+  };
+
+  async function connectAs(url: string, role: 'agent' | 'client', bearer: string, agentRef?: string): Promise<Peer> {
+    const headers: Record<string, string> = { authorization: `Bearer ${bearer}`, ...(agentRef ? { 'x-narrowlink-agent': agentRef } : {}) };
+    const ws = new WebSocket(`${url}/v1/${role}`, { headers, perMessageDeflate: false });
+    const peer = new Peer(ws, role);
+    stops.push(async () => {
+      ws.terminate();
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    return peer;
+  }
+
+  /** An upgrade the gateway refuses: its status and JSON body. */
+  async function refusal(url: string, bearer: string, agentRef: string | undefined): Promise<{ status: number; body: { code?: string; reason?: string; message?: string } }> {
+    const headers: Record<string, string> = { authorization: `Bearer ${bearer}`, ...(agentRef ? { 'x-narrowlink-agent': agentRef } : {}) };
+    const ws = new WebSocket(`${url}/v1/agent`, { headers, perMessageDeflate: false });
+    ws.on('error', () => undefined);
+    return await new Promise((resolve, reject) => {
+      ws.once('open', () => {
+        ws.terminate();
+        reject(new Error('the upgrade was accepted'));
+      });
+      ws.once('unexpected-response', (_request, response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (c: Buffer) => chunks.push(c));
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) }));
+      });
+    });
+  }
+
+  test('an agent naming itself with its ServiceAccount token attaches as namespace/name and serves streams', async () => {
+    const reviewer = fakeReviewer(reviewTable);
+    const gw = await startGateway({ tokenReviewer: reviewer, now: () => T0 }, saConfig());
+    const orders = await connectAs(gw.url, 'agent', 'sa-orders', 'shop/orders');
+    orders.autoAccept = true;
+    const ok = await orders.hello({ instanceId: 'orders-7d9f-abcde' });
+    assert.deepEqual(ok.identity, { sub: 'shop/orders', groups: [], typ: 'agent', expiresAt: SA_EXPIRY });
+    assert.deepEqual(reviewer.asked, [{ token: 'sa-orders', audience: 'narrowlink' }]);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_sessions', { kind: 'agent' }), 1);
+
+    const alice = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0 }));
+    await alice.hello();
+    assert.deepEqual(
+      (await alice.listAgents(1)).map((a) => [a.namespace, a.name, a.instances]),
+      [['shop', 'orders', 1]],
+    );
+    const opened = await alice.open({ agent: 'shop/orders', port: 'http' });
+    assert.deepEqual(opened.ok, { path: 'relay' });
+    assert.deepEqual(orders.opens[0]?.payload, { host: '127.0.0.1', port: 8080, client: 'alice' });
+    const payload = randomBytes(64 * 1024);
+    opened.stream.write(payload);
+    await until(() => Buffer.concat(opened.data).length >= payload.length, 'echo through the ServiceAccount agent');
+    assert.ok(Buffer.concat(opened.data).equals(payload));
+  });
+
+  test('refusals at the upgrade: SA not listed, other namespace, rejected, review unavailable, unknown agent', async () => {
+    const reviewer = fakeReviewer(reviewTable);
+    const gw = await startGateway({ tokenReviewer: reviewer, now: () => T0 }, saConfig());
+    const cases: Array<[string, string, string, number, string, string | undefined]> = [
+      ['ServiceAccount not listed', 'sa-default', 'shop/orders', 403, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED', undefined],
+      ['ServiceAccount of another namespace', 'sa-other-ns', 'shop/orders', 403, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED', undefined],
+      ['shop SA naming the other namespace agent', 'sa-orders', 'other/orders', 403, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED', undefined],
+      ['an agent not allowing ServiceAccounts', 'sa-orders', 'shop/billing', 403, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED', undefined],
+      ['rejected by the TokenReview', 'sa-expired', 'shop/orders', 401, 'NL_ERR_AUTH_INVALID_TOKEN', 'NL_ERR_TOKEN_REVIEW_REJECTED'],
+      ['wrong audience', 'sa-audience', 'shop/orders', 401, 'NL_ERR_AUTH_INVALID_TOKEN', 'NL_ERR_TOKEN_BAD_AUDIENCE'],
+      ['TokenReview unavailable', 'sa-broken', 'shop/orders', 503, 'NL_ERR_GATEWAY_NOT_READY', 'NL_ERR_TOKEN_REVIEW_UNAVAILABLE'],
+      ['unknown agent', 'sa-orders', 'shop/nosuch', 403, 'NL_ERR_AUTH_UNKNOWN_AGENT', undefined],
+      ['unknown agent in default namespace', 'sa-orders', 'orders', 403, 'NL_ERR_AUTH_UNKNOWN_AGENT', undefined],
+      // Before authentication, a known and an unknown agent name get the same answer: no name oracle.
+      ['rejected token naming an unknown agent', 'sa-expired', 'shop/nosuch', 401, 'NL_ERR_AUTH_INVALID_TOKEN', 'NL_ERR_TOKEN_REVIEW_REJECTED'],
+    ];
+    for (const [what, bearer, ref, status, code, reason] of cases) {
+      const refused = await refusal(gw.url, bearer, ref);
+      assert.equal(refused.status, status, what);
+      assert.equal(refused.body.code, code, what);
+      assert.equal(refused.body.reason, reason, what);
+      if (status === 503) assert.doesNotMatch(refused.body.message ?? '', /ECONNREFUSED/, 'no internals in the body');
+    }
+    assert.equal(gw.gateway.sessionCount, 0);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_auth_failures_total', { reason: 'NL_ERR_TOKEN_BAD_AUDIENCE' }), 1);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_auth_failures_total', { reason: 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED' }), 4);
+    // A Narrowlink agent token still works without the header, and a ServiceAccount token without it is just an invalid token.
+    const db = await connectAs(gw.url, 'agent', await token('agent', 'shop/billing', { nowMs: T0 }));
+    assert.equal((await db.hello()).identity.sub, 'shop/billing');
+    const noHeader = await refusal(gw.url, 'sa-orders', undefined);
+    assert.equal(noHeader.status, 401);
+    assert.equal(noHeader.body.code, 'NL_ERR_AUTH_INVALID_TOKEN');
+  });
+
+  test('without a TokenReviewer a ServiceAccount agent is refused with 401 NL_ERR_TOKEN_REVIEW_UNAVAILABLE', async () => {
+    const gw = await startGateway({ now: () => T0 }, saConfig());
+    const refused = await refusal(gw.url, 'sa-orders', 'shop/orders');
+    assert.equal(refused.status, 401);
+    assert.equal(refused.body.code, 'NL_ERR_AUTH_INVALID_TOKEN');
+    assert.equal(refused.body.reason, 'NL_ERR_TOKEN_REVIEW_UNAVAILABLE');
+  });
+
+  test('reauth with a fresh token for the same subject extends the session past the first expiry', async () => {
+    let clock = T0;
+    const gw = await startGateway({ now: () => clock }, saConfig());
+    // Two sessions with the same 60 s token: one re-authenticates, the other shows the sweep did run.
+    const renewed = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0, ttlSeconds: 60 }));
+    const stale = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0, ttlSeconds: 60 }));
+    assert.equal((await renewed.hello()).identity.expiresAt, T0 + 60_000);
+    await stale.hello();
+    renewed.mux.sendControl({ type: 'reauth', token: await token('client', 'alice', { nowMs: T0 + 30_000, ttlSeconds: 600 }) });
+    await until(() => renewed.controls.some((c) => c.type === 'reauth_ok'), 'reauth_ok');
+    assert.deepEqual(renewed.controls.at(-1), { type: 'reauth_ok', expiresAt: T0 + 30_000 + 600_000 });
+
+    clock = T0 + 61_000;
+    assert.equal((await stale.waitClosed('the stale session to expire', 3000)).code, 4401);
+    assert.equal(stale.error()?.code, 'NL_ERR_TOKEN_EXPIRED');
+    await new Promise((r) => setTimeout(r, 1100)); // one more sweep
+    assert.equal(renewed.closeInfo, undefined, 'the re-authenticated session stays');
+    assert.equal((await renewed.listAgents(3)).length, 1, 'and keeps working');
+
+    // Past the new expiry it closes like any other.
+    clock = T0 + 30_000 + 600_000;
+    assert.equal((await renewed.waitClosed('the renewed session to expire', 3000)).code, 4401);
+  });
+
+  test('a ServiceAccount agent re-authenticates through the TokenReview', async () => {
+    let clock = T0;
+    const reviewer = fakeReviewer({ ...reviewTable, 'sa-orders-2': sa('shop', 'orders-sa', SA_EXPIRY + 600_000), 'sa-default-2': sa('shop', 'default') });
+    const gw = await startGateway({ tokenReviewer: reviewer, now: () => clock }, saConfig());
+    const orders = await connectAs(gw.url, 'agent', 'sa-orders', 'shop/orders');
+    await orders.hello();
+    orders.mux.sendControl({ type: 'reauth', token: 'sa-orders-2' });
+    await until(() => orders.controls.some((c) => c.type === 'reauth_ok'), 'reauth_ok');
+    assert.deepEqual(orders.controls.at(-1), { type: 'reauth_ok', expiresAt: SA_EXPIRY + 600_000 });
+    assert.deepEqual(reviewer.asked.at(-1), { token: 'sa-orders-2', audience: 'narrowlink' });
+    clock = SA_EXPIRY + 1;
+    await new Promise((r) => setTimeout(r, 1100));
+    assert.equal(orders.closeInfo, undefined);
+    // A token of a ServiceAccount the agent does not allow ends the session.
+    orders.mux.sendControl({ type: 'reauth', token: 'sa-default-2' });
+    assert.equal((await orders.waitClosed()).code, 4401);
+    assert.equal(orders.error()?.code, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED');
+  });
+
+  test('reauth for another subject, or with a bad token, is an error and closes the session with 4401', async () => {
+    const gw = await startGateway({ now: () => T0 }, saConfig());
+    const alice = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0 }));
+    await alice.hello();
+    alice.mux.sendControl({ type: 'reauth', token: await token('client', 'bob', { nowMs: T0 }) });
+    assert.equal((await alice.waitClosed()).code, 4401);
+    assert.equal(alice.error()?.code, 'NL_ERR_AUTH_INVALID_TOKEN');
+    assert.ok(!alice.controls.some((c) => c.type === 'reauth_ok'));
+
+    const alice2 = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0 }));
+    await alice2.hello();
+    alice2.mux.sendControl({ type: 'reauth', token: await token('agent', 'alice', { nowMs: T0 }) });
+    assert.equal((await alice2.waitClosed()).code, 4401);
+    assert.equal(alice2.error()?.code, 'NL_ERR_AUTH_WRONG_ENDPOINT');
+
+    const alice3 = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0 }));
+    await alice3.hello();
+    alice3.mux.sendControl({ type: 'reauth', token: 'garbage' });
+    assert.equal((await alice3.waitClosed()).code, 4401);
+    assert.equal(alice3.error()?.code, 'NL_ERR_AUTH_INVALID_TOKEN');
+    await until(() => gw.gateway.sessionCount === 0, 'sessions gone');
+  });
+
+  test('reauth with new groups recompiles the policy: list_agents and OPEN follow', async () => {
+    const reviewer = fakeReviewer(reviewTable);
+    const gw = await startGateway({ tokenReviewer: reviewer, now: () => T0 }, saConfig());
+    const billing = await connectAs(gw.url, 'agent', await token('agent', 'shop/billing', { nowMs: T0 }));
+    billing.autoAccept = true;
+    await billing.hello();
+    const alice = await Peer.connect(gw.url, 'client', await token('client', 'alice', { nowMs: T0 }));
+    await alice.hello();
+    assert.deepEqual((await alice.listAgents(1)).map((a) => a.name), ['orders']);
+    assert.equal((await alice.open({ agent: 'billing', port: 8081 })).reset?.code, StreamErrorCode.NO_AGENT);
+
+    alice.mux.sendControl({ type: 'reauth', token: await token('client', 'alice', { nowMs: T0, groups: ['admins'] }) });
+    await until(() => alice.controls.some((c) => c.type === 'reauth_ok'), 'reauth_ok');
+    assert.deepEqual((await alice.listAgents(2)).map((a) => a.name).sort(), ['billing', 'orders']);
+    const opened = await alice.open({ agent: 'billing', port: 8081 });
+    assert.deepEqual(opened.ok, { path: 'relay' });
+
+    // Losing the group again revokes the open stream.
+    alice.mux.sendControl({ type: 'reauth', token: await token('client', 'alice', { nowMs: T0 + 1000 }) });
+    await until(() => opened.reset !== undefined, 'the billing stream reset');
+    assert.equal(opened.reset?.code, StreamErrorCode.DENIED);
+    assert.deepEqual((await alice.listAgents(3)).map((a) => a.name), ['orders']);
+    assert.equal(alice.closeInfo, undefined);
   });
 });

@@ -338,6 +338,12 @@ export class Gateway {
       session.log.debug({ expiresAtMs: next.expiresAtMs }, 'session re-authenticated');
     } catch (error) {
       const e = error instanceof GatewayError ? error : new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+      if (e.statusCode === 503 && this.#now() < identity.expiresAtMs) {
+        // The API server blinked (TokenReview unavailable): the current credential is still good, so
+        // keep the session and its streams; the peer retries, and the sweep ends it at expiry if not.
+        session.log.warn({ reason: e.reason }, 'could not re-authenticate now; keeping the session until its token expires');
+        return;
+      }
       session.mux.sendControl({ type: 'error', code: e.code, message: e.message });
       session.close(4401, e.reason);
     }

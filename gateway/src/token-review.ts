@@ -36,13 +36,16 @@ export class KubeTokenReviewer implements TokenReviewer {
   readonly #maxEntries: number;
   /** How long a rejection is remembered, ms. */
   readonly negativeTtlMs: number;
+  /** Longest time an acceptance is remembered, ms (never past the token's expiry). */
+  readonly positiveTtlMs: number;
   reviews = 0;
 
-  constructor(client: KubeClient, options: { now?: () => number; maxEntries?: number; negativeTtlMs?: number } = {}) {
+  constructor(client: KubeClient, options: { now?: () => number; maxEntries?: number; negativeTtlMs?: number; positiveTtlMs?: number } = {}) {
     this.#client = client;
     this.#now = options.now ?? Date.now;
     this.#maxEntries = options.maxEntries ?? 10_000;
     this.negativeTtlMs = options.negativeTtlMs ?? 10_000;
+    this.positiveTtlMs = options.positiveTtlMs ?? 30_000;
   }
 
   async review(token: string, audience: string): Promise<ReviewResult> {
@@ -52,7 +55,9 @@ export class KubeTokenReviewer implements TokenReviewer {
     if (cached && cached.until > now) return cached.result;
     this.#cache.delete(key);
     const result = await this.#ask(token, audience, now);
-    const until = result.authenticated ? result.expiresAtMs : now + this.negativeTtlMs;
+    // Successes are trusted for a short while only (like the API server's own cache): a deleted
+    // ServiceAccount or pod must stop new sessions soon, not at the token's expiry.
+    const until = result.authenticated ? Math.min(result.expiresAtMs, now + this.positiveTtlMs) : now + this.negativeTtlMs;
     if (this.#cache.size >= this.#maxEntries) this.#cache.delete(this.#cache.keys().next().value as string);
     this.#cache.set(key, { result, until });
     return result;

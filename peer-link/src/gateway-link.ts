@@ -382,7 +382,17 @@ export class GatewayLink extends EventEmitter {
       return;
     }
     this.#sessionToken = token;
+    this.#sendReauth(token, expiresAtMs);
+  }
+
+  /** Sends `reauth`; without a `reauth_ok` in 15 s (the gateway could not check it yet), sends it again. */
+  #sendReauth(token: string, expiresAtMs: number): void {
     this.mux?.sendControl({ type: 'reauth', token });
+    clearTimeout(this.#reauthTimer);
+    const retryInMs = Math.min(15_000, (expiresAtMs - Date.now()) / 2);
+    if (retryInMs < 500) return;
+    this.#reauthTimer = setTimeout(() => this.#sendReauth(token, expiresAtMs), retryInMs);
+    this.#reauthTimer.unref();
   }
 
   #startHeartbeat(): void {
