@@ -118,6 +118,16 @@ export class Gateway {
     return this.#config;
   }
 
+  /** Attached instances per agent (`namespace/name`), for the control plane's agent status. */
+  attachedAgents(): Record<string, { instances: number }> {
+    const out: Record<string, { instances: number }> = {};
+    for (const [key, instances] of this.#agents) out[key] = { instances: instances.size };
+    return out;
+  }
+
+  /** Called whenever an agent instance attaches or leaves. */
+  onAgentsChanged: (() => void) | undefined;
+
   /** Installs a configuration; on a reload, recompiles every client's policy and resets revoked streams. */
   applyConfig(config: GatewayConfig): void {
     const first = this.#config === undefined;
@@ -366,12 +376,14 @@ export class Gateway {
     const instances = this.#agents.get(key) ?? new Set<AgentInstance>();
     this.#agents.set(key, instances);
     instances.add(instance);
+    this.onAgentsChanged?.();
     session.mux.handlers.onOpen = (stream) => stream.reset(StreamErrorCode.PROTOCOL_ERROR, 'agents do not open streams');
     session.transition('open');
     session.log.info({ agent: key, instance: instance.instanceId, announced: hello.agent.expose.length }, 'agent attached');
     setOnClosed(() => {
       instances.delete(instance);
       if (instances.size === 0) this.#agents.delete(key);
+      this.onAgentsChanged?.();
     });
   }
 

@@ -4,6 +4,7 @@
  * Every option is a flag or an environment variable (NARROWLINK_GATEWAY_<FLAG>).
  */
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import type { GatewayConfig } from '@narrowlink/protocol';
@@ -12,6 +13,7 @@ import { buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
 import { type ConfigSource, FileConfigSource } from './config-source.ts';
 import { KubeSecretConfigSource } from './kube-config-source.ts';
+import { StatusReporter } from './status-reporter.ts';
 import { KubeTokenReviewer } from './token-review.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
@@ -29,6 +31,9 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --kubeconfig FILE    with kubernetes: credentials (default: in-cluster, or $KUBECONFIG)
   --token-review BOOL  accept injected sidecars' ServiceAccount tokens via TokenReview
                        (default true with --config-source kubernetes, else false)
+  --report-status BOOL with kubernetes: publish attached agents in a Lease per replica, which the
+                       operator turns into agent status (default true with --config-source kubernetes)
+  --identity NAME      this replica's name in that Lease (default: $POD_NAME or the hostname)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
@@ -60,6 +65,8 @@ async function main(): Promise<void> {
       'config-namespace': { type: 'string' },
       kubeconfig: { type: 'string' },
       'token-review': { type: 'string' },
+      'report-status': { type: 'string' },
+      identity: { type: 'string' },
       listen: { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -141,6 +148,21 @@ async function main(): Promise<void> {
   gateway.applyConfig(await firstConfig);
   metrics.configReloads.inc({ result: 'ok' });
   events.info({ event: 'ready', url, port: boundPort, pid: process.pid }, 'gateway configured and ready');
+  const reportStatus = (option(values, 'report-status', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
+  let reporter: StatusReporter | undefined;
+  if (reportStatus) {
+    const namespace = option(values, 'config-namespace') ?? podNamespace();
+    if (!namespace) return fail('NL_ERR_GATEWAY_USAGE', '--report-status needs --config-namespace outside a pod');
+    const statusReporter = new StatusReporter(await loadFromDefaultOrFile(option(values, 'kubeconfig')), {
+      namespace,
+      identity: option(values, 'identity') ?? process.env.POD_NAME ?? hostname(),
+      snapshot: () => gateway.attachedAgents(),
+      log: log.child({ component: 'status' }),
+    });
+    reporter = statusReporter;
+    gateway.onAgentsChanged = () => statusReporter.changed();
+    reporter.start();
+  }
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
@@ -149,6 +171,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'shutting down');
     source.stop();
     await gateway.shutdown(drainMs);
+    await reporter?.stop();
     await app.close();
     log.info({ event: 'stopped' }, 'gateway stopped');
     process.exit(0);

@@ -271,6 +271,7 @@ export const Resources = {
   accessPolicy: { group: 'narrowlink.io', version: 'v1alpha1', plural: 'accesspolicies', kind: 'AccessPolicy', namespaced: true },
   certificate: { group: 'cert-manager.io', version: 'v1', plural: 'certificates', kind: 'Certificate', namespaced: true },
   secret: { group: '', version: 'v1', plural: 'secrets', kind: 'Secret', namespaced: true },
+  configMap: { group: '', version: 'v1', plural: 'configmaps', kind: 'ConfigMap', namespaced: true },
   pod: { group: '', version: 'v1', plural: 'pods', kind: 'Pod', namespaced: true },
   event: { group: '', version: 'v1', plural: 'events', kind: 'Event', namespaced: true },
   lease: { group: 'coordination.k8s.io', version: 'v1', plural: 'leases', kind: 'Lease', namespaced: true },

@@ -13,6 +13,7 @@ import { POLICY_KIND } from './crds/access-policy.ts';
 import { EventRecorder } from './events.ts';
 import { LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import { agentsOf, GATEWAY_STATUS_SELECTOR } from './reconcilers/agent/presence.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
@@ -43,6 +44,8 @@ export class Operator {
   readonly context: ReconcileContext;
   readonly #options: OperatorOptions;
   readonly #timers = new Set<NodeJS.Timeout>();
+  /** Agents each gateway status ConfigMap named last time, so an agent that left is updated too. */
+  readonly #leaseAgents = new Map<string, string[]>();
   #running = false;
   #idleWaiters: Array<() => void> = [];
   #busy = false;
@@ -77,6 +80,21 @@ export class Operator {
       }),
       certificates: informer(Resources.certificate, toOwner, managed),
       secrets: informer(Resources.secret, toOwner, managed),
+      // Gateway replicas' status ConfigMaps: which agents are attached where (agent status).
+      gatewayLeases: new Informer(options.client, Resources.configMap, {
+        log: options.log.child({ component: 'informer', resource: 'configmaps' }),
+        namespace: options.settings.namespace,
+        labelSelector: GATEWAY_STATUS_SELECTOR,
+        ...(options.resyncMs ? { resyncMs: options.resyncMs } : {}),
+        ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}),
+        onEvent: (_event, lease) => {
+          // Every agent this replica names (now or before) may have changed presence.
+          for (const key of new Set([...Object.keys(agentsOf(lease)), ...(this.#leaseAgents.get(objectKey(lease)) ?? [])])) {
+            this.queue.add(`agent/${key}`);
+          }
+          this.#leaseAgents.set(objectKey(lease), Object.keys(agentsOf(lease)));
+        },
+      }),
       // Pods with an injected sidecar (the webhook labels them with their agent's name).
       pods: informer(
         Resources.pod,
@@ -104,7 +122,7 @@ export class Operator {
     const { caches } = this.context;
     for (const informer of Object.values(caches)) informer.start();
     // Certificates are not awaited: without cert-manager their list fails until it is installed.
-    await Promise.all([caches.agents.waitForSync(), caches.policies.waitForSync(), caches.secrets.waitForSync(), caches.pods.waitForSync()]);
+    await Promise.all([caches.agents, caches.policies, caches.secrets, caches.pods, caches.gatewayLeases].map((i) => i.waitForSync()));
     this.#running = true;
     this.queue.add(GATEWAY_CONFIG_KEY);
     void this.#work();

@@ -569,11 +569,15 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
     [
       ...expand('coordination.k8s.io', ['leases'], ['get', 'update', 'patch'], ['narrowlink-operator']),
       ...expand('coordination.k8s.io', ['leases'], ['create']),
+      ...expand('', ['configmaps'], ['list', 'watch']),
     ].sort(),
   );
   assert.deepEqual(
     rulesOf('Role', 'narrowlink-gateway'),
-    expand('', ['secrets'], ['get', 'list', 'watch'], ['narrowlink-gateway-config', tlsSecret]),
+    [
+      ...expand('', ['secrets'], ['get', 'list', 'watch'], ['narrowlink-gateway-config', tlsSecret]),
+      ...expand('', ['configmaps'], ['get', 'create', 'patch', 'delete']),
+    ].sort(),
   );
   assert.deepEqual(rulesOf('ClusterRole', 'narrowlink-gateway'), expand('authentication.k8s.io', ['tokenreviews'], ['create']));
   // Every binding binds a rendered role to a rendered ServiceAccount.
@@ -892,6 +896,11 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
       { user: gw, verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews', allowed: true },
       { user: gw, verb: 'list', group: 'narrowlink.io', resource: 'narrowlinkagents', allowed: false },
       { user: gw, verb: 'get', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, name: 'narrowlink-operator', allowed: false },
+      { user: gw, verb: 'patch', group: 'coordination.k8s.io', resource: 'leases', namespace: NS, name: 'narrowlink-operator', allowed: false },
+      // gateway: its own status ConfigMap in the release namespace only
+      { user: gw, verb: 'create', resource: 'configmaps', namespace: NS, allowed: true },
+      { user: gw, verb: 'create', resource: 'configmaps', namespace: 'shop', allowed: false },
+      { user: op, verb: 'watch', resource: 'configmaps', namespace: NS, allowed: true },
     ];
     const wrong: string[] = [];
     for (const c of checks) {

@@ -14,6 +14,7 @@ import { desiredAgentTokenSecret, agentTokenSecretName, signingKeyId } from '../
 import { certificatesToDelete, desiredCertificates, tlsSecretsToDelete } from '../certificates/desired.ts';
 import { setCondition } from '../conditions.ts';
 import { problemKey, type ReconcileContext, type ReconcileResult } from '../context.ts';
+import { presenceOf, type StatusLease } from './presence.ts';
 import { domainOwners } from '../domains.ts';
 
 function ownedBy<T>(objects: KubeObject[], agent: NarrowlinkAgent, component: Component): T[] {
@@ -113,6 +114,21 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
     for (const s of tokenSecrets) await ctx.client.delete(Resources.secret, namespace, s.metadata.name ?? '');
   }
 
+  // Connected: what the gateway replicas report through their status ConfigMaps.
+  const presence = presenceOf(key, ctx.caches.gatewayLeases.list() as unknown as StatusLease[], nowMs);
+  conditions = setCondition(
+    conditions,
+    presence.instances > 0
+      ? { type: AgentConditionType.Connected, status: 'True', reason: 'Attached', message: `${presence.instances} instance(s) attached to a gateway`, observedGeneration: generation }
+      : { type: AgentConditionType.Connected, status: 'False', reason: 'NotAttached', message: 'no instance is attached to a gateway', observedGeneration: generation },
+    nowIso,
+  );
+  if (presence.expiresAtMs !== undefined) {
+    // A replica that stops renewing must stop counting: look again when its report runs out.
+    const due = presence.expiresAtMs - nowMs + 100;
+    result = { requeueAfterMs: Math.min(result.requeueAfterMs ?? due, due) };
+  }
+
   // Ready: in the gateway config (no compile problem) and outputs in place.
   const problem = ctx.problems.get(problemKey(AGENT_KIND, namespace, name));
   if (problem) void ctx.events.record(cached, 'Warning', problem.reason, problem.message);
@@ -128,7 +144,9 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
     ...agent.status,
     conditions,
     observedGeneration: generation,
+    connectedInstances: presence.instances,
     ...(plan.secret ? { tokenSecretName: plan.secret.metadata.name } : {}),
+    ...(presence.nat ? { natType: presence.nat } : {}),
   };
   if (!plan.secret) delete status.tokenSecretName;
   if (JSON.stringify(status) !== JSON.stringify(agent.status ?? {})) {

@@ -1,0 +1,118 @@
+/**
+ * Tells the control plane which agents this gateway replica has attached: a ConfigMap per replica
+ * (`narrowlink-gateway-<identity>`) renewed like a lease (annotations `renew-time` and
+ * `lease-duration-seconds`) and listing `{ "namespace/name": { instances } }`. The operator sums the
+ * live ones into each agent's status (connected instances, Connected condition); a replica that dies
+ * stops renewing and stops counting. A ConfigMap rather than a Lease keeps the gateway's RBAC away
+ * from the operator's leader-election Lease. Gateways need no CRD access at all.
+ */
+import { type KubeClient, KubeError, Resources } from '@narrowlink/kube';
+
+export const GATEWAY_STATUS_COMPONENT = 'gateway-status';
+export const AGENTS_ANNOTATION = 'narrowlink.io/agents';
+export const RENEW_TIME_ANNOTATION = 'narrowlink.io/renew-time';
+export const LEASE_DURATION_ANNOTATION = 'narrowlink.io/lease-duration-seconds';
+export const STATUS_LABELS = {
+  'app.kubernetes.io/managed-by': 'narrowlink-gateway',
+  'app.kubernetes.io/part-of': 'narrowlink',
+  'app.kubernetes.io/component': GATEWAY_STATUS_COMPONENT,
+} as const;
+
+export interface AgentPresence {
+  instances: number;
+  /** NAT behaviour seen by this replica's probes (direct path); absent until measured. */
+  nat?: string;
+}
+
+export interface StatusReporterOptions {
+  namespace: string;
+  /** This replica (pod name). */
+  identity: string;
+  /** What is attached right now. */
+  snapshot(): Record<string, AgentPresence>;
+  /** Renew period, ms (default 10 s); the Lease lasts three periods. */
+  periodMs?: number;
+  log: { warn(obj: object, msg: string): void; debug(obj: object, msg: string): void };
+}
+
+export class StatusReporter {
+  readonly #client: KubeClient;
+  readonly #options: StatusReporterOptions;
+  #timer: NodeJS.Timeout | undefined;
+  #debounce: NodeJS.Timeout | undefined;
+  #lastSent = '';
+  #lastSentAt = 0;
+  #stopped = false;
+
+  constructor(client: KubeClient, options: StatusReporterOptions) {
+    this.#client = client;
+    this.#options = options;
+  }
+
+  get leaseName(): string {
+    return `narrowlink-gateway-${this.#options.identity}`.slice(0, 253).replace(/[^a-z0-9.-]/g, '-');
+  }
+
+  start(): this {
+    const period = this.#options.periodMs ?? 10_000;
+    this.#timer = setInterval(() => void this.report(true), period);
+    this.#timer.unref();
+    void this.report(true);
+    return this;
+  }
+
+  /** Something attached or left: report soon, batching bursts (a fleet reconnecting) into one write. */
+  changed(): void {
+    if (this.#stopped || this.#debounce) return;
+    this.#debounce = setTimeout(() => {
+      this.#debounce = undefined;
+      void this.report(false);
+    }, 500);
+    this.#debounce.unref();
+  }
+
+  /** Writes the ConfigMap; `renew` forces a write even when the agent list did not change. */
+  async report(renew: boolean): Promise<void> {
+    if (this.#stopped) return;
+    const agents = JSON.stringify(this.#options.snapshot());
+    const period = this.#options.periodMs ?? 10_000;
+    if (!renew && agents === this.#lastSent && Date.now() - this.#lastSentAt < period) return;
+    try {
+      await this.#client.apply(
+        Resources.configMap,
+        {
+          apiVersion: 'v1',
+          kind: 'ConfigMap',
+          metadata: {
+            name: this.leaseName,
+            namespace: this.#options.namespace,
+            labels: { ...STATUS_LABELS },
+            annotations: {
+              [AGENTS_ANNOTATION]: agents,
+              [RENEW_TIME_ANNOTATION]: new Date().toISOString(),
+              [LEASE_DURATION_ANNOTATION]: String(Math.ceil((3 * period) / 1000)),
+            },
+          },
+        },
+        { fieldManager: 'narrowlink-gateway', force: true },
+      );
+      this.#lastSent = agents;
+      this.#lastSentAt = Date.now();
+    } catch (error) {
+      this.#options.log.warn({ err: (error as Error).message }, 'could not report attached agents');
+    }
+  }
+
+  /** Stops reporting and removes the ConfigMap, so the agents' status drops this replica at once. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+    clearTimeout(this.#debounce);
+    try {
+      await this.#client.delete(Resources.configMap, this.#options.namespace, this.leaseName);
+    } catch (error) {
+      if (!(error instanceof KubeError)) throw error;
+      this.#options.log.debug({ err: error.message }, 'could not delete the status ConfigMap; it expires on its own');
+    }
+  }
+}
