@@ -34,6 +34,7 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --report-status BOOL with kubernetes: publish attached agents in a Lease per replica, which the
                        operator turns into agent status (default true with --config-source kubernetes)
   --identity NAME      this replica's name in that Lease (default: $POD_NAME or the hostname)
+  --status-period-ms N how often that Lease is renewed, ms; it lasts three periods (default 10000)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
@@ -67,6 +68,7 @@ async function main(): Promise<void> {
       'token-review': { type: 'string' },
       'report-status': { type: 'string' },
       identity: { type: 'string' },
+      'status-period-ms': { type: 'string' },
       listen: { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -153,10 +155,14 @@ async function main(): Promise<void> {
   if (reportStatus) {
     const namespace = option(values, 'config-namespace') ?? podNamespace();
     if (!namespace) return fail('NL_ERR_GATEWAY_USAGE', '--report-status needs --config-namespace outside a pod');
+    const periodMs = Number(option(values, 'status-period-ms', '10000'));
+    if (!Number.isInteger(periodMs) || periodMs < 100) return fail('NL_ERR_GATEWAY_USAGE', '--status-period-ms wants an integer >= 100');
     const statusReporter = new StatusReporter(await loadFromDefaultOrFile(option(values, 'kubeconfig')), {
       namespace,
       identity: option(values, 'identity') ?? process.env.POD_NAME ?? hostname(),
       snapshot: () => gateway.attachedAgents(),
+      ...(process.env.POD_NAME && process.env.POD_UID ? { ownerPod: { name: process.env.POD_NAME, uid: process.env.POD_UID } } : {}),
+      periodMs,
       log: log.child({ component: 'status' }),
     });
     reporter = statusReporter;

@@ -32,6 +32,11 @@ export interface StatusReporterOptions {
   snapshot(): Record<string, AgentPresence>;
   /** Renew period, ms (default 10 s); the Lease lasts three periods. */
   periodMs?: number;
+  /**
+   * The gateway's own Pod (downward API `metadata.uid`): the ConfigMap is owned by it, so the garbage
+   * collector removes the report of a replica that died without SIGTERM.
+   */
+  ownerPod?: { name: string; uid: string };
   log: { warn(obj: object, msg: string): void; debug(obj: object, msg: string): void };
 }
 
@@ -43,6 +48,8 @@ export class StatusReporter {
   #lastSent = '';
   #lastSentAt = 0;
   #stopped = false;
+  /** The write in progress (writes run one at a time), so stop() deletes only after it landed. */
+  #writing: Promise<void> = Promise.resolve();
 
   constructor(client: KubeClient, options: StatusReporterOptions) {
     this.#client = client;
@@ -72,7 +79,12 @@ export class StatusReporter {
   }
 
   /** Writes the ConfigMap; `renew` forces a write even when the agent list did not change. */
-  async report(renew: boolean): Promise<void> {
+  report(renew: boolean): Promise<void> {
+    this.#writing = this.#writing.then(() => this.#write(renew));
+    return this.#writing;
+  }
+
+  async #write(renew: boolean): Promise<void> {
     if (this.#stopped) return;
     const agents = JSON.stringify(this.#options.snapshot());
     const period = this.#options.periodMs ?? 10_000;
@@ -87,6 +99,7 @@ export class StatusReporter {
             name: this.leaseName,
             namespace: this.#options.namespace,
             labels: { ...STATUS_LABELS },
+            ...(this.#options.ownerPod ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Pod', name: this.#options.ownerPod.name, uid: this.#options.ownerPod.uid }] } : {}),
             annotations: {
               [AGENTS_ANNOTATION]: agents,
               [RENEW_TIME_ANNOTATION]: new Date().toISOString(),
@@ -108,6 +121,8 @@ export class StatusReporter {
     this.#stopped = true;
     clearInterval(this.#timer);
     clearTimeout(this.#debounce);
+    // A write still in flight would otherwise land after the delete and bring the ConfigMap back.
+    await this.#writing;
     try {
       await this.#client.delete(Resources.configMap, this.#options.namespace, this.leaseName);
     } catch (error) {

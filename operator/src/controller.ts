@@ -87,12 +87,13 @@ export class Operator {
         labelSelector: GATEWAY_STATUS_SELECTOR,
         ...(options.resyncMs ? { resyncMs: options.resyncMs } : {}),
         ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}),
-        onEvent: (_event, lease) => {
+        onEvent: (event, lease) => {
           // Every agent this replica names (now or before) may have changed presence.
           for (const key of new Set([...Object.keys(agentsOf(lease)), ...(this.#leaseAgents.get(objectKey(lease)) ?? [])])) {
             this.queue.add(`agent/${key}`);
           }
-          this.#leaseAgents.set(objectKey(lease), Object.keys(agentsOf(lease)));
+          if (event === 'deleted') this.#leaseAgents.delete(objectKey(lease));
+          else this.#leaseAgents.set(objectKey(lease), Object.keys(agentsOf(lease)));
         },
       }),
       // Pods with an injected sidecar (the webhook labels them with their agent's name).

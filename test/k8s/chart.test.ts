@@ -558,6 +558,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
       ...expand('cert-manager.io', ['certificates'], ['get', 'list', 'watch', 'create', 'patch', 'delete']),
       ...expand('', ['secrets'], ['get', 'list', 'watch', 'create', 'patch', 'delete']),
       ...expand('', ['pods'], ['get', 'list', 'watch']),
+      ...expand('apps', ['replicasets'], ['get']),
       ...expand('', ['events'], ['create', 'patch']),
       ...(certManager
         ? []
