@@ -6,7 +6,7 @@
  * drive reconcilers against a real API server or a fake.
  */
 import { type IncomingMessage, request as httpRequest } from 'node:http';
-import { request as httpsRequest, type RequestOptions } from 'node:https';
+import { Agent as HttpsAgent, request as httpsRequest, type RequestOptions } from 'node:https';
 import { createInterface } from 'node:readline';
 import type { KubeConfig } from '@kubernetes/client-node';
 import { KubeError, KubeErrorCode } from './errors.ts';
@@ -127,6 +127,11 @@ export class RestKubeClient implements KubeClient {
     if (!cluster) throw new KubeError(KubeErrorCode.TRANSPORT, 'kubeconfig has no current cluster');
     const requestOptions: RequestOptions = {};
     await kc.applyToHTTPSOptions(requestOptions);
+    // client-node hands out a plain https.Agent, which closes every connection after one request: each call
+    // would pay a TLS handshake on both ends. Same TLS options, keep-alive on (proxy agents are left alone).
+    if (requestOptions.agent instanceof HttpsAgent && requestOptions.agent.constructor === HttpsAgent) {
+      requestOptions.agent = new HttpsAgent({ ...requestOptions.agent.options, keepAlive: true });
+    }
     // One keep-alive agent per client: watches and requests reuse connections.
     return new RestKubeClient(new URL(cluster.server), requestOptions, options.requestTimeoutMs ?? 30_000);
   }

@@ -4,6 +4,7 @@
  * cores; apply is server-side apply under the operator's field manager. Problems a user must fix end
  * in `Ready=False` plus an Event and a normal return; only transient failures throw (and are retried).
  */
+import { isDeepStrictEqual } from 'node:util';
 import { type KubeObject, KubeError, Resources } from '@narrowlink/kube';
 import { signToken } from '@narrowlink/protocol';
 import type { Condition } from '../../crds/common.ts';
@@ -149,7 +150,8 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
     ...(presence.nat ? { natType: presence.nat } : {}),
   };
   if (!plan.secret) delete status.tokenSecretName;
-  if (JSON.stringify(status) !== JSON.stringify(agent.status ?? {})) {
+  // Key order differs from what the apiserver returns (it sorts keys): compare structurally, not as text.
+  if (!isDeepStrictEqual(status, agent.status ?? {})) {
     await ctx.client.apply(
       Resources.narrowlinkAgent,
       { apiVersion: 'narrowlink.io/v1alpha1', kind: AGENT_KIND, metadata: { name, namespace }, status } as KubeObject,

@@ -1,4 +1,5 @@
 /** An AccessPolicy's status: Ready when it is valid and in force, False (with an Event) otherwise. */
+import { isDeepStrictEqual } from 'node:util';
 import { type KubeObject, Resources } from '@narrowlink/kube';
 import { type AccessPolicy, POLICY_KIND, PolicyConditionType } from '../../crds/access-policy.ts';
 import { STATUS_FIELD_MANAGER } from '../../labels.ts';
@@ -27,7 +28,8 @@ export async function reconcilePolicy(ctx: ReconcileContext, key: string): Promi
     new Date(nowMs).toISOString(),
   );
   const status = { ...policy.status, conditions, observedGeneration: generation };
-  if (JSON.stringify(status) !== JSON.stringify(policy.status ?? {})) {
+  // Key order differs from what the apiserver returns (it sorts keys): compare structurally, not as text.
+  if (!isDeepStrictEqual(status, policy.status ?? {})) {
     await ctx.client.apply(
       Resources.accessPolicy,
       { apiVersion: 'narrowlink.io/v1alpha1', kind: POLICY_KIND, metadata: { name, namespace }, status } as KubeObject,
