@@ -8,6 +8,9 @@
  *   relay            source → narrowlink forward → gateway → agent → sink, TLS on both legs
  *   stream open      OPEN → OPEN_OK over a live session (client → gateway → agent → target dial)
  *   idle sessions    gateway RSS growth per idle agent session at 1,000 sessions (TLS)
+ *   reconcile        the operator on a real kube-apiserver: 500 agents + 500 policies into the config Secret,
+ *                    then one policy edit (./reconcile.ts; `--skip-reconcile` to leave it out, skipped with
+ *                    the reason where the apiserver tier cannot run)
  *
  * Throughput figures are medians of `--rounds` runs and count bytes at the sink (no hashing at the
  * sink, which would cap every path at the sink's sha256 speed; the e2e tests verify content).
@@ -25,6 +28,7 @@ import { startProcess, type StartedProcess, stopAll } from '../helpers/processes
 import { startEchoServer } from '../helpers/tcp-fixtures.ts';
 import { makeTestCertificate } from '../helpers/tls.ts';
 import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
+import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
 const MIB = 1024 * 1024;
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -37,6 +41,9 @@ const { values } = parseArgs({
     opens: { type: 'string' },
     'no-tls': { type: 'boolean' },
     'only-relay': { type: 'boolean' },
+    'skip-reconcile': { type: 'boolean' },
+    agents: { type: 'string' },
+    policies: { type: 'string' },
   },
 });
 const streamBytes = Number(values.mib ?? 256) * MIB;
@@ -290,6 +297,17 @@ async function main(): Promise<void> {
   await echo.close();
   await stopAll();
 
+  // After the relay processes are gone, so they do not compete for the CPU.
+  let reconcile: ReconcileOutcome;
+  if (values['skip-reconcile'] || values['only-relay']) reconcile = { skipped: values['skip-reconcile'] ? '--skip-reconcile' : '--only-relay' };
+  else {
+    const agents = Number(values.agents ?? 500);
+    const policies = Number(values.policies ?? 500);
+    log(`reconcile (${agents} agents + ${policies} policies on a real kube-apiserver)…`);
+    reconcile = await measureReconcile({ agents, policies, log });
+    if ('skipped' in reconcile) log(`  reconcile: SKIPPED (${reconcile.skipped})`);
+  }
+
   const round2 = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
   const result = {
     stream_mib: streamBytes / MIB,
@@ -309,6 +327,16 @@ async function main(): Promise<void> {
     stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
     idle_sessions: idle.sessions,
     idle_session_bytes: Math.round(idle.bytesPerSession),
+    ...('skipped' in reconcile
+      ? {
+          reconcile_seconds: null,
+          reconcile_requests: null,
+          reconcile_requests_by_verb: null,
+          reconcile_incremental_ms: null,
+          reconcile_objects: null,
+          reconcile_skipped: reconcile.skipped,
+        }
+      : { ...reconcile, reconcile_skipped: null }),
     seconds: Math.round((performance.now() - started) / 100) / 10,
   };
   if (values.json) {
@@ -325,6 +353,13 @@ async function main(): Promise<void> {
     ['relay (TLS), 16 streams', `${result.relay_x16_mbps} MB/s`, `${result.relay_x16_vs_ssh_x16 ?? '-'} × ssh`],
     ['stream open p50 / p99', `${result.stream_open_p50_ms} / ${result.stream_open_p99_ms} ms`, 'target p50 ≤ 1 ms'],
     [`gateway RSS per idle session (${idle.sessions})`, `${(result.idle_session_bytes / 1024).toFixed(1)} KiB`, 'target ≤ 64 KiB'],
+    'skipped' in reconcile
+      ? ['operator reconcile', `skipped (${reconcile.skipped})`, '']
+      : [
+          `operator reconcile (${reconcile.reconcile_objects.agents} agents + ${reconcile.reconcile_objects.policies} policies)`,
+          `${reconcile.reconcile_seconds} s, ${reconcile.reconcile_requests} requests`,
+          `${Object.entries(reconcile.reconcile_requests_by_verb).map(([verb, n]) => `${n} ${verb}`).join(', ')}; one policy edit ${reconcile.reconcile_incremental_ms} ms, ${reconcile.reconcile_incremental_requests} requests`,
+        ],
   ];
   const w0 = Math.max(...rows.map((r) => r[0].length));
   const w1 = Math.max(...rows.map((r) => r[1].length));
