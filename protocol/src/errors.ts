@@ -66,6 +66,12 @@ export class TokenError extends NarrowlinkError {}
 /** A gateway configuration document failed validation. */
 export class ConfigError extends NarrowlinkError {}
 
+/**
+ * A raw (non-QUIC) UDP datagram of the direct path (NAT probe or punch packet) was rejected, or the NAT core
+ * was called with invalid input. Datagrams come from the open internet: callers drop them and count the `code`.
+ */
+export class NatError extends NarrowlinkError {}
+
 export const ErrorCode = {
   FRAME_TRUNCATED: 'NL_ERR_FRAME_TRUNCATED',
   FRAME_TOO_LARGE: 'NL_ERR_FRAME_TOO_LARGE',
@@ -84,5 +90,16 @@ export const ErrorCode = {
   TOKEN_MISSING_CLAIM: 'NL_ERR_TOKEN_MISSING_CLAIM',
   CONFIG_INVALID: 'NL_ERR_CONFIG_INVALID',
   CONFIG_PARSE: 'NL_ERR_CONFIG_PARSE',
+  NAT_NOT_RAW: 'NL_ERR_NAT_NOT_RAW',
+  NAT_TRUNCATED: 'NL_ERR_NAT_TRUNCATED',
+  NAT_TOO_LARGE: 'NL_ERR_NAT_TOO_LARGE',
+  NAT_VERSION: 'NL_ERR_NAT_VERSION',
+  NAT_UNKNOWN_TYPE: 'NL_ERR_NAT_UNKNOWN_TYPE',
+  NAT_BAD_FIELD: 'NL_ERR_NAT_BAD_FIELD',
+  NAT_BAD_MAC: 'NL_ERR_NAT_BAD_MAC',
+  NAT_UNKNOWN_SESSION: 'NL_ERR_NAT_UNKNOWN_SESSION',
+  NAT_UNEXPECTED: 'NL_ERR_NAT_UNEXPECTED',
+  NAT_REPLAYED: 'NL_ERR_NAT_REPLAYED',
+  NAT_INVALID_INPUT: 'NL_ERR_NAT_INVALID_INPUT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -6,3 +6,4 @@ export * from './session-timing.ts';
 export * from './gateway-config.ts';
 export * from './policy.ts';
 export * from './tokens.ts';
+export * from './nat/index.ts';
