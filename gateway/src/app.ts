@@ -24,24 +24,25 @@ export interface AppOptions {
 
 const ENDPOINTS: Record<string, SessionKind> = { '/v1/agent': 'agent', '/v1/client': 'client' };
 
+/** TLS settings of the gateway's listener; also used to swap in a rotated certificate. */
+export function tlsServerOptions(tls: { key: string; cert: string }) {
+  return {
+    key: tls.key,
+    cert: tls.cert,
+    minVersion: 'TLSv1.2' as const,
+    // Prefer AES-128-GCM: as safe as AES-256 here and measurably cheaper per relayed byte,
+    // which the gateway pays twice (decrypt from one peer, encrypt to the other).
+    ciphers: `TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:${tlsDefaultCiphers}`,
+    honorCipherOrder: true,
+  };
+}
+
 export function buildApp(options: AppOptions): FastifyInstance {
   const { gateway } = options;
   const app = Fastify({
     // Request lines at info would drown the log (health probes, metrics scrapes): keep warnings and up.
     loggerInstance: options.log.child({ component: 'http' }, { level: 'warn' }),
-    ...(options.tls
-      ? {
-          https: {
-            key: options.tls.key,
-            cert: options.tls.cert,
-            minVersion: 'TLSv1.2' as const,
-            // Prefer AES-128-GCM: as safe as AES-256 here and measurably cheaper per relayed byte,
-            // which the gateway pays twice (decrypt from one peer, encrypt to the other).
-            ciphers: `TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:${tlsDefaultCiphers}`,
-            honorCipherOrder: true,
-          },
-        }
-      : {}),
+    ...(options.tls ? { https: tlsServerOptions(options.tls) } : {}),
   }) as unknown as FastifyInstance;
 
   app.get('/healthz', async () => ({ status: 'ok' }));

@@ -4,6 +4,7 @@
  * Every option is a flag or an environment variable (NARROWLINK_GATEWAY_<FLAG>).
  */
 import { readFileSync } from 'node:fs';
+import type { Server as HttpsServer } from 'node:https';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -14,6 +15,7 @@ import { loadFromDefaultOrFile } from './kube.ts';
 import { type ConfigSource, FileConfigSource } from './config-source.ts';
 import { KubeSecretConfigSource } from './kube-config-source.ts';
 import { StatusReporter } from './status-reporter.ts';
+import { TlsReloader } from './tls-reloader.ts';
 import { KubeTokenReviewer } from './token-review.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
@@ -139,6 +141,8 @@ async function main(): Promise<void> {
   const tls = certFile && keyFile ? { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') } : undefined;
   const app = buildApp({ gateway, log, ...(tls ? { tls } : {}) });
   await app.listen({ host, port });
+  // cert-manager rotates the certificate: new handshakes pick it up, sessions stay.
+  const tlsReloader = tls && certFile && keyFile ? new TlsReloader(app.server as unknown as HttpsServer, certFile, keyFile, log.child({ component: 'tls' }, { level: 'info' }), tls).start() : undefined;
   const address = app.server.address();
   const boundPort = typeof address === 'object' && address ? address.port : port;
   const scheme = tls ? 'wss' : 'ws';
@@ -176,6 +180,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info({ signal }, 'shutting down');
     source.stop();
+    tlsReloader?.stop();
     await gateway.shutdown(drainMs);
     await reporter?.stop();
     await app.close();
