@@ -3,14 +3,14 @@
  * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
  */
 import { parseArgs } from 'node:util';
-import type { GatewayLink } from '@narrowlink/peer-link';
+import type { GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import { StreamResetError } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
 import { startForwards } from './commands/forward.ts';
 import { startSocks } from './commands/socks.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import { type OutputFormat, Reporter } from './reporter.ts';
-import { createLink, exitCodeFor, openTarget, PortResolver } from './session.ts';
+import { createLink, exitCodeFor, openTarget, openUdpSocket, PortResolver } from './session.ts';
 import { resolveSettings, type Settings } from './settings.ts';
 import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
 
@@ -77,8 +77,9 @@ ${COMMON}
 `,
   status: `Usage: narrowlink status [-o json]
 
-Connects to the gateway and reports the session: identity, token expiry, round trip, and how
-many agents you may reach.
+Connects to the gateway and reports the session: identity, token expiry, round trip, how many
+agents you may reach, and your NAT as the gateway's UDP probes saw it (type, public endpoint),
+which decides whether a direct path can work.
 
 ${COMMON}
 `,
@@ -135,7 +136,8 @@ async function serveUntilStopped(
   reporter: Reporter,
   start: (link: GatewayLink) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
 ): Promise<number> {
-  const link = createLink(settings, reporter, { reconnect: true });
+  const udpSocket = await openUdpSocket(settings);
+  const link = createLink(settings, reporter, { reconnect: true, udpSocket });
   const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
   const service = await start(link);
   link.start();
@@ -146,7 +148,23 @@ async function serveUntilStopped(
   } finally {
     await service.close();
     await link.close();
+    udpSocket?.close();
   }
+}
+
+/** How long `status` waits for the NAT classification after the session is up: probing is bounded by 2 s. */
+const NAT_WAIT_MS = 4000;
+
+/** One line for the NAT: type, details, public endpoint. */
+function describeNat(nat: LinkNatStatus | undefined, probing: boolean): string {
+  if (!nat) return probing ? 'not classified in time' : 'not probed (the gateway runs no probe ports, or mode relay)';
+  const details: string[] = [];
+  if (nat.portPreserving) details.push('port-preserving');
+  if (nat.delta !== undefined) details.push(`port delta ${nat.delta}`);
+  if (nat.reason) details.push(nat.reason);
+  details.push(`filtering ${nat.filtering}`);
+  const publicEndpoint = nat.publicEndpoint ? `; public ${nat.publicEndpoint.address}:${nat.publicEndpoint.port}` : '';
+  return `${nat.natType} (${details.join(', ')})${publicEndpoint}; probed in ${nat.measuredInMs} ms`;
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -189,11 +207,15 @@ async function run(argv: string[]): Promise<number> {
     }
     case 'status': {
       if (positionals.length > 0) usage('status takes no arguments');
-      const link = createLink(settings, undefined, { reconnect: true }).start();
+      const udpSocket = await openUdpSocket(settings);
+      const link = createLink(settings, undefined, { reconnect: true, udpSocket }).start();
       try {
         await link.waitOpen(timeoutMs);
         const rttMs = await link.ping(timeoutMs);
         const agents = await link.listAgents(timeoutMs);
+        // The probe info followed hello_ok, so after these round trips the link knows whether it is probing.
+        const nat = await link.waitNat(Math.min(timeoutMs, NAT_WAIT_MS));
+        const probing = link.natProbing;
         const hello = link.stats.helloOk;
         const status = {
           gateway: settings.gateway,
@@ -206,6 +228,7 @@ async function run(argv: string[]): Promise<number> {
           connectedAgents: agents.filter((a) => a.instances > 0).length,
           mode: settings.mode,
           path: { relay: 'available', direct: 'not available on this gateway' },
+          nat: nat ?? null,
           configFile: settings.configPath ?? null,
         };
         if (output === 'json') process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
@@ -217,6 +240,7 @@ async function run(argv: string[]): Promise<number> {
               `round trip: ${status.rttMs} ms`,
               `agents:    ${status.reachableAgents} reachable, ${status.connectedAgents} connected`,
               `path:      relay available; direct not available on this gateway (mode ${status.mode})`,
+              `nat:       ${describeNat(nat, probing)}`,
               '',
             ].join('\n'),
           );
@@ -224,6 +248,7 @@ async function run(argv: string[]): Promise<number> {
         return ExitCode.OK;
       } finally {
         await link.close();
+        udpSocket?.close();
       }
     }
     case 'connect': {

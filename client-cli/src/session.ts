@@ -1,6 +1,7 @@
 /**
  * The client's one gateway session and the operations every command needs on it.
  */
+import dgram from 'node:dgram';
 import type { ClientOpen, MuxStream, OpenOk } from '@narrowlink/protocol';
 import { GatewayLink, LinkError } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
@@ -8,7 +9,36 @@ import type { Reporter } from './reporter.ts';
 import type { Settings } from './settings.ts';
 import type { Target } from './targets.ts';
 
-export function createLink(settings: Settings, reporter: Reporter | undefined, options: { reconnect: boolean }): GatewayLink {
+/**
+ * The UDP socket of the direct path (QUIC endpoint + NAT probes share it), bound to 0.0.0.0:0; `undefined` in
+ * relay mode (nothing to punch) or when UDP is unavailable here.
+ */
+export async function openUdpSocket(settings: Settings): Promise<dgram.Socket | undefined> {
+  if (settings.mode === 'relay') return undefined;
+  const socket = dgram.createSocket('udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind({ address: '0.0.0.0', port: 0 }, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+  } catch {
+    socket.close();
+    return undefined;
+  }
+  // Stray ICMP errors surface here; they must not end the process.
+  socket.on('error', () => {});
+  socket.unref();
+  return socket;
+}
+
+export function createLink(
+  settings: Settings,
+  reporter: Reporter | undefined,
+  options: { reconnect: boolean; udpSocket?: dgram.Socket | undefined },
+): GatewayLink {
   const link = new GatewayLink({
     url: settings.gateway,
     role: 'client',
@@ -17,6 +47,7 @@ export function createLink(settings: Settings, reporter: Reporter | undefined, o
     reconnect: options.reconnect,
     retryAuthFailures: false,
     software: 'narrowlink-cli',
+    ...(options.udpSocket ? { udpSocket: options.udpSocket } : {}),
   });
   if (reporter) {
     link.on('state', (state: string) => {

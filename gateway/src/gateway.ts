@@ -12,16 +12,23 @@ import {
   type CompiledPolicy,
   type ControlMessage,
   checkVersion,
+  classifyNat,
   compilePolicy,
+  type Endpoint,
   type ExposedPort,
   type GatewayConfig,
   HEARTBEAT_DEAD_AFTER_MS,
   HEARTBEAT_INTERVAL_MS,
   type Hello,
   type MuxStream,
+  NAT_PROBING_MINOR,
+  type NatClassification,
+  type NatReport,
+  type NatStatus,
   type OpenPayload,
   PROTOCOL_VERSION,
   ProtocolError,
+  peerSupportsMinor,
   StreamErrorCode,
   TokenError,
   verifyToken,
@@ -30,6 +37,7 @@ import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
+import type { NatProbeServer } from './nat-probe.ts';
 import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
 import { splice } from './relay.ts';
 import type { TokenReviewer } from './token-review.ts';
@@ -48,7 +56,21 @@ export interface GatewayOptions {
   now?: () => number;
   /** Checks ServiceAccount tokens of injected sidecars; absent outside Kubernetes. */
   tokenReviewer?: TokenReviewer;
+  /** The UDP probe ports (direct path); absent: peers are not asked to probe. The caller closes it. */
+  natProbe?: NatProbeServer;
 }
+
+/** A peer's NAT as classified from its probes and its report: what punch planning starts from. */
+export interface PeerNat {
+  classification: NatClassification;
+  /** Local endpoints of the peer's QUIC socket, from its report (LAN candidates). */
+  localEndpoints: Endpoint[];
+  /** Wall clock of the classification, ms. */
+  atMs: number;
+}
+
+/** nat_report messages a session may send (each re-classifies); more are ignored. */
+const MAX_NAT_REPORTS = 8;
 
 interface AgentInstance {
   session: PeerSession;
@@ -72,6 +94,9 @@ export class Gateway {
   readonly handshakeTimeoutMs: number;
   readonly #now: () => number;
   readonly #tokenReviewer: TokenReviewer | undefined;
+  readonly #natProbe: NatProbeServer | undefined;
+  /** Classified peers by session id; an entry goes with its session. */
+  readonly #nat = new Map<string, PeerNat & { reports: number }>();
   #config: GatewayConfig | undefined;
   /** agentKey → attached instances */
   readonly #agents = new Map<string, Set<AgentInstance>>();
@@ -92,6 +117,7 @@ export class Gateway {
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.#now = options.now ?? Date.now;
     this.#tokenReviewer = options.tokenReviewer;
+    this.#natProbe = options.natProbe;
     // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
     // would cost memory at thousands of sessions.
     this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, HEARTBEAT_INTERVAL_MS / 4));
@@ -118,11 +144,27 @@ export class Gateway {
     return this.#config;
   }
 
-  /** Attached instances per agent (`namespace/name`), for the control plane's agent status. */
-  attachedAgents(): Record<string, { instances: number }> {
-    const out: Record<string, { instances: number }> = {};
-    for (const [key, instances] of this.#agents) out[key] = { instances: instances.size };
+  /**
+   * Attached instances per agent (`namespace/name`) for the control plane's agent status, with the NAT type
+   * of the instance classified last (absent until one was).
+   */
+  attachedAgents(): Record<string, { instances: number; nat?: string }> {
+    const out: Record<string, { instances: number; nat?: string }> = {};
+    for (const [key, instances] of this.#agents) {
+      let latest: PeerNat | undefined;
+      for (const instance of instances) {
+        const nat = this.#nat.get(instance.session.id);
+        if (nat && (!latest || nat.atMs >= latest.atMs)) latest = nat;
+      }
+      out[key] = { instances: instances.size, ...(latest ? { nat: latest.classification.type } : {}) };
+    }
     return out;
+  }
+
+  /** The NAT classification of a session, once its peer probed and reported. */
+  natOf(sessionId: string): PeerNat | undefined {
+    const nat = this.#nat.get(sessionId);
+    return nat ? { classification: nat.classification, localEndpoints: nat.localEndpoints, atMs: nat.atMs } : undefined;
   }
 
   /** Called whenever an agent instance attaches or leaves. */
@@ -272,6 +314,8 @@ export class Gateway {
         this.#sessions.delete(session);
         // Only sessions that completed the hello were counted; by now `state` is always 'closed'.
         if (this.#countedSessions.delete(session)) this.metrics.sessions.dec({ kind });
+        this.#natProbe?.unregister(id);
+        this.#nat.delete(id);
         onClosedExtra?.();
         log.info('session closed');
       },
@@ -315,6 +359,8 @@ export class Gateway {
         streamWindow: this.streamWindow,
         heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS,
       });
+      // Only peers that know the probing messages get them (an older 1.x peer would reject an unknown one).
+      if (this.#natProbe && peerSupportsMinor(message.version, NAT_PROBING_MINOR)) session.mux.sendControl(this.#natProbe.register(session.id));
       session.log.info('session open');
       return;
     }
@@ -323,12 +369,44 @@ export class Gateway {
       void this.#reauthenticate(session, message.token);
       return;
     }
+    if (message.type === 'nat_report') {
+      this.#onNatReport(session, message);
+      return;
+    }
     if (message.type === 'list_agents' && session.kind === 'client') {
       const client = [...this.#clients].find((c) => c.session === session);
       if (client) session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#listAgents(client) });
       return;
     }
     return this.#protocolViolation(session, `unexpected ${message.type} message from a ${session.kind}`);
+  }
+
+  /** Classifies the peer's NAT from what the probe ports saw plus its report, and tells the peer. */
+  #onNatReport(session: PeerSession, report: NatReport): void {
+    // A report without probe info (probing off, a peer that was not asked) has nothing to classify against.
+    if (!this.#natProbe?.has(session.id)) return;
+    const previous = this.#nat.get(session.id);
+    if ((previous?.reports ?? 0) >= MAX_NAT_REPORTS) return;
+    let classification: NatClassification;
+    let localEndpoints: Endpoint[];
+    try {
+      localEndpoints = report.localEndpoints.map((e) => ({ address: e.address, port: e.port }));
+      classification = classifyNat({
+        observations: this.#natProbe.observations(session.id),
+        localEndpoints,
+        ...(report.filtering ? { filtering: report.filtering } : {}),
+      });
+    } catch (error) {
+      return this.#protocolViolation(session, `nat_report rejected: ${(error as Error).message}`);
+    }
+    this.#nat.set(session.id, { classification, localEndpoints, atMs: this.#now(), reports: (previous?.reports ?? 0) + 1 });
+    this.metrics.natClassifications.inc({ type: classification.type });
+    session.log.info(
+      { natType: classification.type, filtering: classification.filtering, destinations: classification.destinations },
+      'peer NAT classified',
+    );
+    session.mux.sendControl(natStatusMessage(classification));
+    if (session.kind === 'agent') this.onAgentsChanged?.();
   }
 
   /** Accepts a fresh credential for the same identity and extends the session; anything else closes it. */
@@ -534,6 +612,16 @@ export class Gateway {
     while (this.#sessions.size > 0 && performance.now() < closeDeadline) await new Promise((r) => setTimeout(r, 20));
     for (const session of this.#sessions) session.terminate();
   }
+}
+
+/** The `nat_status` control message for a classification. */
+export function natStatusMessage(nat: NatClassification): NatStatus {
+  const out: NatStatus = { type: 'nat_status', natType: nat.type, filtering: nat.filtering, destinations: nat.destinations };
+  if (nat.publicEndpoint) out.publicEndpoint = { address: nat.publicEndpoint.address, port: nat.publicEndpoint.port };
+  if (nat.type === 'endpoint-independent') out.portPreserving = nat.portPreserving;
+  if (nat.type === 'endpoint-dependent-predictable') out.delta = nat.delta;
+  if (nat.type === 'unknown') out.reason = nat.reason;
+  return out;
 }
 
 /** Agent token subjects are `namespace/name`, or a bare name in the `default` namespace. */

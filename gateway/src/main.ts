@@ -19,7 +19,8 @@ import { TlsReloader } from './tls-reloader.ts';
 import { KubeTokenReviewer } from './token-review.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
-import { createMetrics } from './metrics.ts';
+import { createMetrics, type GatewayMetrics } from './metrics.ts';
+import { NatProbeServer } from './nat-probe.ts';
 
 const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and agents
 
@@ -42,6 +43,11 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
   --stream-window N    per-stream flow-control window in bytes (default 1048576)
+  --nat-probe-address IP  address of the UDP NAT probe ports (direct path); must be a specific
+                       address (default: the --listen host when it is one; else probing is off)
+  --nat-probe-port N   first of the two UDP probe ports N, N+1 (default 3478; 0 disables probing)
+  --nat-probe-second-address IP  a second public address for the same probe ports (finer NAT
+                       filtering tests)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
   -h, --help           show this help
 `;
@@ -76,6 +82,9 @@ async function main(): Promise<void> {
       'tls-key': { type: 'string' },
       'drain-ms': { type: 'string' },
       'stream-window': { type: 'string' },
+      'nat-probe-address': { type: 'string' },
+      'nat-probe-port': { type: 'string' },
+      'nat-probe-second-address': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -114,9 +123,10 @@ async function main(): Promise<void> {
   const streamWindow = Number(option(values, 'stream-window', String(1024 * 1024)));
 
   const metrics = createMetrics();
+  const natProbe = await startNatProbe(values, host, metrics, log, fail);
   const useTokenReview = (option(values, 'token-review', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
   const tokenReviewer = useTokenReview ? new KubeTokenReviewer(await loadFromDefaultOrFile(option(values, 'kubeconfig'))) : undefined;
-  const gateway = new Gateway({ log, metrics, streamWindow, ...(tokenReviewer ? { tokenReviewer } : {}) });
+  const gateway = new Gateway({ log, metrics, streamWindow, ...(tokenReviewer ? { tokenReviewer } : {}), ...(natProbe ? { natProbe } : {}) });
   const source: ConfigSource =
     sourceKind === 'file' ? new FileConfigSource(configPath as string) : await kubernetesSource(values, log, fail);
   const describeSource = sourceKind === 'file' ? String(configPath) : 'the config Secret';
@@ -153,7 +163,8 @@ async function main(): Promise<void> {
   events.info({ event: 'listening', url, port: boundPort, pid: process.pid }, 'gateway listening');
   gateway.applyConfig(await firstConfig);
   metrics.configReloads.inc({ result: 'ok' });
-  events.info({ event: 'ready', url, port: boundPort, pid: process.pid }, 'gateway configured and ready');
+  const natProbePorts = natProbe?.endpoints.map((e) => ({ address: e.address, port: e.port }));
+  events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
   const reportStatus = (option(values, 'report-status', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
   let reporter: StatusReporter | undefined;
   if (reportStatus) {
@@ -184,11 +195,56 @@ async function main(): Promise<void> {
     await gateway.shutdown(drainMs);
     await reporter?.stop();
     await app.close();
+    await natProbe?.close();
     log.info({ event: 'stopped' }, 'gateway stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/**
+ * The UDP probe ports, unless disabled (port 0) or there is no specific address to bind. When the defaults
+ * alone asked for them and they cannot be bound (another gateway on the host holds 3478), the gateway runs
+ * without probing (relay only); flags that name them explicitly make that fatal.
+ */
+async function startNatProbe(
+  values: Record<string, string | boolean | undefined>,
+  listenHost: string,
+  metrics: GatewayMetrics,
+  log: Logger,
+  fail: (code: string, message: string) => never,
+): Promise<NatProbeServer | undefined> {
+  const portText = option(values, 'nat-probe-port', '3478') as string;
+  const port = Number(portText);
+  if (!Number.isInteger(port) || port < 0 || port > 65_534) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-port wants 0..65534, got "${portText}"`);
+  if (port === 0) return undefined;
+  const explicitAddress = option(values, 'nat-probe-address');
+  const secondAddress = option(values, 'nat-probe-second-address');
+  const specific = (a: string): boolean => isIP(a) !== 0 && a !== '0.0.0.0' && a !== '::';
+  const address = explicitAddress ?? (specific(listenHost) ? listenHost : undefined);
+  if (explicitAddress !== undefined && !specific(explicitAddress)) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-address wants a specific IP address, got "${explicitAddress}"`);
+  if (secondAddress !== undefined && !specific(secondAddress)) {
+    return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-second-address wants a specific IP address, got "${secondAddress}"`);
+  }
+  if (address === undefined) {
+    log.info({ listen: listenHost }, 'NAT probing off: give --nat-probe-address (the listen address is not a specific IP)');
+    return undefined;
+  }
+  try {
+    return await NatProbeServer.start({
+      address,
+      port,
+      ...(secondAddress ? { secondAddress } : {}),
+      onResult: (result) => metrics.natProbes.inc({ result }),
+    });
+  } catch (error) {
+    const message = `cannot bind the NAT probe ports ${address}:${port}-${port + 1}${secondAddress ? ` and ${secondAddress}` : ''}: ${(error as Error).message}`;
+    const explicit = explicitAddress !== undefined || secondAddress !== undefined || option(values, 'nat-probe-port') !== undefined;
+    if (explicit) return fail(GatewayErrorCode.NAT_PROBE_UNAVAILABLE, message);
+    log.warn({ code: GatewayErrorCode.NAT_PROBE_UNAVAILABLE, err: (error as Error).message }, 'NAT probing off: probe ports unavailable; relay only');
+    return undefined;
+  }
 }
 
 /** The Kubernetes config source from flags: Secret name and namespace, credentials. */

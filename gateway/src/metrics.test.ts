@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { createMetrics } from './metrics.ts';
 
 /** Label names whose values come from small fixed sets (never ids, addresses or user names). */
-const BOUNDED_LABELS = new Set(['kind', 'direction', 'result', 'reason']);
+const BOUNDED_LABELS = new Set(['kind', 'direction', 'result', 'reason', 'type']);
 
 describe('gateway metrics', () => {
   const metrics = createMetrics({ defaultMetrics: false });
@@ -13,6 +13,8 @@ describe('gateway metrics', () => {
     assert.deepEqual(all.map((m) => m.name).sort(), [
       'narrowlink_gateway_auth_failures_total',
       'narrowlink_gateway_config_reloads_total',
+      'narrowlink_gateway_nat_classifications_total',
+      'narrowlink_gateway_nat_probes_total',
       'narrowlink_gateway_policy_resets_total',
       'narrowlink_gateway_relay_bytes_total',
       'narrowlink_gateway_relay_queued_bytes',
@@ -53,6 +55,8 @@ describe('gateway metrics', () => {
         narrowlink_gateway_relay_bytes_total: ['direction'],
         narrowlink_gateway_auth_failures_total: ['reason'],
         narrowlink_gateway_config_reloads_total: ['result'],
+        narrowlink_gateway_nat_probes_total: ['result'],
+        narrowlink_gateway_nat_classifications_total: ['type'],
       },
     );
     for (const metric of all) {

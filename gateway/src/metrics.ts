@@ -15,6 +15,8 @@ export interface GatewayMetrics {
   authFailures: Counter<'reason'>;
   configReloads: Counter<'result'>;
   policyResets: Counter;
+  natProbes: Counter<'result'>;
+  natClassifications: Counter<'type'>;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
@@ -63,6 +65,18 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     policyResets: new Counter({
       name: 'narrowlink_gateway_policy_resets_total',
       help: 'Open streams reset because a configuration change revoked access.',
+      registers,
+    }),
+    natProbes: new Counter({
+      name: 'narrowlink_gateway_nat_probes_total',
+      help: 'Datagrams on the UDP probe ports by result (answered, limited, send_error, or the NL_ERR_NAT_* code they were dropped for).',
+      labelNames: ['result'],
+      registers,
+    }),
+    natClassifications: new Counter({
+      name: 'narrowlink_gateway_nat_classifications_total',
+      help: 'Peer NAT classifications by NAT type (no-nat, endpoint-independent, endpoint-dependent-predictable, endpoint-dependent-random, unknown).',
+      labelNames: ['type'],
       registers,
     }),
   };

@@ -4,6 +4,7 @@
  * jittered, capped exponential backoff. States: connecting → open → (connecting …) → closing → closed;
  * see docs/lifecycle/peer-link.md.
  */
+import type dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import {
   type AgentSummary,
@@ -19,6 +20,8 @@ import {
   type HelloOk,
   Mux,
   type MuxStream,
+  type NatProbeInfo,
+  type NatStatus,
   type OpenOk,
   type OpenPayload,
   PROTOCOL_VERSION,
@@ -27,6 +30,7 @@ import {
 } from '@narrowlink/protocol';
 import WebSocket from 'ws';
 import { LinkError, LinkErrorCode } from './errors.ts';
+import { type NatProbeOptions, probeNat } from './nat-prober.ts';
 
 export type LinkState = 'connecting' | 'open' | 'closing' | 'closed';
 
@@ -76,6 +80,21 @@ export interface GatewayLinkOptions {
   /** Max time for TCP + TLS + upgrade + hello, ms. Default 10 s. */
   connectTimeoutMs?: number;
   software?: string;
+  /**
+   * The UDP socket the direct path's QUIC endpoint uses (bound). With it, the link answers the gateway's
+   * `nat_probe_info` by probing from this socket and reporting; without it, no probing happens.
+   */
+  udpSocket?: dgram.Socket;
+  /** Tuning of the probe exchange (timeouts, tries); see NatProbeOptions. */
+  natProbe?: Pick<NatProbeOptions, 'timeoutMs' | 'retryIntervalMs' | 'filteringTests' | 'localAddresses'>;
+}
+
+/** The gateway's classification of this peer's NAT (`nat_status`), with how long probing took. */
+export interface LinkNatStatus extends Omit<NatStatus, 'type'> {
+  /** From receiving `nat_probe_info` to receiving `nat_status`, ms. */
+  measuredInMs: number;
+  /** The local endpoints this side reported (the socket's port on each local address). */
+  localEndpoints: { address: string; port: number }[];
 }
 
 export interface LinkStats {
@@ -87,11 +106,13 @@ export interface LinkStats {
   rttMs: number | undefined;
   lastError: { code: string; message: string } | undefined;
   helloOk: HelloOk | undefined;
+  /** NAT classification of the current session, once the gateway sent it. */
+  nat: LinkNatStatus | undefined;
 }
 
 /**
- * Events: `state` (LinkState), `open` (HelloOk), `goaway` (reason), `error` is never emitted;
- * `fatal` (LinkError) when credentials are refused and retrying cannot help.
+ * Events: `state` (LinkState), `open` (HelloOk), `goaway` (reason), `nat` (LinkNatStatus, after probing),
+ * `error` is never emitted; `fatal` (LinkError) when credentials are refused and retrying cannot help.
  */
 export class GatewayLink extends EventEmitter {
   readonly options: GatewayLinkOptions;
@@ -112,6 +133,10 @@ export class GatewayLink extends EventEmitter {
   #requestSeq = 0;
   readonly #pendingLists = new Map<number, (agents: AgentSummary[]) => void>();
   #stopped = false;
+  /** Probing state of the current session: when the probe info came, what we reported, the gateway's answer. */
+  #natProbeAt: number | undefined;
+  #natLocal: { address: string; port: number }[] = [];
+  #nat: LinkNatStatus | undefined;
 
   constructor(options: GatewayLinkOptions) {
     super();
@@ -136,6 +161,7 @@ export class GatewayLink extends EventEmitter {
       rttMs: this.#rttMs,
       lastError: this.#lastError ? { code: this.#lastError.gatewayCode ?? this.#lastError.code, message: this.#lastError.message } : undefined,
       helloOk: this.#helloOk,
+      nat: this.#nat,
     };
   }
 
@@ -304,6 +330,9 @@ export class GatewayLink extends EventEmitter {
         }
         mux.peerWindow = message.streamWindow;
         this.#helloOk = message;
+        // A new session probes afresh (new key, maybe a new mapping).
+        this.#natProbeAt = undefined;
+        this.#nat = undefined;
         this.#onHelloOk?.();
         this.#attempt = 0;
         this.#lastError = undefined;
@@ -333,6 +362,16 @@ export class GatewayLink extends EventEmitter {
         this.#log.info({ reason: message.reason, drainMs: message.drainMs }, 'gateway is going away');
         this.emit('goaway', message.reason);
         return;
+      case 'nat_probe_info':
+        if (this.options.udpSocket && this.#helloOk && this.#natProbeAt === undefined) void this.#probeNat(mux, this.#helloOk.sessionId, message);
+        return;
+      case 'nat_status': {
+        const { type: _type, ...status } = message;
+        this.#nat = { ...status, measuredInMs: this.#natProbeAt === undefined ? 0 : Math.round(performance.now() - this.#natProbeAt), localEndpoints: this.#natLocal };
+        this.#log.info({ event: 'nat', natType: status.natType, publicEndpoint: status.publicEndpoint }, 'gateway classified our NAT');
+        this.emit('nat', this.#nat);
+        return;
+      }
       case 'agents': {
         const resolve = this.#pendingLists.get(message.requestId);
         this.#pendingLists.delete(message.requestId);
@@ -342,6 +381,48 @@ export class GatewayLink extends EventEmitter {
       default:
         this.#log.debug({ type: message.type }, 'ignoring control message');
     }
+  }
+
+  /** Probes from the shared UDP socket and reports, if the session is still the one that asked. */
+  async #probeNat(mux: Mux, sessionId: string, info: NatProbeInfo): Promise<void> {
+    const socket = this.options.udpSocket as dgram.Socket;
+    this.#natProbeAt = performance.now();
+    try {
+      const outcome = await probeNat({ socket, sessionId, info, ...this.options.natProbe });
+      if (this.mux !== mux || this.state !== 'open') return;
+      this.#natLocal = outcome.report.localEndpoints;
+      this.#log.debug({ responses: outcome.responses.length, sent: outcome.sent, durationMs: Math.round(outcome.durationMs) }, 'NAT probes done');
+      mux.sendControl(outcome.report);
+    } catch (error) {
+      // An unbound or closed socket: no probing for this session; the relay path is unaffected.
+      this.#log.warn({ err: (error as Error).message }, 'NAT probing failed');
+    }
+  }
+
+  /** Whether the current session is probing (the gateway sent probe info and we have a UDP socket). */
+  get natProbing(): boolean {
+    return this.#natProbeAt !== undefined;
+  }
+
+  /**
+   * Resolves with the gateway's classification of our NAT once it arrives, or `undefined` when this session
+   * is not probing (no UDP socket, or the gateway does not probe) or `timeoutMs` passes. The probe info follows
+   * `hello_ok` at once, so call this after one round trip on the session (e.g. a `ping`).
+   */
+  waitNat(timeoutMs: number): Promise<LinkNatStatus | undefined> {
+    if (this.#nat) return Promise.resolve(this.#nat);
+    if (this.#natProbeAt === undefined) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      const onNat = (nat: LinkNatStatus): void => {
+        clearTimeout(timer);
+        resolve(nat);
+      };
+      const timer = setTimeout(() => {
+        this.off('nat', onNat);
+        resolve(undefined);
+      }, timeoutMs);
+      this.once('nat', onNat);
+    });
   }
 
   /**

@@ -5,8 +5,10 @@
 import { z } from 'zod';
 import { ErrorCode, ProtocolError, StreamErrorCode } from './errors.ts';
 
-export const PROTOCOL_VERSION = '1.0';
+export const PROTOCOL_VERSION = '1.1';
 export const PROTOCOL_MAJOR = 1;
+/** First minor version that understands the NAT probing messages (`nat_probe_info`, `nat_report`, `nat_status`). */
+export const NAT_PROBING_MINOR = 1;
 
 const portNumber = z.number().int().min(1).max(65535);
 const shortText = z.string().max(1024);
@@ -84,7 +86,58 @@ export const goAwaySchema = z.object({ type: z.literal('goaway'), reason: shortT
 export const reauthSchema = z.object({ type: z.literal('reauth'), token: z.string().min(1).max(16_384) }).strict();
 export const reauthOkSchema = z.object({ type: z.literal('reauth_ok'), expiresAt: z.number() }).strict();
 
+const ipAddressText = z.union([z.ipv4(), z.ipv6()]);
+const udpEndpointSchema = z.object({ address: ipAddressText, port: portNumber }).strict();
+const filteringTestSchema = z.object({ sent: z.number().int().min(0).max(1000), received: z.number().int().min(0).max(1000) }).strict();
+
+/**
+ * Gateway → peer, right after `hello_ok` when the gateway runs its UDP probe ports (protocol ≥ 1.1 peers only):
+ * the per-session probe key (base64, HMAC-SHA256) and the probe endpoints by index (bit 0: second port, bit 1:
+ * second address). The peer probes from its QUIC socket (protocol/src/nat/README.md), then sends `nat_report`.
+ */
+export const natProbeInfoSchema = z
+  .object({
+    type: z.literal('nat_probe_info'),
+    key: z.string().min(22).max(172).regex(/^[A-Za-z0-9+/]+={0,2}$/),
+    endpoints: z
+      .array(z.object({ index: z.number().int().min(0).max(3), address: ipAddressText, port: portNumber }).strict())
+      .min(1)
+      .max(4),
+  })
+  .strict();
+export type NatProbeInfo = z.infer<typeof natProbeInfoSchema>;
+
+/** Peer → gateway after probing: the socket's local endpoints and the outcome of the filtering tests. */
+export const natReportSchema = z
+  .object({
+    type: z.literal('nat_report'),
+    localEndpoints: z.array(udpEndpointSchema).max(32),
+    filtering: z.object({ changePort: filteringTestSchema.optional(), changeAddress: filteringTestSchema.optional() }).strict().optional(),
+  })
+  .strict();
+export type NatReport = z.infer<typeof natReportSchema>;
+
+/** Gateway → peer: how the gateway classified the peer's NAT (see `classifyNat`). */
+export const natStatusSchema = z
+  .object({
+    type: z.literal('nat_status'),
+    natType: z.enum(['no-nat', 'endpoint-independent', 'endpoint-dependent-predictable', 'endpoint-dependent-random', 'unknown']),
+    filtering: z.enum(['endpoint-independent', 'address-dependent', 'address-and-port-dependent', 'unknown']),
+    /** Probe destinations that answered. */
+    destinations: z.number().int().min(0).max(4),
+    portPreserving: z.boolean().optional(),
+    delta: z.number().int().min(-65535).max(65535).optional(),
+    publicEndpoint: udpEndpointSchema.optional(),
+    /** Why the type is `unknown`: NoResponses, TooFewDestinations, UnstableMapping. */
+    reason: z.string().max(64).optional(),
+  })
+  .strict();
+export type NatStatus = z.infer<typeof natStatusSchema>;
+
 export const controlMessageSchema = z.discriminatedUnion('type', [
+  natProbeInfoSchema,
+  natReportSchema,
+  natStatusSchema,
   reauthSchema,
   reauthOkSchema,
   helloSchema,
@@ -123,6 +176,12 @@ export const resetSchema = z
   .object({ code: z.enum(Object.values(StreamErrorCode) as [StreamErrorCode, ...StreamErrorCode[]]), message: shortText })
   .strict();
 export type ResetPayload = z.infer<typeof resetSchema>;
+
+/** Whether a peer that said `version` in its hello understands messages introduced in `minor` of our major. */
+export function peerSupportsMinor(version: string, minor: number): boolean {
+  const [major, peerMinor] = version.split('.').map(Number);
+  return major === PROTOCOL_MAJOR && (peerMinor ?? 0) >= minor;
+}
 
 /** Throws a ProtocolError with NL_ERR_PROTOCOL_VERSION when the peer's major version differs from ours. */
 export function checkVersion(version: string): void {
