@@ -28,6 +28,7 @@ import { startProcess, type StartedProcess, stopAll } from '../helpers/processes
 import { startEchoServer } from '../helpers/tcp-fixtures.ts';
 import { makeTestCertificate } from '../helpers/tls.ts';
 import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
+import { measureDirect } from './direct.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
 const MIB = 1024 * 1024;
@@ -284,6 +285,22 @@ async function main(): Promise<void> {
     pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }),
   );
 
+  // The direct path's transport (QUIC over the native quiche binding, our packet loop) on loopback,
+  // same machine and run as the relay: what the direct path can carry once a hole is punched.
+  log('direct (QUIC, loopback)…');
+  const directRuns: Array<{ one: number; many: number; cpuSource: number; cpuSink: number }> = [];
+  for (let i = 0; i < (values['only-relay'] ? 0 : rounds); i++) {
+    const one = await measureDirect({ bytes: streamBytes, streams: 1, payloadBytes: 1350 });
+    const many = await measureDirect({ bytes: streamBytes, streams: 16, payloadBytes: 1350 });
+    directRuns.push({ one: one.mbPerSec, many: many.mbPerSec, cpuSource: one.cpuMsPerMbSource, cpuSink: one.cpuMsPerMbSink });
+    log(`  direct round ${i + 1}: ${one.mbPerSec.toFixed(0)} MB/s, x16 ${many.mbPerSec.toFixed(0)} MB/s`);
+  }
+  const direct = directRuns.length ? median(directRuns.map((r) => r.one)) : undefined;
+  const direct16 = directRuns.length ? median(directRuns.map((r) => r.many)) : undefined;
+  const directCpu = directRuns.length
+    ? { source: median(directRuns.map((r) => r.cpuSource)), sink: median(directRuns.map((r) => r.cpuSink)) }
+    : undefined;
+
   log('stream open latency…');
   const open = values['only-relay'] ? { p50: Number.NaN, p99: Number.NaN } : await measureStreamOpen(stack, echo.port);
 
@@ -323,6 +340,11 @@ async function main(): Promise<void> {
     relay_vs_ssh: ssh === undefined ? null : round2(relay / ssh),
     relay_x16_vs_ssh_x16: ssh16 === undefined ? null : round2(relay16 / ssh16),
     relay_cpu_ms_per_mb: { client: round2(clientCpu), gateway: round2(gatewayCpu), agent: round2(agentCpu) },
+    direct_mbps: round2(direct),
+    direct_x16_mbps: round2(direct16),
+    direct_vs_relay: direct === undefined ? null : round2(direct / relay),
+    direct_cpu_ms_per_mb: directCpu ? { sender: round2(directCpu.source), receiver: round2(directCpu.sink) } : null,
+    direct_ready_p50_ms: null as number | null, // NAT-lab time to a punched path: not measured yet (punching is not wired)
     stream_open_p50_ms: Math.round(open.p50 * 1000) / 1000,
     stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
     idle_sessions: idle.sessions,
@@ -348,6 +370,11 @@ async function main(): Promise<void> {
     ['ssh -L, 1 stream', ssh === undefined ? `skipped (${sshSkipped})` : `${result.ssh_mbps} MB/s`, 'baseline'],
     ['relay (TLS), 1 stream', `${result.relay_mbps} MB/s`, `${result.relay_vs_tcp} × TCP, ${result.relay_vs_ssh ?? '-'} × ssh (target ≥ 0.5 × ssh)`],
     ['relay CPU per MB (client/gateway/agent)', `${result.relay_cpu_ms_per_mb.client} / ${result.relay_cpu_ms_per_mb.gateway} / ${result.relay_cpu_ms_per_mb.agent} ms`, 'what bounds the single stream on 2 cores'],
+    [
+      'direct (QUIC, loopback), 1 / 16 streams',
+      direct === undefined ? 'skipped' : `${result.direct_mbps} / ${result.direct_x16_mbps} MB/s`,
+      `${result.direct_vs_relay ?? '-'} × relay (target ≥ 0.5); CPU/MB sender ${result.direct_cpu_ms_per_mb?.sender ?? '-'} ms, receiver ${result.direct_cpu_ms_per_mb?.receiver ?? '-'} ms`,
+    ],
     ['raw TCP, 16 streams', `${result.raw_tcp_x16_mbps} MB/s`, 'baseline'],
     ['ssh -L, 16 streams', ssh16 === undefined ? 'skipped' : `${result.ssh_x16_mbps} MB/s`, 'baseline'],
     ['relay (TLS), 16 streams', `${result.relay_x16_mbps} MB/s`, `${result.relay_x16_vs_ssh_x16 ?? '-'} × ssh`],
