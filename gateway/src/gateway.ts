@@ -100,7 +100,8 @@ export class Gateway {
   #config: GatewayConfig | undefined;
   /** agentKey → attached instances */
   readonly #agents = new Map<string, Set<AgentInstance>>();
-  readonly #clients = new Set<ClientState>();
+  /** Open client sessions and their compiled policies. */
+  readonly #clients = new Map<PeerSession, ClientState>();
   readonly #sessions = new Set<PeerSession>();
   /** Sessions included in the `sessions` gauge (those whose hello succeeded). */
   readonly #countedSessions = new Set<PeerSession>();
@@ -183,7 +184,7 @@ export class Gateway {
         else instance.agent = updated;
       }
     }
-    for (const client of this.#clients) this.#recompile(client);
+    for (const client of this.#clients.values()) this.#recompile(client);
   }
 
   #findAgent(key: string): AgentConfig | undefined {
@@ -374,7 +375,7 @@ export class Gateway {
       return;
     }
     if (message.type === 'list_agents' && session.kind === 'client') {
-      const client = [...this.#clients].find((c) => c.session === session);
+      const client = this.#clients.get(session);
       if (client) session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#listAgents(client) });
       return;
     }
@@ -420,7 +421,7 @@ export class Gateway {
       identity.expiresAtMs = next.expiresAtMs;
       identity.groups = next.groups;
       // Group membership may have changed with the new token: the client's policy follows.
-      const client = [...this.#clients].find((c) => c.session === session);
+      const client = this.#clients.get(session);
       if (client) this.#recompile(client);
       session.mux.sendControl({ type: 'reauth_ok', expiresAt: next.expiresAtMs });
       session.log.debug({ expiresAtMs: next.expiresAtMs }, 'session re-authenticated');
@@ -468,10 +469,10 @@ export class Gateway {
   #helloClient(session: PeerSession, setOnClosed: (fn: () => void) => void): void {
     const config = this.#config as GatewayConfig;
     const client: ClientState = { session, policy: compilePolicy(config, session.identity, this.#now()), streams: new Map() };
-    this.#clients.add(client);
+    this.#clients.set(session, client);
     session.mux.handlers.onOpen = (stream, payload) => this.#openFromClient(client, stream, payload);
     session.transition('open');
-    setOnClosed(() => this.#clients.delete(client));
+    setOnClosed(() => this.#clients.delete(session));
   }
 
   #listAgents(client: ClientState): AgentSummary[] {
@@ -584,7 +585,7 @@ export class Gateway {
       }
     }
     // Policies with expiresAt lapse without a reload: recompile those clients when due.
-    for (const client of this.#clients) {
+    for (const client of this.#clients.values()) {
       const due = client.policy.nextExpiryMs;
       if (due !== undefined && due <= wall) this.#recompile(client);
     }
