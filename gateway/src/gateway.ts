@@ -14,6 +14,7 @@ import {
   checkVersion,
   classifyNat,
   compilePolicy,
+  DEFAULT_STREAM_WINDOW,
   type Endpoint,
   type ExposedPort,
   type GatewayConfig,
@@ -45,7 +46,7 @@ import type { TokenReviewer } from './token-review.ts';
 export interface GatewayOptions {
   log: Logger;
   metrics: GatewayMetrics;
-  /** Per-stream window this gateway grants peers, bytes. Default 1 MiB. */
+  /** Per-stream window this gateway grants peers, bytes. Default DEFAULT_STREAM_WINDOW (4 MiB). */
   streamWindow?: number;
   maxStreamsPerSession?: number;
   /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
@@ -112,7 +113,7 @@ export class Gateway {
   constructor(options: GatewayOptions) {
     this.log = options.log;
     this.metrics = options.metrics;
-    this.streamWindow = options.streamWindow ?? 1024 * 1024;
+    this.streamWindow = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     this.maxStreamsPerSession = options.maxStreamsPerSession ?? 4096;
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;

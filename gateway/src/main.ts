@@ -8,7 +8,7 @@ import type { Server as HttpsServer } from 'node:https';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import type { GatewayConfig } from '@narrowlink/protocol';
+import { DEFAULT_STREAM_WINDOW, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
@@ -42,7 +42,7 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
-  --stream-window N    per-stream flow-control window in bytes (default 1048576)
+  --stream-window N    per-stream flow-control window in bytes (default 4194304)
   --nat-probe-address IP  address of the UDP NAT probe ports (direct path); must be a specific
                        address (default: the --listen host when it is one; else probing is off)
   --nat-probe-port N   first of the two UDP probe ports N, N+1 (default 3478; 0 disables probing)
@@ -120,7 +120,7 @@ async function main(): Promise<void> {
     fail(GatewayErrorCode.INSECURE_LISTEN, `refusing plain ws:// on ${host}: give --tls-cert/--tls-key, or listen on loopback`);
   }
   const drainMs = Number(option(values, 'drain-ms', '10000'));
-  const streamWindow = Number(option(values, 'stream-window', String(1024 * 1024)));
+  const streamWindow = Number(option(values, 'stream-window', String(DEFAULT_STREAM_WINDOW)));
 
   const metrics = createMetrics();
   const natProbe = await startNatProbe(values, host, metrics, log, fail);

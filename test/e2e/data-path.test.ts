@@ -27,7 +27,7 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const BIG = 64 * MiB;
 /** Per-stream flow-control window of the gateway (its default), bytes. */
-const STREAM_WINDOW = 1 * MiB;
+const STREAM_WINDOW = 4 * MiB;
 
 /** Closes test servers after the stack that used them. */
 async function closeAll(servers: Array<TestServer | undefined>): Promise<void> {
