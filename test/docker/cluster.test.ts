@@ -15,19 +15,19 @@ import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { cpSync, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { K3sContainer, type StartedK3sContainer } from '@testcontainers/k3s';
 import { signToken } from '@narrowlink/protocol';
 import { GenericContainer, getContainerRuntimeClient } from 'testcontainers';
 import { registerChild, type StartedProcess, startProcess, stopAll, stopChild } from '../helpers/processes.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from '../k8s/tools.ts';
+import { ROOT } from '../helpers/paths.ts';
+import { waitFor as poll } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 const K3S_IMAGE = 'rancher/k3s:v1.31.2-k3s1';
 const CERT_MANAGER_VERSION = 'v1.16.2';
@@ -61,22 +61,9 @@ interface KubeItem {
   data?: Record<string, string>;
 }
 
-/** Polls `check` every `everyMs` until it returns something truthy. */
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs: number, everyMs = 2000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) {
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
+/** Polls every 2 s by default: each check here runs kubectl. */
+function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs: number, everyMs = 2000): Promise<T> {
+  return poll(what, check, timeoutMs, everyMs);
 }
 
 function condition(item: KubeItem | undefined, type: string): Condition | undefined {

@@ -26,19 +26,13 @@ import http from 'node:http';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { generateSigningKeyPair, signToken, type TokenType } from '@narrowlink/protocol';
 import { registerChild, type StartedProcess, startProcess, stopChild } from '../helpers/processes.ts';
 import { makeTestCertificate, type TestCertificate } from '../helpers/tls.ts';
+import { SCRIPTS } from '../helpers/paths.ts';
 
-/** Repository root (absolute). */
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-/** Entry points of the three deployables, absolute paths. */
-export const SCRIPTS = {
-  gateway: path.join(ROOT, 'gateway/src/main.ts'),
-  agent: path.join(ROOT, 'agent-sidecar/src/main.ts'),
-  client: path.join(ROOT, 'client-cli/src/main.ts'),
-} as const;
+/** Repository root and component entry points (shared with the other suites). */
+export { ROOT, SCRIPTS } from '../helpers/paths.ts';
 
 /** Subject of the default client token. */
 export const DEFAULT_CLIENT_SUBJECT = 'e2e-user';

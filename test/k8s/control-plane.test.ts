@@ -25,7 +25,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it, type TestContext } from 'node:test';
 import tls from 'node:tls';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { type KubeClient, type KubeObject, type ResourceType, RestKubeClient, Resources } from '@narrowlink/kube';
@@ -36,15 +35,11 @@ import { type StartedProcess, startProcess, stopAll } from '../helpers/processes
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { applyCrd } from './fixtures/fake-cert-manager.ts';
 import { helmPath, toolsUnavailableReason } from './tools.ts';
+import { ROOT, SCRIPTS } from '../helpers/paths.ts';
+import { waitFor } from '../helpers/wait.ts';
 
 const run = promisify(execFile);
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SCRIPTS = {
-  operator: path.join(ROOT, 'operator/src/main.ts'),
-  gateway: path.join(ROOT, 'gateway/src/main.ts'),
-  agent: path.join(ROOT, 'agent-sidecar/src/main.ts'),
-};
 const CHART = path.join(ROOT, 'charts', 'narrowlink');
 
 /** The operator of tests 1–2 (not the chart's namespace: helm must not find objects it did not make). */
@@ -80,23 +75,6 @@ function condition(object: KubeObject | undefined, type: string): Condition | un
   return (object?.status as AgentStatus | undefined)?.conditions?.find((c) => c.type === type);
 }
 
-/** Polls `check` every 100 ms until it returns something truthy, which is returned. */
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) {
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function decode(secret: KubeObject | undefined, key: string): string | undefined {
   const b64 = (secret?.data as Record<string, string> | undefined)?.[key];

@@ -13,7 +13,6 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { KubeError, type KubeObject, RestKubeClient, Resources } from '@narrowlink/kube';
 import { type GatewayConfig, parseGatewayConfig, signToken, verifyToken } from '@narrowlink/protocol';
 import { parseAllDocuments } from 'yaml';
@@ -21,14 +20,9 @@ import { type LogLine, type StartedProcess, startProcess, stopAll } from '../hel
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { applyCrd, type FakeCertManager, installCertificateCrd, startFakeCertManager } from './fixtures/fake-cert-manager.ts';
+import { ROOT, SCRIPTS } from '../helpers/paths.ts';
+import { waitFor } from '../helpers/wait.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SCRIPTS = {
-  operator: path.join(ROOT, 'operator/src/main.ts'),
-  gateway: path.join(ROOT, 'gateway/src/main.ts'),
-  agent: path.join(ROOT, 'agent-sidecar/src/main.ts'),
-  client: path.join(ROOT, 'client-cli/src/main.ts'),
-};
 
 const SYSTEM_NS = 'narrowlink-system';
 const NS = 'shop';
@@ -53,23 +47,6 @@ function condition(object: KubeObject | undefined, type: string): Condition | un
   return (object?.status as Status)?.conditions?.find((c) => c.type === type);
 }
 
-/** Polls `check` every 100 ms until it returns something truthy, which is returned. */
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) {
-      assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

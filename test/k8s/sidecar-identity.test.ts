@@ -15,20 +15,15 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { type ResourceType, RestKubeClient, Resources } from '@narrowlink/kube';
 import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
 import WebSocket from 'ws';
 import { type StartedProcess, startProcess, stopAll } from '../helpers/processes.ts';
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { useApiServer } from './cluster.ts';
+import { SCRIPTS } from '../helpers/paths.ts';
+import { waitFor } from '../helpers/wait.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SCRIPTS = {
-  gateway: path.join(ROOT, 'gateway/src/main.ts'),
-  agent: path.join(ROOT, 'agent-sidecar/src/main.ts'),
-  client: path.join(ROOT, 'client-cli/src/main.ts'),
-};
 
 const SYSTEM_NS = 'narrowlink-system';
 const NS = 'shop';
@@ -88,20 +83,6 @@ function upgrade(url: string, token: string, agentRef: string): Promise<{ accept
   });
 }
 
-async function waitFor<T>(what: string, check: () => Promise<T | undefined | false | null>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (error) {
-      lastError = error;
-    }
-    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function metric(url: string, line: string): Promise<number | undefined> {
   const text = await (await fetch(`${url.replace(/^ws/, 'http')}/metrics`)).text();

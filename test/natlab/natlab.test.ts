@@ -10,17 +10,12 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { generateSigningKeyPair, type NatClassification, planPunch, signToken } from '@narrowlink/protocol';
 import { createLab, LAB, type Lab, type LabHost, type LabOptions, type LabProcess, labAvailable } from './lab.ts';
+import { ROOT, SCRIPTS as COMPONENTS } from '../helpers/paths.ts';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const SCRIPTS = {
-  gateway: path.join(ROOT, 'gateway/src/main.ts'),
-  client: path.join(ROOT, 'client-cli/src/main.ts'),
-  peer: path.join(ROOT, 'test/natlab/peer.ts'),
-};
+const SCRIPTS = { ...COMPONENTS, peer: path.join(ROOT, 'test/natlab/peer.ts') };
 const GATEWAY_PORT = 8443;
 const PROBE_PORT = 3478;
 const run = promisify(execFile);
