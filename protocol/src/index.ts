@@ -7,3 +7,4 @@ export * from './gateway-config.ts';
 export * from './policy.ts';
 export * from './tokens.ts';
 export * from './nat/index.ts';
+export * from './direct-open.ts';

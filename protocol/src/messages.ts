@@ -5,10 +5,12 @@
 import { z } from 'zod';
 import { ErrorCode, ProtocolError, StreamErrorCode } from './errors.ts';
 
-export const PROTOCOL_VERSION = '1.1';
+export const PROTOCOL_VERSION = '1.2';
 export const PROTOCOL_MAJOR = 1;
 /** First minor version that understands the NAT probing messages (`nat_probe_info`, `nat_report`, `nat_status`). */
 export const NAT_PROBING_MINOR = 1;
+/** First minor version that understands the direct-path messages (`direct_request` … `direct_close`). */
+export const DIRECT_PATH_MINOR = 2;
 
 const portNumber = z.number().int().min(1).max(65535);
 const shortText = z.string().max(1024);
@@ -87,6 +89,11 @@ export const reauthSchema = z.object({ type: z.literal('reauth'), token: z.strin
 export const reauthOkSchema = z.object({ type: z.literal('reauth_ok'), expiresAt: z.number() }).strict();
 
 const ipAddressText = z.union([z.ipv4(), z.ipv6()]);
+const fingerprintText = z.string().regex(/^[0-9a-f]{64}$/);
+const base64Text = (bytes: number) => z.string().length(4 * Math.ceil(bytes / 3)).regex(/^[A-Za-z0-9+/]+={0,2}$/);
+const pathIdText = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/);
+const requestId = z.number().int().nonnegative().max(2 ** 32);
+const millis = z.number().int().min(0).max(60_000);
 const udpEndpointSchema = z.object({ address: ipAddressText, port: portNumber }).strict();
 const filteringTestSchema = z.object({ sent: z.number().int().min(0).max(1000), received: z.number().int().min(0).max(1000) }).strict();
 
@@ -113,6 +120,8 @@ export const natReportSchema = z
     type: z.literal('nat_report'),
     localEndpoints: z.array(udpEndpointSchema).max(32),
     filtering: z.object({ changePort: filteringTestSchema.optional(), changeAddress: filteringTestSchema.optional() }).strict().optional(),
+    /** sha256 hex of the certificate this peer generated for its QUIC endpoint; the gateway forwards it, nothing more. */
+    certFingerprint: fingerprintText.optional(),
   })
   .strict();
 export type NatReport = z.infer<typeof natReportSchema>;
@@ -134,7 +143,118 @@ export const natStatusSchema = z
   .strict();
 export type NatStatus = z.infer<typeof natStatusSchema>;
 
+/**
+ * Client → gateway: set up a direct path to an agent (sent when a stream to it opens in `auto` or `direct` mode
+ * and no path is up or being set up). The gateway checks policy first, then answers `punch_plan` or
+ * `direct_refused` with the same `requestId`.
+ */
+export const directRequestSchema = z.object({ type: z.literal('direct_request'), requestId, agent: z.string().min(1).max(253) }).strict();
+export type DirectRequest = z.infer<typeof directRequestSchema>;
+
+/** Why a direct path cannot be set up: a punch-plan reason (`BothSymmetric`, `UdpBlocked`, …) or a gateway one. */
+export const directRefusalReasons = [
+  'BothSymmetric',
+  'UdpBlocked',
+  'UnknownNatType',
+  'PortRestrictedVsRandom',
+  'NoCommonAddressFamily',
+  /** The gateway runs no NAT probe ports. */
+  'ProbingDisabled',
+  /** A side has not finished NAT probing yet (or cannot: no UDP socket); try again shortly. */
+  'NotProbed',
+  /** The agent's mode (NarrowlinkAgent spec.mode) is `relay`. */
+  'AgentRelayOnly',
+  /** The agent's sidecar is too old for direct paths. */
+  'AgentTooOld',
+  'NoAgent',
+  'Denied',
+  /** This client already has the maximum of direct-path attempts in flight. */
+  'TooManyAttempts',
+] as const;
+export type DirectRefusalReason = (typeof directRefusalReasons)[number];
+
+export const directRefusedSchema = z
+  .object({ type: z.literal('direct_refused'), requestId, reason: z.enum(directRefusalReasons), message: shortText })
+  .strict();
+export type DirectRefused = z.infer<typeof directRefusedSchema>;
+
+/**
+ * Gateway → each peer of a direct path: how to punch (one side's half of `planPunch`'s plan) and whom to expect.
+ * The QUIC handshake that follows pins `peerFingerprint`; the gateway never sees a private key.
+ */
+export const punchPlanSchema = z
+  .object({
+    type: z.literal('punch_plan'),
+    pathId: pathIdText,
+    /** The client's `direct_request` this answers (client side only). */
+    requestId: requestId.optional(),
+    /** Who is at the other end: the agent (`namespace/name`) for a client, the client's identity for an agent. */
+    peer: shortText,
+    role: z.enum(['client', 'agent']),
+    quicRole: z.enum(['client', 'server']),
+    strategy: z.enum(['public', 'predicted', 'lockstep', 'reach-stable', 'lan']),
+    attemptId: base64Text(8),
+    punchKey: base64Text(32),
+    candidates: z
+      .array(z.object({ address: ipAddressText, port: portNumber, kind: z.enum(['lan', 'public', 'predicted', 'filter-opener']) }).strict())
+      .max(16),
+    initialDelayMs: millis,
+    intervalMs: z.number().int().min(1).max(10_000),
+    budgetMs: z.number().int().min(1).max(60_000),
+    /** Delay from sending to the common start; a peer starts `leadMs` after it receives the plan. */
+    leadMs: millis,
+    peerFingerprint: fingerprintText,
+  })
+  .strict();
+export type PunchPlanMessage = z.infer<typeof punchPlanSchema>;
+
+/** One target the agent may serve on a direct path: the compiled policy for that client, on that agent. */
+export const directAllowSchema = z.object({ name: z.string().min(1).max(63), host: hostText, port: portNumber }).strict();
+export type DirectAllow = z.infer<typeof directAllowSchema>;
+
+/**
+ * Gateway → agent: the targets this direct path's client may reach (policy evaluated for path `Direct` over the
+ * agent's exposed ports). Sent before `punch_plan` and again whenever the configuration changes; the agent
+ * re-checks every direct stream against the latest one and resets streams it no longer allows.
+ */
+export const directPolicySchema = z
+  .object({
+    type: z.literal('direct_policy'),
+    pathId: pathIdText,
+    allow: z.array(directAllowSchema).max(256),
+    /** Wall clock (ms) at which the earliest time-limited rule lapses; the gateway sends a new policy then. */
+    expiresAt: z.number().optional(),
+  })
+  .strict();
+export type DirectPolicy = z.infer<typeof directPolicySchema>;
+
+/** Peer → gateway: what became of a path (for status and metrics; the gateway routes nothing on it). */
+export const directStateSchema = z
+  .object({
+    type: z.literal('direct_state'),
+    pathId: pathIdText,
+    state: z.enum(['up', 'failed', 'closed']),
+    /** Failure/close reason code (e.g. `Timeout`, `NL_ERR_DIRECT_PEER_MISMATCH`). */
+    reason: z.string().max(64).optional(),
+    /** Candidate kind that won (up). */
+    via: z.string().max(32).optional(),
+    /** From receiving the plan to the QUIC connection being verified (up), ms. */
+    elapsedMs: z.number().int().min(0).max(600_000).optional(),
+  })
+  .strict();
+export type DirectState = z.infer<typeof directStateSchema>;
+
+/** Gateway → peer: the other side's session ended, or the policy no longer allows anything: close the path. */
+export const directCloseSchema = z.object({ type: z.literal('direct_close'), pathId: pathIdText, reason: shortText }).strict();
+export type DirectClose = z.infer<typeof directCloseSchema>;
+
 export const controlMessageSchema = z.discriminatedUnion('type', [
+  directRequestSchema,
+  directRefusedSchema,
+  punchPlanSchema,
+  directPolicySchema,
+  directStateSchema,
+  directCloseSchema,
   natProbeInfoSchema,
   natReportSchema,
   natStatusSchema,
