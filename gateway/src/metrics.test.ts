@@ -13,6 +13,10 @@ describe('gateway metrics', () => {
     assert.deepEqual(all.map((m) => m.name).sort(), [
       'narrowlink_gateway_auth_failures_total',
       'narrowlink_gateway_config_reloads_total',
+      'narrowlink_gateway_direct_paths_total',
+      'narrowlink_gateway_direct_paths_up',
+      'narrowlink_gateway_direct_ready_seconds',
+      'narrowlink_gateway_direct_requests_total',
       'narrowlink_gateway_nat_classifications_total',
       'narrowlink_gateway_nat_probes_total',
       'narrowlink_gateway_policy_resets_total',
@@ -57,6 +61,8 @@ describe('gateway metrics', () => {
         narrowlink_gateway_config_reloads_total: ['result'],
         narrowlink_gateway_nat_probes_total: ['result'],
         narrowlink_gateway_nat_classifications_total: ['type'],
+        narrowlink_gateway_direct_requests_total: ['result'],
+        narrowlink_gateway_direct_paths_total: ['result'],
       },
     );
     for (const metric of all) {

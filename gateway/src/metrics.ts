@@ -17,6 +17,10 @@ export interface GatewayMetrics {
   policyResets: Counter;
   natProbes: Counter<'result'>;
   natClassifications: Counter<'type'>;
+  directRequests: Counter<'result'>;
+  directPaths: Counter<'result'>;
+  directPathsUp: Gauge;
+  directReadySeconds: Histogram;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
@@ -77,6 +81,25 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
       name: 'narrowlink_gateway_nat_classifications_total',
       help: 'Peer NAT classifications by NAT type (no-nat, endpoint-independent, endpoint-dependent-predictable, endpoint-dependent-random, unknown).',
       labelNames: ['type'],
+      registers,
+    }),
+    directRequests: new Counter({
+      name: 'narrowlink_gateway_direct_requests_total',
+      help: 'Client direct_request messages by result (planned, or the direct_refused reason such as Denied, NotProbed, BothSymmetric).',
+      labelNames: ['result'],
+      registers,
+    }),
+    directPaths: new Counter({
+      name: 'narrowlink_gateway_direct_paths_total',
+      help: 'Planned direct paths by outcome: up (a peer reported it up), failed (reported failed, or gone before it came up).',
+      labelNames: ['result'],
+      registers,
+    }),
+    directPathsUp: new Gauge({ name: 'narrowlink_gateway_direct_paths_up', help: 'Direct (peer-to-peer) paths currently up.', registers }),
+    directReadySeconds: new Histogram({
+      name: 'narrowlink_gateway_direct_ready_seconds',
+      help: 'Time from the punch plan reaching the client to its direct QUIC connection being verified, as the client reports it.',
+      buckets: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30],
       registers,
     }),
   };
