@@ -382,7 +382,9 @@ describe('Gateway agents and streams', () => {
     assert.equal((await alice.open({ agent: 'db', port: 9000 })).reset?.code, StreamErrorCode.DENIED);
     assert.equal((await alice.open({ agent: 'db', port: 'admin' })).reset?.code, StreamErrorCode.DENIED);
     assert.equal((await alice.open({ agent: 'db', port: 1234 })).reset?.code, StreamErrorCode.DENIED);
-    assert.equal((await alice.open({ agent: 'db', port: 5432, mode: 'direct' })).reset?.code, StreamErrorCode.DIRECT_UNAVAILABLE);
+    const direct = await alice.open({ agent: 'db', port: 5432, mode: 'direct' });
+    assert.equal(direct.reset?.code, StreamErrorCode.DIRECT_UNAVAILABLE, 'the relay never carries a direct-mode stream');
+    assert.match(direct.reset?.message ?? '', /direct_request/, 'the message points at the direct path');
     assert.equal(db.opens.length, 0, 'the agent never saw a refused OPEN');
   });
 

@@ -36,6 +36,7 @@ import {
 } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
+import { DirectPaths } from './direct-paths.ts';
 import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
@@ -68,6 +69,8 @@ export interface PeerNat {
   localEndpoints: Endpoint[];
   /** Wall clock of the classification, ms. */
   atMs: number;
+  /** sha256 hex of the certificate the peer generated for its QUIC endpoint (from its last report); forwarded in punch plans. */
+  certFingerprint?: string;
 }
 
 /** nat_report messages a session may send (each re-classifies); more are ignored. */
@@ -77,10 +80,14 @@ interface AgentInstance {
   session: PeerSession;
   instanceId: string;
   agent: AgentConfig;
+  /** Protocol version from the instance's hello (direct paths need 1.2). */
+  version: string;
 }
 
 interface ClientState {
   session: PeerSession;
+  /** Protocol version from the client's hello. */
+  version: string;
   policy: CompiledPolicy;
   /** Open relayed streams with the target they were allowed for, re-checked on reload. */
   streams: Map<MuxStream, { agent: AgentConfig; host: string; port: number; agentStream: MuxStream }>;
@@ -106,6 +113,8 @@ export class Gateway {
   readonly #sessions = new Set<PeerSession>();
   /** Sessions included in the `sessions` gauge (those whose hello succeeded). */
   readonly #countedSessions = new Set<PeerSession>();
+  /** The direct-path broker: plans, per-path policies, closes. */
+  readonly #direct: DirectPaths;
   #shuttingDown = false;
   #sweepTimer: NodeJS.Timeout | undefined;
   #openStreams = 0;
@@ -120,6 +129,18 @@ export class Gateway {
     this.#now = options.now ?? Date.now;
     this.#tokenReviewer = options.tokenReviewer;
     this.#natProbe = options.natProbe;
+    this.#direct = new DirectPaths({
+      metrics: this.metrics,
+      now: this.#now,
+      host: {
+        probing: this.#natProbe !== undefined,
+        resolveAgent: (policy, ref) => this.#resolveAgent(policy, ref),
+        instancesOf: (key) => this.#agents.get(key) ?? [],
+        findAgent: (key) => this.#findAgent(key),
+        natOf: (sessionId) => this.natOf(sessionId),
+        onPathsChanged: () => this.onAgentsChanged?.(),
+      },
+    });
     // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
     // would cost memory at thousands of sessions.
     this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, HEARTBEAT_INTERVAL_MS / 4));
@@ -146,19 +167,26 @@ export class Gateway {
     return this.#config;
   }
 
+  /** The direct-path broker (read-only use: paths for diagnostics and tests). */
+  get directPaths(): DirectPaths {
+    return this.#direct;
+  }
+
   /**
    * Attached instances per agent (`namespace/name`) for the control plane's agent status, with the NAT type
-   * of the instance classified last (absent until one was).
+   * of the instance classified last (absent until one was) and the direct paths up (absent when none).
    */
-  attachedAgents(): Record<string, { instances: number; nat?: string }> {
-    const out: Record<string, { instances: number; nat?: string }> = {};
+  attachedAgents(): Record<string, { instances: number; nat?: string; directPaths?: number }> {
+    const out: Record<string, { instances: number; nat?: string; directPaths?: number }> = {};
+    const up = this.#direct.upByAgent();
     for (const [key, instances] of this.#agents) {
       let latest: PeerNat | undefined;
       for (const instance of instances) {
         const nat = this.#nat.get(instance.session.id);
         if (nat && (!latest || nat.atMs >= latest.atMs)) latest = nat;
       }
-      out[key] = { instances: instances.size, ...(latest ? { nat: latest.classification.type } : {}) };
+      const paths = up.get(key);
+      out[key] = { instances: instances.size, ...(latest ? { nat: latest.classification.type } : {}), ...(paths ? { directPaths: paths } : {}) };
     }
     return out;
   }
@@ -166,7 +194,13 @@ export class Gateway {
   /** The NAT classification of a session, once its peer probed and reported. */
   natOf(sessionId: string): PeerNat | undefined {
     const nat = this.#nat.get(sessionId);
-    return nat ? { classification: nat.classification, localEndpoints: nat.localEndpoints, atMs: nat.atMs } : undefined;
+    if (!nat) return undefined;
+    return {
+      classification: nat.classification,
+      localEndpoints: nat.localEndpoints,
+      atMs: nat.atMs,
+      ...(nat.certFingerprint !== undefined ? { certFingerprint: nat.certFingerprint } : {}),
+    };
   }
 
   /** Called whenever an agent instance attaches or leaves. */
@@ -205,6 +239,8 @@ export class Gateway {
         stream.reset(StreamErrorCode.DENIED, 'access revoked by a policy change');
       }
     }
+    // Direct paths of this client: a new allow list for the agent, or closed when nothing is allowed any more.
+    this.#direct.policyChanged(client);
   }
 
   /**
@@ -318,6 +354,8 @@ export class Gateway {
         if (this.#countedSessions.delete(session)) this.metrics.sessions.dec({ kind });
         this.#natProbe?.unregister(id);
         this.#nat.delete(id);
+        // The other side of each direct path hears direct_close (an agent instance or a client went away).
+        this.#direct.sessionClosed(session);
         onClosedExtra?.();
         log.info('session closed');
       },
@@ -348,7 +386,7 @@ export class Gateway {
       }
       session.mux.peerWindow = message.streamWindow;
       if (session.kind === 'agent') this.#helloAgent(session, message, setOnClosed);
-      else this.#helloClient(session, setOnClosed);
+      else this.#helloClient(session, message, setOnClosed);
       // The hello handlers may have refused the session (state moved on to closing).
       if ((session.state as string) !== 'open') return;
       this.metrics.sessions.inc({ kind: session.kind });
@@ -373,6 +411,16 @@ export class Gateway {
     }
     if (message.type === 'nat_report') {
       this.#onNatReport(session, message);
+      return;
+    }
+    if (message.type === 'direct_request' && session.kind === 'client') {
+      const client = this.#clients.get(session);
+      if (client) this.#direct.request(client, message);
+      return;
+    }
+    // Both sides report what became of a path; a report for a path they are not part of is ignored there.
+    if (message.type === 'direct_state') {
+      this.#direct.state(session, message);
       return;
     }
     if (message.type === 'list_agents' && session.kind === 'client') {
@@ -401,7 +449,13 @@ export class Gateway {
     } catch (error) {
       return this.#protocolViolation(session, `nat_report rejected: ${(error as Error).message}`);
     }
-    this.#nat.set(session.id, { classification, localEndpoints, atMs: this.#now(), reports: (previous?.reports ?? 0) + 1 });
+    this.#nat.set(session.id, {
+      classification,
+      localEndpoints,
+      atMs: this.#now(),
+      reports: (previous?.reports ?? 0) + 1,
+      ...(report.certFingerprint ? { certFingerprint: report.certFingerprint } : {}),
+    });
     this.metrics.natClassifications.inc({ type: classification.type });
     session.log.info(
       { natType: classification.type, filtering: classification.filtering, destinations: classification.destinations },
@@ -452,7 +506,7 @@ export class Gateway {
       session.close(4403, GatewayErrorCode.AUTH_UNKNOWN_AGENT);
       return;
     }
-    const instance: AgentInstance = { session, instanceId: hello.agent.instanceId, agent };
+    const instance: AgentInstance = { session, instanceId: hello.agent.instanceId, agent, version: hello.version };
     const instances = this.#agents.get(key) ?? new Set<AgentInstance>();
     this.#agents.set(key, instances);
     instances.add(instance);
@@ -467,9 +521,9 @@ export class Gateway {
     });
   }
 
-  #helloClient(session: PeerSession, setOnClosed: (fn: () => void) => void): void {
+  #helloClient(session: PeerSession, hello: Hello, setOnClosed: (fn: () => void) => void): void {
     const config = this.#config as GatewayConfig;
-    const client: ClientState = { session, policy: compilePolicy(config, session.identity, this.#now()), streams: new Map() };
+    const client: ClientState = { session, version: hello.version, policy: compilePolicy(config, session.identity, this.#now()), streams: new Map() };
     this.#clients.set(session, client);
     session.mux.handlers.onOpen = (stream, payload) => this.#openFromClient(client, stream, payload);
     session.transition('open');
@@ -486,9 +540,9 @@ export class Gateway {
     }));
   }
 
-  /** Resolves an agent reference (`name` or `namespace/name`) among the agents the client may see. */
-  #resolveAgent(client: ClientState, ref: string): AgentConfig | undefined {
-    const visible = client.policy.visibleAgents().map((v) => v.agent);
+  /** Resolves an agent reference (`name` or `namespace/name`) among the agents the client's policy lets it see. */
+  #resolveAgent(policy: CompiledPolicy, ref: string): AgentConfig | undefined {
+    const visible = policy.visibleAgents().map((v) => v.agent);
     if (ref.includes('/')) return visible.find((a) => agentKey(a.namespace, a.name) === ref);
     const byName = visible.filter((a) => a.name === ref);
     return byName.length === 1 ? byName[0] : undefined;
@@ -504,7 +558,7 @@ export class Gateway {
     if (!('agent' in payload)) return fail(StreamErrorCode.PROTOCOL_ERROR, 'client OPEN needs agent and port');
     const request = payload as ClientOpen;
     // An agent the client may not see at all is reported as absent, so names do not leak.
-    const agent = this.#resolveAgent(client, request.agent);
+    const agent = this.#resolveAgent(client.policy, request.agent);
     if (!agent) return fail(StreamErrorCode.NO_AGENT, `no agent "${request.agent}" that you may reach`);
     const exposed =
       typeof request.port === 'number'
@@ -512,7 +566,11 @@ export class Gateway {
         : agent.expose.find((p) => p.name === request.port);
     if (!exposed) return fail(StreamErrorCode.DENIED, `agent "${agent.name}" exposes no port ${request.port}${request.host ? ` on ${request.host}` : ''}`);
     if (request.mode === 'direct') {
-      return fail(StreamErrorCode.DIRECT_UNAVAILABLE, 'direct path is not available on this gateway; use mode auto or relay');
+      // The relay never carries a direct-mode stream: it travels on the direct path the client sets up itself.
+      return fail(
+        StreamErrorCode.DIRECT_UNAVAILABLE,
+        'direct-mode streams travel on the direct path (ask for one with direct_request); the relay does not carry them. Use mode auto or relay to go through the gateway',
+      );
     }
     const decision = client.policy.evaluate({ agent, host: exposed.host, port: exposed.port, path: 'Relay' });
     if (!decision.allowed) return fail(StreamErrorCode.DENIED, `policy denies ${agent.name}:${exposed.port} (${decision.reason})`);
@@ -590,6 +648,7 @@ export class Gateway {
       const due = client.policy.nextExpiryMs;
       if (due !== undefined && due <= wall) this.#recompile(client);
     }
+    this.#direct.sweep();
   }
 
   /**
