@@ -4,6 +4,7 @@
  * the stream becomes a TCP RST locally, a local socket error becomes a stream reset.
  */
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { type MuxStream, StreamErrorCode, StreamResetError } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
 
@@ -44,4 +45,44 @@ export function bridgeSocket(socket: Socket, stream: MuxStream): BridgeResult {
   socket.pipe(duplex);
   duplex.pipe(socket);
   return { done, duplex };
+}
+
+/**
+ * Joins a local TCP socket and a direct-path stream (QUIC) the same way: half-close both ways, backpressure
+ * through the pipes, a peer reset aborts the local connection (RST), a local error resets the stream.
+ * `done` resolves with the stream's error when it failed, `undefined` for a clean finish.
+ */
+export function bridgeDirect(socket: Socket, stream: Duplex): { done: Promise<Error | undefined> } {
+  const done = new Promise<Error | undefined>((resolve) => {
+    let failure: Error | undefined;
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      resolve(failure);
+    };
+    socket.on('error', () => {
+      if (!stream.destroyed) stream.destroy();
+    });
+    stream.on('error', (error: Error) => {
+      failure = error;
+      if (!socket.destroyed) socket.resetAndDestroy();
+      finish();
+    });
+    socket.on('close', () => {
+      if (!stream.destroyed && !(socket.readableEnded && stream.writableFinished && stream.readableEnded)) stream.destroy();
+      finish();
+    });
+    stream.on('close', () => {
+      if (!socket.destroyed) {
+        // Closed without finishing both ways (reset locally, e.g. revoked by policy): the application sees a reset.
+        if (failure !== undefined || !(stream.readableEnded && stream.writableFinished)) socket.resetAndDestroy();
+        else if (socket.writableFinished && socket.readableEnded) socket.destroy();
+      }
+      finish();
+    });
+  });
+  socket.pipe(stream);
+  stream.pipe(socket);
+  return { done };
 }

@@ -85,6 +85,8 @@ export interface GatewayLinkOptions {
    * `nat_probe_info` by probing from this socket and reporting; without it, no probing happens.
    */
   udpSocket?: dgram.Socket;
+  /** sha256 hex of the QUIC endpoint's certificate, sent with the NAT report (the gateway forwards it to peers). */
+  certFingerprint?: string;
   /** Tuning of the probe exchange (timeouts, tries); see NatProbeOptions. */
   natProbe?: Pick<NatProbeOptions, 'timeoutMs' | 'retryIntervalMs' | 'filteringTests' | 'localAddresses'>;
 }
@@ -112,6 +114,7 @@ export interface LinkStats {
 
 /**
  * Events: `state` (LinkState), `open` (HelloOk), `goaway` (reason), `nat` (LinkNatStatus, after probing),
+ * `direct` (a direct-path control message: punch_plan, direct_refused, direct_policy, direct_close),
  * `error` is never emitted; `fatal` (LinkError) when credentials are refused and retrying cannot help.
  */
 export class GatewayLink extends EventEmitter {
@@ -372,6 +375,13 @@ export class GatewayLink extends EventEmitter {
         this.emit('nat', this.#nat);
         return;
       }
+      case 'punch_plan':
+      case 'direct_refused':
+      case 'direct_policy':
+      case 'direct_close':
+        // The direct path (DirectPaths) acts on these; the link only carries them.
+        this.emit('direct', message);
+        return;
       case 'agents': {
         const resolve = this.#pendingLists.get(message.requestId);
         this.#pendingLists.delete(message.requestId);
@@ -392,7 +402,7 @@ export class GatewayLink extends EventEmitter {
       if (this.mux !== mux || this.state !== 'open') return;
       this.#natLocal = outcome.report.localEndpoints;
       this.#log.debug({ responses: outcome.responses.length, sent: outcome.sent, durationMs: Math.round(outcome.durationMs) }, 'NAT probes done');
-      mux.sendControl(outcome.report);
+      mux.sendControl(this.options.certFingerprint ? { ...outcome.report, certFingerprint: this.options.certFingerprint } : outcome.report);
     } catch (error) {
       // An unbound or closed socket: no probing for this session; the relay path is unaffected.
       this.#log.warn({ err: (error as Error).message }, 'NAT probing failed');
@@ -579,6 +589,16 @@ export class GatewayLink extends EventEmitter {
         Math.max(1, deadline - performance.now()),
       );
     });
+  }
+
+  /**
+   * Sends a control message on the current session; false when there is none (the message is dropped: callers
+   * of direct-path messages treat a lost session as a lost path anyway).
+   */
+  sendControl(message: ControlMessage): boolean {
+    if (this.state !== 'open' || !this.mux) return false;
+    this.mux.sendControl(message);
+    return true;
   }
 
   /** Asks the gateway which agents this client may reach. */

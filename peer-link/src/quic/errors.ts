@@ -17,6 +17,11 @@ export const DirectErrorCode = {
   QUIC: 'NL_ERR_DIRECT_QUIC',
   /** The peer reset the stream or stopped reading it (the peer's application code is in `streamCode`). */
   STREAM_RESET: 'NL_ERR_DIRECT_STREAM_RESET',
+  /**
+   * No direct path to that peer: the gateway refused to plan one (reason in the message: BothSymmetric,
+   * UdpBlocked, Denied, …), punching or the handshake failed, or the path died. `direct` mode fails with it.
+   */
+  UNAVAILABLE: 'NL_ERR_DIRECT_UNAVAILABLE',
   /** The UDP socket could not be bound or failed. */
   SOCKET: 'NL_ERR_DIRECT_SOCKET',
 } as const;
@@ -29,8 +34,15 @@ export class DirectError extends NarrowlinkError {
   readonly streamCode: number | undefined;
   /** Whether the peer (rather than this side) ended the connection or stream. */
   readonly byPeer: boolean;
-  constructor(code: DirectErrorCode, message: string, options: { quicCode?: number; streamCode?: number; byPeer?: boolean; cause?: unknown } = {}) {
+  /** UNAVAILABLE: the short reason (a direct_refused reason, `PunchTimeout`, `PathLost`, an NL_ERR_DIRECT_* code). */
+  readonly reason: string | undefined;
+  constructor(
+    code: DirectErrorCode,
+    message: string,
+    options: { quicCode?: number; streamCode?: number; byPeer?: boolean; reason?: string; cause?: unknown } = {},
+  ) {
     super(code, message, { cause: options.cause });
+    this.reason = options.reason;
     this.quicCode = options.quicCode;
     this.streamCode = options.streamCode;
     this.byPeer = options.byPeer ?? false;
