@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { connect, type Socket } from 'node:net';
-import { type AgentOpen, type MuxStream, type OpenPayload, StreamErrorCode } from '@narrowlink/protocol';
-import { bridgeSocket, GatewayLink, type LinkLogger } from '@narrowlink/peer-link';
+import { type AgentOpen, type DirectOpenReply, type MuxStream, type OpenPayload, StreamErrorCode } from '@narrowlink/protocol';
+import { bridgeDirect, bridgeSocket, type DirectPaths, type DirectStream, GatewayLink, type LinkLogger } from '@narrowlink/peer-link';
 import type { AllowList } from './expose.ts';
 
 export interface AgentOptions {
@@ -20,6 +20,11 @@ export interface AgentOptions {
   dialTimeoutMs?: number;
   log: LinkLogger & { error(obj: object, msg: string): void };
   backoff?: { baseMs?: number; maxMs?: number };
+  /**
+   * The direct path (DirectPaths.create with role agent): its UDP socket answers the gateway's NAT probes and
+   * carries punches and QUIC. Absent: relay only.
+   */
+  direct?: DirectPaths;
 }
 
 export class Agent {
@@ -27,6 +32,8 @@ export class Agent {
   readonly options: AgentOptions;
   readonly #sockets = new Set<Socket>();
   streamsServed = 0;
+  /** Of those, streams that came over a direct path. */
+  directStreamsServed = 0;
 
   constructor(options: AgentOptions) {
     this.options = options;
@@ -47,7 +54,12 @@ export class Agent {
         expose: options.allowList.entries.map((e) => ({ name: e.name, port: e.port, host: e.host })),
       },
       onOpenStream: (stream, payload) => this.#serve(stream, payload),
+      ...(options.direct ? { udpSocket: options.direct.socket, certFingerprint: options.direct.fingerprint } : {}),
     });
+    if (options.direct) {
+      options.direct.attach(this.link);
+      options.direct.setServe(({ target, client }, stream, reply) => this.#serveDirect(target, client, stream, reply));
+    }
   }
 
   start(): this {
@@ -67,36 +79,72 @@ export class Agent {
       stream.reset(StreamErrorCode.DENIED, `${request.host}:${request.port} is not exposed by this agent`);
       return;
     }
+    // The stream may be cancelled while we dial.
+    let cancelled = false;
+    stream.handlers = { onReset: () => (cancelled = true) };
+    this.#dial(request.host, request.port).then(
+      (socket) => {
+        if (cancelled || stream.state !== 'opening') {
+          socket.destroy();
+          return;
+        }
+        this.streamsServed++;
+        stream.accept({ path: 'relay' });
+        bridgeSocket(socket, stream);
+      },
+      (error: Error) => {
+        if (stream.state === 'opening') stream.reset(StreamErrorCode.DIAL_FAILED, error.message);
+      },
+    );
+  }
+
+  /** A direct-path stream the gateway's policy allows for this client: the local allow-list has the last word. */
+  #serveDirect(target: { host: string; port: number }, client: string, stream: DirectStream, reply: (reply: DirectOpenReply) => void): void {
+    if (!this.options.allowList.allows(target.host, target.port)) {
+      this.options.log.warn({ host: target.host, port: target.port, client }, 'refusing a direct target outside the local allow-list');
+      reply({ code: StreamErrorCode.DENIED, message: `${target.host}:${target.port} is not exposed by this agent` });
+      return;
+    }
+    this.#dial(target.host, target.port).then(
+      (socket) => {
+        if (stream.destroyed) {
+          socket.destroy();
+          return;
+        }
+        this.streamsServed++;
+        this.directStreamsServed++;
+        reply({ ok: true });
+        bridgeDirect(socket, stream);
+      },
+      (error: Error) => reply({ code: StreamErrorCode.DIAL_FAILED, message: error.message }),
+    );
+  }
+
+  /** Connects to a local target within the dial timeout; rejects with the reason as its message. */
+  #dial(host: string, port: number): Promise<Socket> {
     const timeoutMs = this.options.dialTimeoutMs ?? 5000;
-    const socket = connect({ host: request.host, port: request.port, allowHalfOpen: true, noDelay: true });
+    const socket = connect({ host, port, allowHalfOpen: true, noDelay: true });
     this.#sockets.add(socket);
     socket.on('close', () => this.#sockets.delete(socket));
-    const timer = setTimeout(() => {
-      socket.destroy();
-      stream.reset(StreamErrorCode.DIAL_FAILED, `connect to ${request.host}:${request.port} timed out after ${timeoutMs} ms`);
-    }, timeoutMs);
-    // The stream may be cancelled while we dial.
-    stream.handlers = { onReset: () => socket.destroy() };
-    socket.once('error', (error: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      if (stream.state === 'opening') {
-        stream.reset(StreamErrorCode.DIAL_FAILED, `connect to ${request.host}:${request.port} failed: ${error.code ?? error.message}`);
-      }
-    });
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      if (stream.state !== 'opening') {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
         socket.destroy();
-        return;
-      }
-      this.streamsServed++;
-      stream.accept({ path: 'relay' });
-      bridgeSocket(socket, stream);
+        reject(new Error(`connect to ${host}:${port} timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+      socket.once('error', (error: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        reject(new Error(`connect to ${host}:${port} failed: ${error.code ?? error.message}`));
+      });
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        resolve(socket);
+      });
     });
   }
 
   async stop(): Promise<void> {
     await this.link.close();
+    await this.options.direct?.close();
     for (const socket of this.#sockets) socket.destroy();
   }
 }

@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
+import { DirectPaths, generateIdentity } from '@narrowlink/peer-link';
 import { Agent } from './agent.ts';
 import { AgentError, AgentErrorCode } from './errors.ts';
 import { AllowList, parseExposeList } from './expose.ts';
@@ -27,6 +28,9 @@ Options (env in brackets):
                        [NARROWLINK_AGENT_NAME, with NARROWLINK_AGENT_NAMESPACE when NAME has no NS/]
   --instance-id ID     instance name reported to the gateway (default host-pid-random; POD_NAME in a pod)
   --dial-timeout-ms N  max time to connect to a local target (default 5000)
+  --direct-port N      UDP port of the direct path (QUIC, NAT probes, punches); 0 picks one (default)
+                                                                                [NARROWLINK_DIRECT_PORT]
+  --relay-only         no direct path: no UDP socket, no NAT probing            [NARROWLINK_RELAY_ONLY=1]
   --background         detach and run as a daemon (needs --pid-file)
   --pid-file FILE      write the daemon's pid here (removed on exit)
   --log-file FILE      with --background: where logs go (default narrowlink-agent.log)
@@ -45,6 +49,8 @@ function parse() {
       'instance-id': { type: 'string' },
       'agent-name': { type: 'string' },
       'dial-timeout-ms': { type: 'string' },
+      'direct-port': { type: 'string' },
+      'relay-only': { type: 'boolean' },
       background: { type: 'boolean' },
       'pid-file': { type: 'string' },
       'log-file': { type: 'string' },
@@ -120,7 +126,20 @@ async function main(): Promise<void> {
     base: { component: 'agent' },
     redact: { paths: ['token', '*.token', 'authorization', '*.authorization'], censor: '[redacted]' },
   });
+  const relayOnly = values['relay-only'] ?? env.NARROWLINK_RELAY_ONLY === '1';
+  const directPort = Number(values['direct-port'] ?? env.NARROWLINK_DIRECT_PORT ?? 0);
+  if (!Number.isInteger(directPort) || directPort < 0 || directPort > 65535) usage('--direct-port must be 0-65535');
+  let direct: DirectPaths | undefined;
+  if (!relayOnly) {
+    try {
+      direct = await DirectPaths.create({ role: 'agent', identity: await generateIdentity({ commonName: 'narrowlink-agent' }), port: directPort, log });
+    } catch (error) {
+      // No UDP here (port taken, sandbox): serve on the relay rather than not at all.
+      log.warn({ err: (error as Error).message, port: directPort }, 'no direct path: cannot bind its UDP socket; relay only');
+    }
+  }
   const agent = new Agent({
+    ...(direct ? { direct } : {}),
     gatewayUrl,
     // A token file is read on every connect so a rotated token is picked up without a restart.
     token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : (tokenValue as string),
