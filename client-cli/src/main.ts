@@ -3,14 +3,12 @@
  * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
  */
 import { parseArgs } from 'node:util';
-import type { GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
-import { StreamResetError } from '@narrowlink/protocol';
-import { MuxDuplex } from '@narrowlink/protocol/stream';
+import type { DirectPaths, DirectPathStatus, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import { startForwards } from './commands/forward.ts';
 import { startSocks } from './commands/socks.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import { type OutputFormat, Reporter } from './reporter.ts';
-import { createLink, exitCodeFor, openTarget, openUdpSocket, PortResolver } from './session.ts';
+import { createLink, DIRECT_WAIT_MS, exitCodeFor, openDirectPaths, openTarget, PortResolver } from './session.ts';
 import { resolveSettings, type Settings } from './settings.ts';
 import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
 
@@ -75,11 +73,12 @@ was reset. For ssh: ssh -o ProxyCommand='narrowlink connect %h 22' user@AGENT
 
 ${COMMON}
 `,
-  status: `Usage: narrowlink status [-o json]
+  status: `Usage: narrowlink status [AGENT] [-o json]
 
 Connects to the gateway and reports the session: identity, token expiry, round trip, how many
 agents you may reach, and your NAT as the gateway's UDP probes saw it (type, public endpoint),
-which decides whether a direct path can work.
+which decides whether a direct path can work. With AGENT, also sets up a direct path to it and
+says whether it came up (how, how fast) or why not (e.g. BothSymmetric, UdpBlocked, Denied).
 
 ${COMMON}
 `,
@@ -134,12 +133,12 @@ function untilSignal(): Promise<string> {
 async function serveUntilStopped(
   settings: Settings,
   reporter: Reporter,
-  start: (link: GatewayLink) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
+  start: (link: GatewayLink, direct: DirectPaths | undefined) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
 ): Promise<number> {
-  const udpSocket = await openUdpSocket(settings);
-  const link = createLink(settings, reporter, { reconnect: true, udpSocket });
+  const direct = await openDirectPaths(settings);
+  const link = createLink(settings, reporter, { reconnect: true, direct });
   const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
-  const service = await start(link);
+  const service = await start(link, direct);
   link.start();
   reporter.event('ready', service.ready.fields, service.ready.text);
   try {
@@ -148,7 +147,7 @@ async function serveUntilStopped(
   } finally {
     await service.close();
     await link.close();
-    udpSocket?.close();
+    await direct?.close();
   }
 }
 
@@ -165,6 +164,25 @@ function describeNat(nat: LinkNatStatus | undefined, probing: boolean): string {
   details.push(`filtering ${nat.filtering}`);
   const publicEndpoint = nat.publicEndpoint ? `; public ${nat.publicEndpoint.address}:${nat.publicEndpoint.port}` : '';
   return `${nat.natType} (${details.join(', ')})${publicEndpoint}; probed in ${nat.measuredInMs} ms`;
+}
+
+/** Sets up a direct path to `agent` (what `status AGENT` reports): its state once up or failed. */
+async function tryDirect(direct: DirectPaths | undefined, agent: string, timeoutMs: number): Promise<DirectPathStatus | { state: 'failed'; reason: string; message: string }> {
+  if (!direct) return { state: 'failed', reason: 'NoSocket', message: 'mode relay, or no UDP socket could be bound here' };
+  try {
+    await direct.waitUp(agent, timeoutMs);
+  } catch {
+    // The status below carries the reason.
+  }
+  return direct.status().find((p) => p.peer === agent) ?? { state: 'failed', reason: 'Unknown', message: 'no path state' };
+}
+
+function describePath(agent: string | undefined, path: Awaited<ReturnType<typeof tryDirect>> | undefined, mode: string): string {
+  if (!agent) return `relay available; mode ${mode}; \`narrowlink status AGENT\` tries a direct path`;
+  if (path?.state === 'up' && 'remote' in path) {
+    return `direct to ${agent} via ${path.via} (${path.strategy}) ${path.remote?.address}:${path.remote?.port}, ready in ${path.readyInMs} ms, rtt ${path.rttMs} ms`;
+  }
+  return `relay to ${agent}; direct unavailable: ${path?.reason}: ${path?.message}`;
 }
 
 async function run(argv: string[]): Promise<number> {
@@ -206,9 +224,10 @@ async function run(argv: string[]): Promise<number> {
       }
     }
     case 'status': {
-      if (positionals.length > 0) usage('status takes no arguments');
-      const udpSocket = await openUdpSocket(settings);
-      const link = createLink(settings, undefined, { reconnect: true, udpSocket }).start();
+      if (positionals.length > 1) usage('status takes at most one AGENT');
+      const agentToTry = positionals[0];
+      const direct = await openDirectPaths(settings);
+      const link = createLink(settings, undefined, { reconnect: true, direct }).start();
       try {
         await link.waitOpen(timeoutMs);
         const rttMs = await link.ping(timeoutMs);
@@ -217,6 +236,7 @@ async function run(argv: string[]): Promise<number> {
         const nat = await link.waitNat(Math.min(timeoutMs, NAT_WAIT_MS));
         const probing = link.natProbing;
         const hello = link.stats.helloOk;
+        const path = agentToTry ? await tryDirect(direct, agentToTry, Math.min(timeoutMs, DIRECT_WAIT_MS)) : undefined;
         const status = {
           gateway: settings.gateway,
           state: link.state,
@@ -227,8 +247,8 @@ async function run(argv: string[]): Promise<number> {
           reachableAgents: agents.length,
           connectedAgents: agents.filter((a) => a.instances > 0).length,
           mode: settings.mode,
-          path: { relay: 'available', direct: 'not available on this gateway' },
           nat: nat ?? null,
+          direct: path ?? null,
           configFile: settings.configPath ?? null,
         };
         if (output === 'json') process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
@@ -239,8 +259,8 @@ async function run(argv: string[]): Promise<number> {
               `identity:  ${status.identity?.subject} groups=[${status.identity?.groups.join(', ')}] token expires ${status.identity?.expiresAt}`,
               `round trip: ${status.rttMs} ms`,
               `agents:    ${status.reachableAgents} reachable, ${status.connectedAgents} connected`,
-              `path:      relay available; direct not available on this gateway (mode ${status.mode})`,
               `nat:       ${describeNat(nat, probing)}`,
+              `path:      ${describePath(agentToTry, path, settings.mode)}`,
               '',
             ].join('\n'),
           );
@@ -248,22 +268,25 @@ async function run(argv: string[]): Promise<number> {
         return ExitCode.OK;
       } finally {
         await link.close();
-        udpSocket?.close();
+        await direct?.close();
       }
     }
     case 'connect': {
       if (positionals.length !== 2) usage('connect wants AGENT PORT');
       const target = parseTarget(`${positionals[0]}:${positionals[1]}`);
-      const link = createLink(settings, undefined, { reconnect: true }).start();
+      // A one-shot stream gains nothing from a path that comes up after it started: only `direct` mode punches.
+      const direct = settings.mode === 'direct' ? await openDirectPaths(settings) : undefined;
+      const link = createLink(settings, undefined, { reconnect: true, direct }).start();
       try {
-        const { stream } = await openTarget(link, new PortResolver(link), target, settings.mode, timeoutMs);
-        const duplex = new MuxDuplex(stream);
+        const opened = await openTarget(link, direct, new PortResolver(link), target, settings.mode, timeoutMs);
+        const duplex = opened.duplex();
         const result = await new Promise<number>((resolve) => {
           process.stdin.pipe(duplex);
           duplex.pipe(process.stdout);
           duplex.on('error', (error) => {
             // Same shape as every other failure: the public code (NL_ERR_STREAM_<CODE>), then the message.
-            process.stderr.write(`narrowlink: ${error instanceof StreamResetError ? `${error.code}: ` : ''}${error.message}\n`);
+            const code = (error as { code?: string }).code;
+            process.stderr.write(`narrowlink: ${code ? `${code}: ` : ''}${error.message}\n`);
             resolve(ExitCode.FAILURE);
           });
           duplex.on('end', () => process.stdout.end(() => resolve(ExitCode.OK)));
@@ -271,6 +294,7 @@ async function run(argv: string[]): Promise<number> {
         return result;
       } finally {
         await link.close();
+        await direct?.close();
       }
     }
     case 'forward': {
@@ -280,8 +304,8 @@ async function run(argv: string[]): Promise<number> {
         specs.push({ localHost: local.host, localPort: local.port, target: parseTarget(positionals[1] as string) });
       } else if (positionals.length !== 0) usage('forward wants [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT], or -L specs');
       if (specs.length === 0) usage('nothing to forward; see narrowlink forward --help');
-      return await serveUntilStopped(settings, reporter, async (link) => {
-        const handle = await startForwards(link, settings, specs, reporter, { openTimeoutMs: timeoutMs });
+      return await serveUntilStopped(settings, reporter, async (link, direct) => {
+        const handle = await startForwards(link, direct, settings, specs, reporter, { openTimeoutMs: timeoutMs });
         const lines = handle.addresses.map((a) => `forwarding ${a.local}:${a.port} -> ${a.target}`).join('\n');
         return { close: handle.close, ready: { fields: { listeners: handle.addresses }, text: lines } };
       });
@@ -293,8 +317,8 @@ async function run(argv: string[]): Promise<number> {
       const password = values.password ?? process.env.NARROWLINK_SOCKS_PASSWORD;
       if (Boolean(username) !== Boolean(password)) usage('--username and --password go together');
       const auth = username && password ? { username, password } : undefined;
-      return await serveUntilStopped(settings, reporter, async (link) => {
-        const socks = await startSocks(link, settings, listen, auth, reporter, { openTimeoutMs: timeoutMs });
+      return await serveUntilStopped(settings, reporter, async (link, direct) => {
+        const socks = await startSocks(link, direct, settings, listen, auth, reporter, { openTimeoutMs: timeoutMs });
         const address = `${listen.host}:${socks.port}`;
         return { close: socks.close, ready: { fields: { listen: address, port: socks.port }, text: `SOCKS5 proxy on ${address}` } };
       });

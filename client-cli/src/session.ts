@@ -1,43 +1,46 @@
 /**
  * The client's one gateway session and the operations every command needs on it.
  */
-import dgram from 'node:dgram';
-import type { ClientOpen, MuxStream, OpenOk } from '@narrowlink/protocol';
-import { GatewayLink, LinkError } from '@narrowlink/peer-link';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { type ClientOpen, type MuxStream, StreamErrorCode, StreamResetError } from '@narrowlink/protocol';
+import { MuxDuplex } from '@narrowlink/protocol/stream';
+import {
+  bridgeDirect,
+  bridgeSocket,
+  DirectError,
+  DirectErrorCode,
+  type DirectPathStatus,
+  DirectPaths,
+  type DirectStream,
+  GatewayLink,
+  generateIdentity,
+  LinkError,
+} from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import type { Reporter } from './reporter.ts';
 import type { Settings } from './settings.ts';
 import type { Target } from './targets.ts';
 
 /**
- * The UDP socket of the direct path (QUIC endpoint + NAT probes share it), bound to 0.0.0.0:0; `undefined` in
- * relay mode (nothing to punch) or when UDP is unavailable here.
+ * The direct path (QUIC endpoint; NAT probes and punches share its UDP socket, bound to 0.0.0.0:0), or
+ * `undefined` in relay mode (nothing to punch) or when UDP is unavailable here.
  */
-export async function openUdpSocket(settings: Settings): Promise<dgram.Socket | undefined> {
+export async function openDirectPaths(settings: Settings): Promise<DirectPaths | undefined> {
   if (settings.mode === 'relay') return undefined;
-  const socket = dgram.createSocket('udp4');
   try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind({ address: '0.0.0.0', port: 0 }, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
+    const paths = await DirectPaths.create({ role: 'client', identity: await generateIdentity({ commonName: 'narrowlink-client' }) });
+    paths.socket.unref();
+    return paths;
   } catch {
-    socket.close();
     return undefined;
   }
-  // Stray ICMP errors surface here; they must not end the process.
-  socket.on('error', () => {});
-  socket.unref();
-  return socket;
 }
 
 export function createLink(
   settings: Settings,
   reporter: Reporter | undefined,
-  options: { reconnect: boolean; udpSocket?: dgram.Socket | undefined },
+  options: { reconnect: boolean; direct?: DirectPaths | undefined },
 ): GatewayLink {
   const link = new GatewayLink({
     url: settings.gateway,
@@ -47,8 +50,9 @@ export function createLink(
     reconnect: options.reconnect,
     retryAuthFailures: false,
     software: 'narrowlink-cli',
-    ...(options.udpSocket ? { udpSocket: options.udpSocket } : {}),
+    ...(options.direct ? { udpSocket: options.direct.socket, certFingerprint: options.direct.fingerprint } : {}),
   });
+  options.direct?.attach(link);
   if (reporter) {
     link.on('state', (state: string) => {
       // A session that was open and dropped is a reconnect too (`reconnects` only counts retries already made).
@@ -57,6 +61,21 @@ export function createLink(
       }
     });
     link.on('open', () => reporter.event('connected', { gateway: settings.gateway }, `connected to ${settings.gateway}`));
+    options.direct?.on('path', (path: DirectPathStatus) => {
+      if (path.state === 'up') {
+        reporter.event(
+          'direct-up',
+          { agent: path.peer, remote: path.remote, via: path.via, strategy: path.strategy, ms: path.readyInMs },
+          `direct path to ${path.peer} up via ${path.via} (${path.remote?.address}:${path.remote?.port}) in ${path.readyInMs} ms; new streams use it`,
+        );
+      } else {
+        reporter.event(
+          'direct-failed',
+          { agent: path.peer, reason: path.reason, message: path.message, retryInMs: path.retryInMs },
+          `no direct path to ${path.peer}: ${path.reason}: ${path.message}; streams use the relay${path.retryInMs ? `, retrying in ${Math.round(path.retryInMs / 1000)} s` : ''}`,
+        );
+      }
+    });
   }
   return link;
 }
@@ -101,13 +120,77 @@ export class PortResolver {
   }
 }
 
+/** The longest `direct` mode waits for a path: the gateway's punch budget (3 s) plus the QUIC handshake (3 s). */
+export const DIRECT_WAIT_MS = 8000;
+
+/** A stream to an agent's port, on whichever path carried it. */
+export interface OpenedStream {
+  path: 'relay' | 'direct';
+  /** The stream as a Duplex (reading, writing, half-close). */
+  duplex(): Duplex;
+  /** Joins a local socket to the stream both ways; resolves when done, with why it failed, if it did. */
+  bridge(socket: Socket): Promise<{ code: string; message: string } | undefined>;
+  /** Gives the stream up before bridging (the local side went away). */
+  cancel(message: string): void;
+}
+
+function relayOpened(stream: MuxStream): OpenedStream {
+  return {
+    path: 'relay',
+    duplex: () => new MuxDuplex(stream),
+    bridge: async (socket) => {
+      const reset = await bridgeSocket(socket, stream).done;
+      return reset ? { code: reset.streamCode, message: reset.message } : undefined;
+    },
+    cancel: (message) => stream.reset(StreamErrorCode.CANCELLED, message),
+  };
+}
+
+function directOpened(stream: DirectStream): OpenedStream {
+  return {
+    path: 'direct',
+    duplex: () => stream,
+    bridge: async (socket) => {
+      const error = await bridgeDirect(socket, stream).done;
+      return error ? { code: (error as { code?: string }).code ?? 'NL_ERR_DIRECT_STREAM_RESET', message: error.message } : undefined;
+    },
+    cancel: () => stream.destroy(),
+  };
+}
+
+/**
+ * Opens a stream to `target` as `mode` says:
+ * - `relay`: through the gateway.
+ * - `auto`: over the direct path when one is up (a stream the path fails before the agent answered is retried on
+ *   the relay: it sent nothing yet); otherwise through the gateway at once, and a direct path is asked for in the
+ *   background so later streams can use it.
+ * - `direct`: over the direct path only, waiting for it (bounded by DIRECT_WAIT_MS); rejects with
+ *   NL_ERR_DIRECT_UNAVAILABLE and the reason when there is none.
+ */
 export async function openTarget(
   link: GatewayLink,
+  direct: DirectPaths | undefined,
   resolver: PortResolver,
   target: Target,
   mode: ClientOpen['mode'],
   timeoutMs: number,
-): Promise<{ stream: MuxStream; ok: OpenOk }> {
+): Promise<OpenedStream> {
   const port = await resolver.resolve(target, timeoutMs);
-  return await link.openStream({ agent: target.agent, port, ...(mode ? { mode } : {}) }, timeoutMs);
+  if (mode === 'direct') {
+    if (!direct) throw new DirectError(DirectErrorCode.UNAVAILABLE, 'mode direct, but no UDP socket could be bound here', { reason: 'NoSocket' });
+    await link.waitOpen(timeoutMs);
+    await direct.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
+    return directOpened(await direct.openStream(target.agent, { port }));
+  }
+  if (direct && mode !== 'relay' && direct.transport(target.agent)) {
+    try {
+      return directOpened(await direct.openStream(target.agent, { port }));
+    } catch (error) {
+      // The agent refused (policy, dial): the relay would say the same.
+      if (error instanceof StreamResetError) throw error;
+    }
+  }
+  const { stream } = await link.openStream({ agent: target.agent, port, ...(mode ? { mode } : {}) }, timeoutMs);
+  if (direct && mode !== 'relay') direct.request(target.agent);
+  return relayOpened(stream);
 }

@@ -3,7 +3,7 @@
  * Listeners stay open while the gateway is away; a connection made then waits (bounded) for it.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { bridgeSocket, type GatewayLink } from '@narrowlink/peer-link';
+import type { DirectPaths, GatewayLink } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 import type { Reporter } from '../reporter.ts';
 import { openTarget, PortResolver } from '../session.ts';
@@ -18,6 +18,7 @@ export interface ForwardHandle {
 
 export async function startForwards(
   link: GatewayLink,
+  direct: DirectPaths | undefined,
   settings: Settings,
   specs: ForwardSpec[],
   reporter: Reporter,
@@ -34,19 +35,19 @@ export async function startForwards(
       socket.on('close', () => sockets.delete(socket));
       socket.on('error', () => undefined);
       const started = performance.now();
-      openTarget(link, resolver, spec.target, settings.mode, options.openTimeoutMs).then(
-        ({ stream, ok }) => {
+      openTarget(link, direct, resolver, spec.target, settings.mode, options.openTimeoutMs).then(
+        (opened) => {
           if (socket.destroyed) {
-            stream.reset('CANCELLED', 'local connection closed while opening');
+            opened.cancel('local connection closed while opening');
             return;
           }
           reporter.event(
             'stream-open',
-            { target: targetText, path: ok.path ?? 'relay', ms: Math.round((performance.now() - started) * 100) / 100 },
-            `${socket.remoteAddress}:${socket.remotePort} -> ${targetText} via ${ok.path ?? 'relay'}`,
+            { target: targetText, path: opened.path, ms: Math.round((performance.now() - started) * 100) / 100 },
+            `${socket.remoteAddress}:${socket.remotePort} -> ${targetText} via ${opened.path}`,
           );
-          bridgeSocket(socket, stream).done.then((reset) => {
-            if (reset) reporter.event('stream-reset', { target: targetText, code: reset.streamCode, message: reset.message }, `${targetText}: stream reset: ${reset.streamCode}: ${reset.message}`);
+          opened.bridge(socket).then((reset) => {
+            if (reset) reporter.event('stream-reset', { target: targetText, code: reset.code, message: reset.message }, `${targetText}: stream reset: ${reset.code}: ${reset.message}`);
           });
           socket.resume();
         },

@@ -2,7 +2,7 @@
  * `narrowlink socks`: a local SOCKS5 proxy whose destinations are agents.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { bridgeSocket, type GatewayLink } from '@narrowlink/peer-link';
+import type { DirectPaths, GatewayLink } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 import type { Reporter } from '../reporter.ts';
 import { openTarget, PortResolver } from '../session.ts';
@@ -23,6 +23,7 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export async function startSocks(
   link: GatewayLink,
+  direct: DirectPaths | undefined,
   settings: Settings,
   listen: { host: string; port: number },
   auth: SocksAuth | undefined,
@@ -59,15 +60,15 @@ export async function startSocks(
     }
     const target = `${agent}:${request.port}`;
     try {
-      const { stream, ok } = await openTarget(link, resolver, { agent, port: request.port }, settings.mode, options.openTimeoutMs);
+      const opened = await openTarget(link, direct, resolver, { agent, port: request.port }, settings.mode, options.openTimeoutMs);
       if (socket.destroyed) {
-        stream.reset('CANCELLED', 'socks client went away');
+        opened.cancel('socks client went away');
         return;
       }
       replySuccess(socket);
-      reporter.event('stream-open', { target, path: ok.path ?? 'relay' }, `socks ${socket.remoteAddress}:${socket.remotePort} -> ${target} via ${ok.path ?? 'relay'}`);
+      reporter.event('stream-open', { target, path: opened.path }, `socks ${socket.remoteAddress}:${socket.remotePort} -> ${target} via ${opened.path}`);
       if (request.early.length > 0) socket.unshift(request.early);
-      bridgeSocket(socket, stream);
+      void opened.bridge(socket);
       socket.resume();
     } catch (error) {
       const e = error as Error & { streamCode?: string; code?: string };
