@@ -30,7 +30,8 @@ import { connect } from 'node:net';
 /** Stands in for a GatewayLink: records what DirectPaths sends, and delivers what the "gateway" says. */
 class FakeLink extends EventEmitter {
   state = 'open';
-  stats = { helloOk: { version: '1.2' } };
+  stats: { helloOk: { version: string }; nat?: object } = { helloOk: { version: '1.2' } };
+  options: { udpSocket?: object } = {};
   sent: ControlMessage[] = [];
   sendControl(message: ControlMessage): boolean {
     this.sent.push(message);
@@ -238,6 +239,24 @@ describe('DirectPaths (loopback, real QUIC)', () => {
       assert.equal(p.client.transport('ns/web'), undefined);
       assert.equal(p.agent.status().length, 0);
       assert.ok((p.client.status()[0]?.retryInMs ?? 1e9) <= 5000);
+    } finally {
+      await p.client.close();
+      await p.agent.close();
+    }
+  });
+
+  test('a request waits for our NAT classification (still being probed) instead of being refused as NotProbed', async () => {
+    const p = await pair();
+    try {
+      p.clientLink.options.udpSocket = p.client.socket;
+      p.client.request('ns/web');
+      assert.equal(p.clientLink.sent.length, 0);
+      p.clientLink.stats.nat = { natType: 'no-nat' };
+      p.clientLink.emit('nat', p.clientLink.stats.nat);
+      assert.equal(p.clientLink.sent[0]?.type, 'direct_request');
+      // An older gateway is not asked at all.
+      p.clientLink.stats.helloOk.version = '1.1';
+      await assert.rejects(p.client.waitUp('ns/other', 1000), (e: unknown) => e instanceof DirectError && e.reason === 'GatewayTooOld');
     } finally {
       await p.client.close();
       await p.agent.close();

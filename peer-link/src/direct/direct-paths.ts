@@ -213,7 +213,23 @@ export class DirectPaths extends EventEmitter {
     path.requestId = ++this.#requestSeq;
     this.#byRequest.set(path.requestId, path);
     path.requestTimer = setTimeout(() => this.#fail(path, 'Timeout', 'the gateway did not answer the direct_request in time'), this.options.requestTimeoutMs ?? 5000);
-    link.sendControl({ type: 'direct_request', requestId: path.requestId, agent });
+    const send = (): void => {
+      if (path.state === 'requesting' && link.state === 'open') link.sendControl({ type: 'direct_request', requestId: path.requestId as number, agent });
+    };
+    // The gateway plans from our NAT classification: right after connecting it is still being probed (≤ 2 s),
+    // so the request waits for it rather than being refused as NotProbed.
+    if (link.stats.nat || !link.options.udpSocket) send();
+    else {
+      const onNat = (): void => {
+        clearTimeout(fallback);
+        send();
+      };
+      const fallback = setTimeout(() => {
+        link.off('nat', onNat);
+        send();
+      }, 2500);
+      link.once('nat', onNat);
+    }
     return this.#status(path);
   }
 
