@@ -48,6 +48,8 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --nat-probe-port N   first of the two UDP probe ports N, N+1 (default 3478; 0 disables probing)
   --nat-probe-second-address IP  a second public address for the same probe ports (finer NAT
                        filtering tests)
+  --nat-probe-advertise IP[,IP2]  the address(es) peers are told to probe, when they reach the probe
+                       ports through a load balancer (its public IPs; default: the bound addresses)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
   -h, --help           show this help
 `;
@@ -85,6 +87,7 @@ async function main(): Promise<void> {
       'nat-probe-address': { type: 'string' },
       'nat-probe-port': { type: 'string' },
       'nat-probe-second-address': { type: 'string' },
+      'nat-probe-advertise': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -227,6 +230,9 @@ async function startNatProbe(
   if (secondAddress !== undefined && !specific(secondAddress)) {
     return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-second-address wants a specific IP address, got "${secondAddress}"`);
   }
+  const advertise = option(values, 'nat-probe-advertise')?.split(',').map((a) => a.trim()).filter((a) => a.length > 0) ?? [];
+  if (advertise.some((a) => !specific(a)) || advertise.length > 2) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-advertise wants one or two specific IP addresses, got "${advertise.join(',')}"`);
+  if (advertise.length === 2 && secondAddress === undefined) return fail('NL_ERR_GATEWAY_USAGE', '--nat-probe-advertise names a second address, but there is no --nat-probe-second-address');
   if (address === undefined) {
     log.info({ listen: listenHost }, 'NAT probing off: give --nat-probe-address (the listen address is not a specific IP)');
     return undefined;
@@ -236,6 +242,8 @@ async function startNatProbe(
       address,
       port,
       ...(secondAddress ? { secondAddress } : {}),
+      ...(advertise[0] ? { advertiseAddress: advertise[0] } : {}),
+      ...(advertise[1] ? { advertiseSecondAddress: advertise[1] } : {}),
       onResult: (result) => metrics.natProbes.inc({ result }),
     });
   } catch (error) {

@@ -63,6 +63,26 @@ describe('NAT probe server on loopback', () => {
     await assert.rejects(NatProbeServer.start({ address: '127.0.0.1', port: a?.port as number }), { code: 'EADDRINUSE' });
   });
 
+  test('behind a load balancer, peers are told the advertised addresses with the bound ports', async () => {
+    const lb = await NatProbeServer.start({ address: '127.0.0.1', port: 0, secondAddress: '127.0.0.2', advertiseAddress: '203.0.113.7', advertiseSecondAddress: '203.0.113.8' });
+    try {
+      const info = lb.register('s');
+      const [a, b] = lb.endpoints;
+      assert.deepEqual(
+        info.endpoints,
+        [
+          { index: 0, address: '203.0.113.7', port: a?.port },
+          { index: 1, address: '203.0.113.7', port: b?.port },
+          { index: 2, address: '203.0.113.8', port: a?.port },
+          { index: 3, address: '203.0.113.8', port: b?.port },
+        ],
+      );
+      await assert.rejects(NatProbeServer.start({ address: '127.0.0.1', port: 0, advertiseAddress: 'lb.example.com' }), /IP address/);
+    } finally {
+      await lb.close();
+    }
+  });
+
   test('answers an authenticated probe with the mapping, from the endpoint it asks for, and records it', async () => {
     const info = server.register(SESSION);
     assert.equal(info.type, 'nat_probe_info');

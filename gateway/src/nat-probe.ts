@@ -37,6 +37,13 @@ export interface NatProbeServerOptions {
   /** A second public address with the same two ports (lets peers tell address-dependent filtering apart). */
   secondAddress?: string;
   /**
+   * What peers are told to probe when they cannot reach the bound addresses directly: the public address(es) of
+   * a load balancer that forwards the same ports to `address` (and `secondAddress`) with the client's source
+   * address preserved (Kubernetes: externalTrafficPolicy Local). Default: the bound addresses.
+   */
+  advertiseAddress?: string;
+  advertiseSecondAddress?: string;
+  /**
    * Called for every datagram handled: `answered`, `limited` (the session used up its probes), `send_error`, or
    * the NL_ERR_NAT_* code it was dropped for.
    */
@@ -75,7 +82,7 @@ export class NatProbeServer {
   /** Binds every probe socket; rejects (closing what was bound) when an address or port is unavailable. */
   static async start(options: NatProbeServerOptions): Promise<NatProbeServer> {
     const addresses = [options.address, ...(options.secondAddress ? [options.secondAddress] : [])];
-    for (const address of addresses) {
+    for (const address of [...addresses, ...[options.advertiseAddress, options.advertiseSecondAddress].filter((a): a is string => a !== undefined)]) {
       if (!isIPv4(address) && !isIPv6(address)) throw new TypeError(`NAT probe address must be an IP address, got "${address}"`);
       if (address === '0.0.0.0' || address === '::') throw new TypeError('NAT probe address must be a specific address, not a wildcard');
     }
@@ -108,6 +115,15 @@ export class NatProbeServer {
     throw lastError;
   }
 
+  /** The probe endpoints as peers are told them (see `advertiseAddress`), by index. */
+  get advertisedEndpoints(): Endpoint[] {
+    const { advertiseAddress, advertiseSecondAddress } = this.#options;
+    return this.endpoints.map((e, index) => {
+      const advertised = index & 2 ? advertiseSecondAddress : advertiseAddress;
+      return advertised ? endpoint(advertised, e.port) : e;
+    });
+  }
+
   /** Sessions currently registered (bounded by the gateway's open sessions). */
   get sessionCount(): number {
     return this.#sessions.size;
@@ -120,7 +136,7 @@ export class NatProbeServer {
     return {
       type: 'nat_probe_info',
       key: Buffer.from(key).toString('base64'),
-      endpoints: this.endpoints.map((e, index) => ({ index, address: e.address, port: e.port })),
+      endpoints: this.advertisedEndpoints.map((e, index) => ({ index, address: e.address, port: e.port })),
     };
   }
 
