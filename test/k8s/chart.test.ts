@@ -452,6 +452,9 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(argValue(gwArgs, '--tls-key'), '/tls/tls.key');
   assert.equal(argValue(gwArgs, '--listen'), '0.0.0.0:8443');
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_PORT')?.value, udp ? '3478' : undefined);
+  // Probes are answered from the pod IP (a specific address); peers are told the advertised one when set.
+  assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_ADDRESS')?.value, udp ? '$(POD_IP)' : undefined);
+  assert.ok((gw.env ?? []).findIndex((e) => e.name === 'POD_IP') < (gw.env ?? []).findIndex((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_ADDRESS') || !udp);
   assert.deepEqual(
     (gw.ports ?? []).map((p) => `${p.name}:${p.containerPort}/${p.protocol}`),
     udp ? ['wss:8443/TCP', 'nat-probe:3478/UDP', 'nat-probe-alt:3479/UDP'] : ['wss:8443/TCP'],
@@ -721,6 +724,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
       [{ operatr: { replicas: 2 } }, /Additional property operatr is not allowed/],
       [{ operator: { replicas: 0 } }, /operator\.replicas/],
       [{ gateway: { udp: { probePort: 443 } } }, /gateway\.udp\.probePort/],
+      [{ gateway: { udp: { advertiseAddress: 'lb.example.com' } } }, /gateway\.udp\.advertiseAddress/],
       [{ gateway: { service: { type: 'ExternalName' } } }, /gateway\.service\.type/],
       [{ image: { pullPolicy: 'Sometimes' } }, /image\.pullPolicy/],
       [{ gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' } } } }, /needs gateway\.tls\.dnsNames/],
