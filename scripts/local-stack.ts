@@ -9,6 +9,7 @@
  *   --json     print one JSON line with the addresses once ready (for scripts)
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -34,6 +35,25 @@ const say = (line: string): void => {
 const children: ChildProcess[] = [];
 const workDir = mkdtempSync(join(tmpdir(), 'narrowlink-local-'));
 
+/** JSON lines of every component's stdout, for waiting on later events (the forward's `direct-up`). */
+const events = new EventEmitter<{ line: [Record<string, unknown>] }>();
+
+function nextEvent(match: (line: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown> | undefined> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      events.off('line', onLine);
+      resolve(undefined);
+    }, timeoutMs);
+    const onLine = (line: Record<string, unknown>): void => {
+      if (!match(line)) return;
+      clearTimeout(timer);
+      events.off('line', onLine);
+      resolve(line);
+    };
+    events.on('line', onLine);
+  });
+}
+
 /** Starts a component and resolves with its first JSON line carrying `event: "ready"`. */
 function startComponent(name: string, script: string, args: string[]): Promise<Record<string, unknown>> {
   const child = spawn(process.execPath, [join(root, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -49,6 +69,7 @@ function startComponent(name: string, script: string, args: string[]): Promise<R
       remember(line);
       try {
         const parsed = JSON.parse(line) as Record<string, unknown>;
+        events.emit('line', parsed);
         if (parsed.event === 'ready') resolve(parsed);
       } catch {
         // a human line; kept in the tail for errors
@@ -127,16 +148,24 @@ async function main(): Promise<void> {
   const listener = (forward.listeners as Array<{ local: string; port: number }>)[0] as { local: string; port: number };
   const url = `http://${listener.local}:${listener.port}/`;
 
-  // 4. Prove the path works before telling the user it does.
+  // 4. Prove the path works before telling the user it does. The first request goes through the relay at once;
+  // the direct path (QUIC between client and agent, punched with the gateway's help) comes up behind it.
+  const direct = nextEvent((l) => l.event === 'direct-up' || l.event === 'direct-failed', 5000);
   const response = await fetch(url);
   const body = await response.text();
   if (!response.ok) throw new Error(`the demo service did not answer through the tunnel: HTTP ${response.status}`);
+  const outcome = await direct;
+  const path = outcome?.event === 'direct-up' ? 'direct' : 'relay';
+  const pathText =
+    path === 'direct'
+      ? `direct (client -> QUIC ${JSON.stringify(outcome?.remote)} -> agent "demo", up in ${outcome?.ms} ms; the gateway ${gatewayUrl} only introduced them)`
+      : `relay (client -> gateway ${gatewayUrl} -> agent "demo"; direct: ${outcome ? `${outcome.reason}: ${outcome.message}` : 'not up yet'})`;
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ event: 'ready', url, gateway: gatewayUrl, path: 'relay', demoPort, clientTokenFile })}\n`);
+    process.stdout.write(`${JSON.stringify({ event: 'ready', url, gateway: gatewayUrl, path, demoPort, clientTokenFile })}\n`);
   } else {
     say('');
     say(`The demo service answers through the tunnel at ${url}`);
-    say(`  path: relay (client -> gateway ${gatewayUrl} -> agent "demo" -> 127.0.0.1:${demoPort})`);
+    say(`  path: ${pathText} -> 127.0.0.1:${demoPort}`);
     say(`  try:  curl ${url}`);
     say(`  more: NARROWLINK_GATEWAY=${gatewayUrl} NARROWLINK_TOKEN_FILE=${clientTokenFile} npx narrowlink ls`);
     say(`  first answer: ${body.split('\n')[0]}`);

@@ -489,6 +489,8 @@ describe('npm start (scripts/local-stack.ts)', () => {
     local = await startProcess('local-stack', [path.join(ROOT, 'scripts/local-stack.ts'), '--port', '0', '--json'], { timeoutMs: 30_000 });
     const url = String(local.readyLine.url);
     assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+    // On loopback nothing stands in the way of the direct path: the stack says it took it.
+    assert.equal(local.readyLine.path, 'direct');
     const response = await fetch(url, { headers: { connection: 'close' } });
     assert.equal(response.status, 200);
     assert.match(await response.text(), /Hello from the Narrowlink demo service/);
