@@ -104,7 +104,7 @@ export class Gateway {
   readonly #tokenReviewer: TokenReviewer | undefined;
   readonly #natProbe: NatProbeServer | undefined;
   /** Classified peers by session id; an entry goes with its session. */
-  readonly #nat = new Map<string, PeerNat & { reports: number }>();
+  readonly #nat = new Map<string, PeerNat & { reports: number; reprobes: number }>();
   #config: GatewayConfig | undefined;
   /** agentKey → attached instances */
   readonly #agents = new Map<string, Set<AgentInstance>>();
@@ -413,6 +413,10 @@ export class Gateway {
       this.#onNatReport(session, message);
       return;
     }
+    if (message.type === 'nat_reprobe') {
+      this.#onNatReprobe(session);
+      return;
+    }
     if (message.type === 'direct_request' && session.kind === 'client') {
       const client = this.#clients.get(session);
       if (client) this.#direct.request(client, message);
@@ -429,6 +433,19 @@ export class Gateway {
       return;
     }
     return this.#protocolViolation(session, `unexpected ${message.type} message from a ${session.kind}`);
+  }
+
+  /**
+   * Starts probing afresh for a peer whose mapping may have changed: a new key and no old observations (mixed
+   * with the new ones they would read as an unstable mapping). The last classification stays until the new
+   * report replaces it. Bounded per session, like reports.
+   */
+  #onNatReprobe(session: PeerSession): void {
+    const natProbe = this.#natProbe;
+    const previous = this.#nat.get(session.id);
+    if (!natProbe?.has(session.id) || !previous || previous.reprobes >= MAX_NAT_REPORTS) return;
+    previous.reprobes++;
+    session.mux.sendControl(natProbe.register(session.id));
   }
 
   /** Classifies the peer's NAT from what the probe ports saw plus its report, and tells the peer. */
@@ -454,6 +471,7 @@ export class Gateway {
       localEndpoints,
       atMs: this.#now(),
       reports: (previous?.reports ?? 0) + 1,
+      reprobes: previous?.reprobes ?? 0,
       ...(report.certFingerprint ? { certFingerprint: report.certFingerprint } : {}),
     });
     this.metrics.natClassifications.inc({ type: classification.type });

@@ -14,6 +14,7 @@ import {
   type ControlMessage,
   checkVersion,
   DEFAULT_STREAM_WINDOW,
+  DIRECT_PATH_MINOR,
   HEARTBEAT_DEAD_AFTER_MS,
   HEARTBEAT_INTERVAL_MS,
   type Hello,
@@ -25,6 +26,7 @@ import {
   type OpenOk,
   type OpenPayload,
   PROTOCOL_VERSION,
+  peerSupportsMinor,
   StreamErrorCode,
   StreamResetError,
 } from '@narrowlink/protocol';
@@ -407,6 +409,20 @@ export class GatewayLink extends EventEmitter {
       // An unbound or closed socket: no probing for this session; the relay path is unaffected.
       this.#log.warn({ err: (error as Error).message }, 'NAT probing failed');
     }
+  }
+
+  /**
+   * Asks the gateway to probe our NAT again (after a direct path died: the mapping may have changed). The new
+   * classification arrives as a `nat` event; until then `stats.nat` is undefined. False when this session cannot
+   * (no UDP socket, not open, or a gateway older than protocol 1.2).
+   */
+  reprobeNat(): boolean {
+    const hello = this.#helloOk;
+    if (!this.options.udpSocket || this.state !== 'open' || !this.mux || !hello || !peerSupportsMinor(hello.version, DIRECT_PATH_MINOR)) return false;
+    this.#natProbeAt = undefined;
+    this.#nat = undefined;
+    this.mux.sendControl({ type: 'nat_reprobe' });
+    return true;
   }
 
   /** Whether the current session is probing (the gateway sent probe info and we have a UDP socket). */

@@ -126,6 +126,13 @@ export const natReportSchema = z
   .strict();
 export type NatReport = z.infer<typeof natReportSchema>;
 
+/**
+ * Peer → gateway (protocol ≥ 1.2): our mapping may have changed (a direct path died: NAT rebinding, a flushed
+ * conntrack table); probe afresh. The gateway answers with a new `nat_probe_info` (new key, no old observations).
+ */
+export const natReprobeSchema = z.object({ type: z.literal('nat_reprobe') }).strict();
+export type NatReprobe = z.infer<typeof natReprobeSchema>;
+
 /** Gateway → peer: how the gateway classified the peer's NAT (see `classifyNat`). */
 export const natStatusSchema = z
   .object({
@@ -249,6 +256,7 @@ export const directCloseSchema = z.object({ type: z.literal('direct_close'), pat
 export type DirectClose = z.infer<typeof directCloseSchema>;
 
 export const controlMessageSchema = z.discriminatedUnion('type', [
+  natReprobeSchema,
   directRequestSchema,
   directRefusedSchema,
   punchPlanSchema,

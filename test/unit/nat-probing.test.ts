@@ -135,6 +135,36 @@ describe('NAT probing: gateway probe server + GatewayLink on loopback', () => {
     gateway.onAgentsChanged = undefined;
   });
 
+  test('reprobeNat: a fresh probe round (new key, the new socket port) replaces the classification; bounded per session', async () => {
+    const socket = await udpSocket();
+    closers.push(() => void socket.close());
+    const client = link('client', socket).start();
+    await client.waitOpen(5000);
+    await client.ping();
+    const first = (await client.waitNat(5000)) as LinkNatStatus;
+    const session = client.stats.helloOk?.sessionId as string;
+    assert.equal(first.natType, 'no-nat');
+    assert.equal(client.reprobeNat(), true);
+    assert.equal(client.stats.nat, undefined, 'the old classification is dropped locally at once');
+    await client.ping();
+    const second = (await client.waitNat(5000)) as LinkNatStatus;
+    assert.equal(second.natType, 'no-nat', 'the fresh observations alone decide (old ones would read as unstable)');
+    assert.deepEqual(second.publicEndpoint, first.publicEndpoint);
+    assert.equal(gateway.natOf(session)?.classification.type, 'no-nat');
+    // A peer that keeps asking stops being answered (no new probe info) once its budget is spent.
+    for (let i = 0; i < 12; i++) {
+      client.reprobeNat();
+      await client.ping();
+      await client.waitNat(2000);
+    }
+    assert.equal(client.reprobeNat(), true);
+    await client.ping();
+    assert.equal(client.natProbing, false, 'the gateway sent no new probe info (it precedes the pong)');
+    assert.equal(await client.waitNat(300), undefined, 'no more probe rounds for this session');
+    assert.equal(client.state, 'open', 'the session itself is unharmed');
+    await client.close();
+  });
+
   test('without a UDP socket the link does not probe; the session works as before', async () => {
     const client = link('client', undefined).start();
     await client.waitOpen(5000);

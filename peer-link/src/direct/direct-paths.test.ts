@@ -37,6 +37,11 @@ class FakeLink extends EventEmitter {
     this.sent.push(message);
     return true;
   }
+  reprobes = 0;
+  reprobeNat(): boolean {
+    this.reprobes++;
+    return false;
+  }
   deliver(message: ControlMessage): void {
     this.emit('direct', message);
   }

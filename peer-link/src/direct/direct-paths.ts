@@ -441,7 +441,9 @@ export class DirectPaths extends EventEmitter {
     );
     transport.once('closed', (error) => {
       if (path.transport !== transport) return;
-      // A path that was up and died (NAT rebinding, peer gone) may be asked for again at once.
+      // A path that was up and died (NAT rebinding, peer gone) may be asked for again at once, from a fresh
+      // classification: the mapping the gateway knows may be the one that just went away.
+      this.#link?.reprobeNat();
       this.#fail(path, 'PathLost', `direct path lost: ${error?.message ?? 'closed by the peer'}`, 0);
     });
     if (this.options.role === 'agent') transport.onStream((stream) => void this.#serveStream(path, stream));
