@@ -487,7 +487,7 @@ describe('kube/ on a real kube-apiserver 1.20', () => {
           apiVersion: API_VERSION,
           kind: 'NarrowlinkAgent',
           metadata: { name: 'web', namespace: ns },
-          status: { conditions: [condition('Ready', 'True'), condition('Connected', 'False')], connectedInstances: 2, natType: 'EndpointIndependent' },
+          status: { conditions: [condition('Ready', 'True'), condition('Connected', 'False')], connectedInstances: 2, natType: 'EndpointIndependent', directPaths: 3 },
         },
         { fieldManager: STATUS_MANAGER, subresource: 'status' },
       );
@@ -512,9 +512,9 @@ describe('kube/ on a real kube-apiserver 1.20', () => {
           .split('\n')
           .map((line) => line.trim().split(/\s+/));
       const agents = table(await kubectl(api, ['get', 'nla', '-n', ns]));
-      assert.deepEqual(agents[0], ['NAME', 'READY', 'CONNECTED', 'INSTANCES', 'NAT', 'AGE']);
-      assert.deepEqual(agents[1]?.slice(0, 5), ['web', 'True', 'False', '2', 'EndpointIndependent']);
-      assert.match(agents[1]?.[5] ?? '', /^\d+s$/);
+      assert.deepEqual(agents[0], ['NAME', 'READY', 'CONNECTED', 'INSTANCES', 'NAT', 'DIRECT', 'AGE']);
+      assert.deepEqual(agents[1]?.slice(0, 6), ['web', 'True', 'False', '2', 'EndpointIndependent', '3']);
+      assert.match(agents[1]?.[6] ?? '', /^\d+s$/);
       assert.equal(agents.length, 2);
 
       const policies = table(await kubectl(api, ['get', 'nlap', '-n', ns]));

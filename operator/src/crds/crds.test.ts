@@ -290,7 +290,7 @@ describe('CRD schemas', () => {
 
   it('prints the columns the issue asks for', () => {
     const names = (c: typeof narrowlinkAgentCrd) => c.spec.versions[0]?.additionalPrinterColumns.map((p) => p.name);
-    assert.deepEqual(names(narrowlinkAgentCrd), ['Ready', 'Connected', 'Instances', 'NAT', 'Age']);
+    assert.deepEqual(names(narrowlinkAgentCrd), ['Ready', 'Connected', 'Instances', 'NAT', 'Direct', 'Age']);
     assert.deepEqual(names(accessPolicyCrd), ['Subjects', 'Rules', 'Age']);
     assert.deepEqual(narrowlinkAgentCrd.spec.names.shortNames, ['nla']);
     assert.deepEqual(accessPolicyCrd.spec.names.shortNames, ['nlap']);

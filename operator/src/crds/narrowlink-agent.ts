@@ -157,6 +157,12 @@ export const agentStatusField = object('Observed state of the agent, written by 
       maxLength: 64,
     }),
   ),
+  directPaths: optional(
+    integer('Direct (peer-to-peer) paths from clients to this agent that are up right now, over all gateway replicas.', {
+      minimum: 0,
+      format: 'int32',
+    }),
+  ),
   tokenSecretName: optional(
     string('Secret holding the agent token (key "token"); set only when spec.external is true.', { maxLength: 253 }),
   ),
@@ -212,6 +218,7 @@ export const narrowlinkAgentCrd = buildCrd({
       description: 'Attached agent instances.',
     },
     { name: 'NAT', type: 'string', jsonPath: '.status.natType', description: 'NAT behaviour last observed.' },
+    { name: 'Direct', type: 'integer', jsonPath: '.status.directPaths', description: 'Direct paths up right now.' },
     { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp', description: 'Time since creation.' },
   ],
 });

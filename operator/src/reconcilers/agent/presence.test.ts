@@ -23,6 +23,16 @@ describe('presenceOf', () => {
     assert.deepEqual(out, { instances: 3, nat: 'endpoint-independent', expiresAtMs: NOW - 5000 + 30_000 });
   });
 
+  test('direct paths add up over replicas; nonsense counts are ignored', () => {
+    const out = presenceOf(
+      'shop/orders',
+      [lease('a', 0, { 'shop/orders': { instances: 1, directPaths: 2 } }), lease('b', 0, { 'shop/orders': { instances: 1, directPaths: 3 } }), lease('c', 0, { 'shop/orders': { instances: 1, directPaths: -4 } })],
+      NOW,
+    );
+    assert.equal(out.directPaths, 5);
+    assert.equal(presenceOf('shop/orders', [lease('a', 0, { 'shop/orders': { instances: 1 } })], NOW).directPaths, undefined);
+  });
+
   test('an expired Lease (a replica that died) does not count', () => {
     assert.deepEqual(presenceOf('shop/orders', [lease('dead', 31_000, { 'shop/orders': { instances: 4 } })], NOW), { instances: 0 });
   });

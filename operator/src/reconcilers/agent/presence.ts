@@ -17,15 +17,17 @@ export interface AgentPresence {
   instances: number;
   /** NAT type reported by any replica, when one did. */
   nat?: string;
+  /** Direct paths up to this agent, summed over replicas (absent when none reported any). */
+  directPaths?: number;
   /** When the earliest contributing Lease expires (ms): presence must be re-evaluated then. */
   expiresAtMs?: number;
 }
 
 /** Agents named in a Lease's annotation (malformed annotations count as none). */
-export function agentsOf(lease: StatusLease): Record<string, { instances?: number; nat?: string }> {
+export function agentsOf(lease: StatusLease): Record<string, { instances?: number; nat?: string; directPaths?: number }> {
   try {
     const parsed = JSON.parse(lease.metadata.annotations?.[AGENTS_ANNOTATION] ?? '{}') as unknown;
-    return parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, { instances?: number; nat?: string }>) : {};
+    return parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, { instances?: number; nat?: string; directPaths?: number }>) : {};
   } catch {
     return {};
   }
@@ -42,6 +44,9 @@ export function presenceOf(agentKey: string, leases: readonly StatusLease[], now
     if (!entry || typeof entry.instances !== 'number' || entry.instances <= 0) continue;
     out.instances += Math.floor(entry.instances);
     if (typeof entry.nat === 'string' && entry.nat.length > 0) out.nat = entry.nat;
+    if (typeof entry.directPaths === 'number' && Number.isFinite(entry.directPaths) && entry.directPaths > 0) {
+      out.directPaths = (out.directPaths ?? 0) + Math.floor(entry.directPaths);
+    }
     out.expiresAtMs = Math.min(out.expiresAtMs ?? Number.POSITIVE_INFINITY, expiresAtMs);
   }
   return out;

@@ -148,6 +148,7 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
     connectedInstances: presence.instances,
     ...(plan.secret ? { tokenSecretName: plan.secret.metadata.name } : {}),
     ...(presence.nat ? { natType: presence.nat } : {}),
+    directPaths: presence.directPaths ?? 0,
   };
   if (!plan.secret) delete status.tokenSecretName;
   // Key order differs from what the apiserver returns (it sorts keys): compare structurally, not as text.
