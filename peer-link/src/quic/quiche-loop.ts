@@ -485,8 +485,8 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     const conn = this.#conn;
     const sock = this.#endpoint.socket;
     const size = this.#endpoint.options.maxUdpPayloadBytes ?? 1350;
+    let out = this.#sendBuf.length === size ? this.#sendBuf : Buffer.allocUnsafe(size);
     for (;;) {
-      const out = Buffer.allocUnsafe(size);
       let result: ReturnType<Connection['send']>;
       try {
         result = conn.send(out);
@@ -495,9 +495,17 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
       }
       if (result === null) break;
       const to = result[1].to;
-      if (!this.#endpoint.socketClosed) sock.send(out, 0, result[0], to.port, to.host);
+      if (this.#endpoint.socketClosed) continue;
+      sock.send(out.subarray(0, result[0]), to.port, to.host);
+      // An empty send queue means the datagram went to the kernel synchronously (libuv's try-send): the buffer
+      // is ours again. Otherwise libuv holds it until the queued send completes, so the next packet gets a new one.
+      if (sock.getSendQueueCount() !== 0) out = Buffer.allocUnsafe(size);
     }
+    this.#sendBuf = out;
   }
+
+  /** The buffer quiche writes the next outgoing packet into (reused while sends complete synchronously). */
+  #sendBuf: Buffer = Buffer.alloc(0);
 
   readonly #onTimeout = (): void => {
     this.#timer = undefined;
