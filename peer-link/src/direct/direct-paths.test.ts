@@ -195,6 +195,34 @@ describe('DirectPaths (loopback, real QUIC)', () => {
     }
   });
 
+  test('a stream with a malformed, oversized or missing open header is reset by the agent and serves nothing', async () => {
+    const p = await pair();
+    try {
+      await up(p, [{ name: 'echo', host: '127.0.0.1', port: echoPort }]);
+      const transport = p.client.transport('ns/web');
+      assert.ok(transport);
+      const header = (json: string): Buffer => Buffer.concat([Buffer.from([json.length >> 8, json.length & 0xff]), Buffer.from(json)]);
+      for (const bytes of [header("{not json"), header(JSON.stringify({ port: "echo", admin: true })), Buffer.from([0xff, 0xff, 1, 2, 3]), Buffer.alloc(0)]) {
+        const stream = await transport.openStream();
+        const failed = new Promise<Error | undefined>((resolve) => {
+          stream.once('error', resolve);
+          stream.once('close', () => resolve(undefined));
+        });
+        stream.resume();
+        stream.end(bytes);
+        const error = await failed;
+        assert.ok(error instanceof DirectError && error.code === DirectErrorCode.STREAM_RESET, `${bytes.length} bytes: ${error}`);
+      }
+      assert.equal(p.served.length, 0);
+      // The path itself is unharmed.
+      const ok = await p.client.openStream('ns/web', { port: 'echo' });
+      ok.destroy();
+    } finally {
+      await p.client.close();
+      await p.agent.close();
+    }
+  });
+
   test('a refusal fails the path with its reason at once; direct mode does not wait, and no new request goes out before the retry time', async () => {
     const p = await pair();
     try {

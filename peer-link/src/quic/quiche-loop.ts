@@ -850,6 +850,11 @@ class QuicheStream extends Duplex implements DirectStream {
     for (;;) {
       while (this.#queue.length > 0) {
         const chunk = this.#queue[0] as Buffer;
+        if (chunk.length === 0) {
+          // quiche takes 0 bytes of an empty write, which would read as "no capacity" and stall the stream.
+          this.#queue.shift();
+          continue;
+        }
         let n: number | null;
         try {
           n = conn.streamSend(this.id, chunk, false);
