@@ -163,7 +163,8 @@ function directOpened(stream: DirectStream): OpenedStream {
  * - `relay`: through the gateway.
  * - `auto`: over the direct path when one is up (a stream the path fails before the agent answered is retried on
  *   the relay: it sent nothing yet); otherwise through the gateway at once, and a direct path is asked for in the
- *   background so later streams can use it.
+ *   background so later streams can use it. When the gateway does not relay this target (RELAY_NOT_OFFERED: the
+ *   agent or the policy offers Direct only), it waits for the direct path as `direct` does.
  * - `direct`: over the direct path only, waiting for it (bounded by DIRECT_WAIT_MS); rejects with
  *   NL_ERR_DIRECT_UNAVAILABLE and the reason when there is none.
  */
@@ -190,7 +191,15 @@ export async function openTarget(
       if (error instanceof StreamResetError) throw error;
     }
   }
-  const { stream } = await link.openStream({ agent: target.agent, port, ...(mode ? { mode } : {}) }, timeoutMs);
+  let stream: MuxStream;
+  try {
+    ({ stream } = await link.openStream({ agent: target.agent, port, ...(mode ? { mode } : {}) }, timeoutMs));
+  } catch (error) {
+    // The agent or the policy offers this target over the direct path only: auto mode waits for it.
+    if (!(direct && mode !== 'relay' && error instanceof StreamResetError && error.streamCode === StreamErrorCode.RELAY_NOT_OFFERED)) throw error;
+    await direct.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
+    return directOpened(await direct.openStream(target.agent, { port }));
+  }
   if (direct && mode !== 'relay') direct.request(target.agent);
   return relayOpened(stream);
 }

@@ -590,8 +590,17 @@ export class Gateway {
         'direct-mode streams travel on the direct path (ask for one with direct_request); the relay does not carry them. Use mode auto or relay to go through the gateway',
       );
     }
+    if (agent.mode === 'direct') {
+      return fail(StreamErrorCode.RELAY_NOT_OFFERED, `agent "${agent.name}" offers direct paths only (mode direct); use mode auto or direct`);
+    }
     const decision = client.policy.evaluate({ agent, host: exposed.host, port: exposed.port, path: 'Relay' });
-    if (!decision.allowed) return fail(StreamErrorCode.DENIED, `policy denies ${agent.name}:${exposed.port} (${decision.reason})`);
+    if (!decision.allowed) {
+      // Allowed over Direct but not over Relay: say so, so that an auto-mode client waits for its direct path.
+      if (client.policy.evaluate({ agent, host: exposed.host, port: exposed.port, path: 'Direct' }).allowed) {
+        return fail(StreamErrorCode.RELAY_NOT_OFFERED, `policy allows ${agent.name}:${exposed.port} over the direct path only`);
+      }
+      return fail(StreamErrorCode.DENIED, `policy denies ${agent.name}:${exposed.port} (${decision.reason})`);
+    }
     const instance = this.#leastLoaded(agentKey(agent.namespace, agent.name));
     if (!instance) return fail(StreamErrorCode.NO_AGENT, `agent "${agent.name}" has no connected instance`);
 

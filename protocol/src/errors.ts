@@ -25,6 +25,11 @@ export const StreamErrorCode = {
   CANCELLED: 'CANCELLED',
   /** A direct path was required but none could be set up. */
   DIRECT_UNAVAILABLE: 'DIRECT_UNAVAILABLE',
+  /**
+   * The relay does not carry this stream: the agent offers direct paths only (spec.mode direct), or the policy
+   * allows this target over Direct only. Clients in auto mode then wait for the direct path.
+   */
+  RELAY_NOT_OFFERED: 'RELAY_NOT_OFFERED',
   /** Too many streams open on this session. */
   TOO_MANY_STREAMS: 'TOO_MANY_STREAMS',
   /** Any other failure; details are masked. */

@@ -156,3 +156,46 @@ describe('direct path refused: the agent runs relay-only', () => {
     assert.equal(auto.stdout.toString(), 'relay still works');
   });
 });
+
+describe('direct only: an agent with mode direct, a policy allowing Direct only', () => {
+  let stack: Stack;
+  let echo: TestServer;
+  before(async () => {
+    echo = await startEchoServer();
+    stack = await startStack({
+      agents: [
+        { name: 'p2p', mode: 'direct', expose: [{ name: 'echo', port: echo.port }] },
+        { name: 'svc', expose: [{ name: 'echo', port: echo.port }] },
+      ],
+      policies: [
+        {
+          name: 'direct-only',
+          namespace: 'default',
+          subjects: [{ kind: 'Group', name: 'e2e' }],
+          rules: [{ action: 'Allow', agents: { names: ['p2p'] } }, { action: 'Allow', agents: { names: ['svc'] }, paths: ['Direct'] }],
+        },
+      ],
+    });
+    await stack.startAgent('p2p');
+    await stack.startAgent('svc');
+  });
+  after(async () => {
+    await stack?.stop();
+    await echo?.close();
+  });
+
+  for (const agent of ['p2p', 'svc']) {
+    test(`${agent}: auto mode's first stream waits for the direct path instead of failing; relay mode is refused`, async () => {
+      const forward = await stack.startForward([`${agent}:echo`]);
+      const result = await sendAndHash(forward.ports[0] as number, 64 * 1024, 4);
+      assert.equal(result.replySha256, result.sentSha256);
+      const opened = await forward.process.waitFor((l) => l.event === 'stream-open');
+      assert.equal(opened.path, 'direct');
+      assert.equal(await relayBytes(stack), 0);
+      await forward.process.stop();
+      const relay = await stack.runClient(['connect', agent, 'echo', '--mode', 'relay'], { input: 'x' });
+      assert.equal(relay.code, 1);
+      assert.match(relay.stderr, /NL_ERR_STREAM_RELAY_NOT_OFFERED/);
+    });
+  }
+});
