@@ -5,20 +5,10 @@
  * network namespaces) every test is skipped with a printed reason, never passed.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { promisify } from 'node:util';
-import { generateSigningKeyPair, type NatClassification, planPunch, signToken } from '@narrowlink/protocol';
-import { createLab, LAB, type Lab, type LabHost, type LabOptions, type LabProcess, labAvailable } from './lab.ts';
-import { ROOT, SCRIPTS as COMPONENTS } from '../helpers/paths.ts';
-
-const SCRIPTS = { ...COMPONENTS, peer: path.join(ROOT, 'test/natlab/peer.ts') };
-const GATEWAY_PORT = 8443;
-const PROBE_PORT = 3478;
-const run = promisify(execFile);
+import { type NatClassification, planPunch } from '@narrowlink/protocol';
+import { LAB, labAvailable } from './lab.ts';
+import { LabStack, metricValue, SCRIPTS } from './stack.ts';
 
 const availability = await labAvailable();
 const skipReason = availability === true ? undefined : availability.skipped;
@@ -60,97 +50,6 @@ function classification(nat: StatusNat): NatClassification {
     case 'unknown':
       return { ...common, type: 'unknown', reason: (nat.reason ?? 'NoResponses') as 'NoResponses', ...(nat.publicEndpoint ? { publicEndpoint: pub } : {}) };
   }
-}
-
-/** A self-made CA and a server certificate for the lab gateway's address. */
-async function labCertificate(dir: string): Promise<{ certFile: string; keyFile: string; caFile: string }> {
-  const f = (name: string): string => path.join(dir, name);
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  await run('openssl', ['req', '-x509', ...ec, '-keyout', f('ca.key'), '-out', f('ca.crt'), '-days', '2', '-subj', '/CN=Narrowlink NAT lab CA', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
-  await run('openssl', ['req', '-new', ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', `/CN=${LAB.gateway}`]);
-  await writeFile(f('server.ext'), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:${LAB.gateway}\n`);
-  await run('openssl', ['x509', '-req', '-in', f('server.csr'), '-CA', f('ca.crt'), '-CAkey', f('ca.key'), '-CAcreateserial', '-out', f('server.crt'), '-days', '2', '-extfile', f('server.ext')]);
-  return { certFile: f('server.crt'), keyFile: f('server.key'), caFile: f('ca.crt') };
-}
-
-/** One lab with a gateway in `pub`, tokens and a CA; peers are started by the tests. */
-class LabStack {
-  lab!: Lab;
-  dir!: string;
-  gateway!: LabProcess;
-  caFile!: string;
-  clientToken!: string;
-  agentToken!: string;
-  readonly url = `wss://${LAB.gateway}:${GATEWAY_PORT}`;
-  /** Children get no NARROWLINK_* settings from the developer's environment. */
-  readonly env: Record<string, string | undefined> = Object.fromEntries(Object.keys(process.env).filter((k) => k.startsWith('NARROWLINK_')).map((k) => [k, undefined]));
-
-  async start(options: LabOptions): Promise<void> {
-    this.dir = await mkdtemp(path.join(os.tmpdir(), 'nl-natlab-'));
-    this.env.XDG_CONFIG_HOME = this.dir;
-    this.lab = await createLab(options);
-    const keys = await generateSigningKeyPair();
-    const cert = await labCertificate(this.dir);
-    this.caFile = cert.caFile;
-    this.clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'lab-user', groups: ['lab'], ttlSeconds: 3600 });
-    this.agentToken = await signToken(keys.privateKeyPem, { typ: 'agent', sub: 'default/svc', ttlSeconds: 3600 });
-    const configFile = path.join(this.dir, 'gateway.json');
-    await writeFile(
-      configFile,
-      JSON.stringify({
-        apiVersion: 'narrowlink.io/v1alpha1',
-        kind: 'GatewayConfig',
-        signingPublicKeys: [keys.publicKeyPem],
-        agents: [{ name: 'svc', expose: [{ name: 'echo', port: 7 }] }],
-        policies: [{ name: 'lab', subjects: [{ kind: 'Group', name: 'lab' }], rules: [{ action: 'Allow' }] }],
-      }),
-    );
-    this.gateway = this.lab.spawnNode(
-      'pub',
-      [
-        SCRIPTS.gateway,
-        '--config', configFile,
-        '--listen', `${LAB.gateway}:${GATEWAY_PORT}`,
-        '--tls-cert', cert.certFile,
-        '--tls-key', cert.keyFile,
-        '--nat-probe-port', String(PROBE_PORT),
-        ...(options.secondGatewayAddress ? ['--nat-probe-second-address', LAB.gatewaySecond] : []),
-      ],
-      this.env,
-    );
-    await this.gateway.waitFor((line) => line.event === 'ready', 15_000);
-  }
-
-  /** `narrowlink status -o json` on a host; returns the parsed output and the wall time it took. */
-  async status(host: LabHost): Promise<{ status: { nat: StatusNat | null; state: string }; tookMs: number }> {
-    const startedAt = performance.now();
-    const result = await this.lab.runNode(
-      host,
-      [SCRIPTS.client, 'status', '-o', 'json', '--gateway', this.url, '--token', this.clientToken, '--ca-file', this.caFile, '--timeout-ms', '10000'],
-      this.env,
-    );
-    const tookMs = performance.now() - startedAt;
-    assert.equal(result.code, 0, `status on ${host} failed: ${result.stderr}`);
-    return { status: JSON.parse(result.stdout), tookMs };
-  }
-
-  /** The gateway's /metrics, fetched from inside `pub`. */
-  async metrics(): Promise<string> {
-    const script = `const r = await fetch(${JSON.stringify(`${this.url.replace('wss:', 'https:')}/metrics`)}); process.stdout.write(await r.text());`;
-    const result = await this.lab.runNode('pub', ['--input-type=module', '-e', script], { ...this.env, NODE_EXTRA_CA_CERTS: this.caFile });
-    assert.equal(result.code, 0, result.stderr);
-    return result.stdout;
-  }
-
-  async stop(): Promise<void> {
-    await this.lab?.destroy();
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
-  }
-}
-
-function metricValue(text: string, name: string, labels: string): number {
-  const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
-  return line ? Number(line.split(' ').at(-1)) : 0;
 }
 
 const FINGERPRINT_A = 'a'.repeat(64);
