@@ -69,8 +69,20 @@ export function bridgeDirect(socket: Socket, stream: Duplex): { done: Promise<Er
       if (!socket.destroyed) socket.resetAndDestroy();
       finish();
     });
-    socket.on('close', () => {
-      if (!stream.destroyed && !(socket.readableEnded && stream.writableFinished && stream.readableEnded)) stream.destroy();
+    socket.on('close', (hadError: boolean) => {
+      if (!stream.destroyed) {
+        if (hadError || !socket.readableEnded) {
+          // The local side aborted: reset the stream so the peer sees a failure, not a clean end.
+          stream.destroy();
+        } else if (!stream.writableFinished) {
+          // The local side ended cleanly and closed; what it wrote may still be queued for the peer. Let the
+          // stream send it and its FIN, then stop reading what nobody will take (resetting now would cut the
+          // end of the data off: QUIC discards unsent bytes on a reset).
+          stream.once('finish', () => {
+            if (!stream.readableEnded) stream.destroy();
+          });
+        } else if (!stream.readableEnded) stream.destroy();
+      }
       finish();
     });
     stream.on('close', () => {

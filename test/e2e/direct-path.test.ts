@@ -89,6 +89,17 @@ describe('direct path on loopback (auto mode)', () => {
     assert.equal(await relayBytes(stack), before);
   });
 
+  test('16 MiB echoes over the direct path come back whole, five in a row, and the path stays quick', { timeout: 60_000 }, async () => {
+    for (let i = 0; i < 5; i++) {
+      const result = await sendAndHash(forward.ports[0] as number, 16 * MiB, 30 + i);
+      assert.equal(result.replyBytes, 16 * MiB, `echo ${i}: ${result.replyBytes} bytes back`);
+      assert.equal(result.replySha256, result.sentSha256, `echo ${i}`);
+    }
+    const opens = forward.process.lines.filter((l) => l.event === 'stream-open' && l.target === 'svc:echo').slice(-5);
+    assert.deepEqual(opens.map((l) => l.path), ['direct', 'direct', 'direct', 'direct', 'direct']);
+    assert.ok(opens.every((l) => (l.ms as number) < 1000), JSON.stringify(opens.map((l) => l.ms)));
+  });
+
   test('`narrowlink status svc` sets up its own direct path and reports how', async () => {
     const run = await stack.runClient(['status', 'svc', '-o', 'json']);
     assert.equal(run.code, 0, run.stderr);

@@ -223,6 +223,34 @@ describe('DirectPaths (loopback, real QUIC)', () => {
     }
   });
 
+  test('streams reset with megabytes in flight both ways do not use up the connection: a new stream still opens at once', { timeout: 60_000 }, async () => {
+    const p = await pair();
+    try {
+      await up(p, [{ name: 'echo', host: '127.0.0.1', port: echoPort }]);
+      for (let i = 0; i < 8; i++) {
+        const stream = await p.client.openStream('ns/web', { port: 'echo' });
+        stream.on('error', () => {});
+        // Send 8 MiB without reading the echo: both directions fill up, then abort.
+        const chunk = Buffer.alloc(256 * 1024, i);
+        for (let k = 0; k < 32; k++) stream.write(chunk);
+        await new Promise((r) => setTimeout(r, 150));
+        stream.destroy();
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      const started = performance.now();
+      const stream = await p.client.openStream('ns/web', { port: 'echo' });
+      const back = new Promise<Buffer>((resolve) => stream.once('data', resolve));
+      stream.resume();
+      stream.write('still there?');
+      assert.equal((await back).toString(), 'still there?');
+      assert.ok(performance.now() - started < 2000, `took ${Math.round(performance.now() - started)} ms`);
+      stream.destroy();
+    } finally {
+      await p.client.close();
+      await p.agent.close();
+    }
+  });
+
   test('a refusal fails the path with its reason at once; direct mode does not wait, and no new request goes out before the retry time', async () => {
     const p = await pair();
     try {

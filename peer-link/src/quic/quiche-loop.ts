@@ -38,6 +38,7 @@ const QUIC_APPLICATION_ERROR = 0x0c;
 const READ_CHUNK = 64 * 1024;
 /** A read that filled less than this is copied out so the 64 KiB read buffer can be reused. */
 const COPY_BELOW = 16 * 1024;
+const EMPTY = Buffer.alloc(0);
 /** Largest UDP payload we accept: the Ethernet-MTU case, or what we send if that is larger (loopback, jumbo LANs). */
 const MIN_UDP_RECV = 1500;
 
@@ -60,9 +61,13 @@ export interface QuicheEndpointOptions {
    * larger values only make sense on loopback or jumbo-frame LANs (quiche here has no path-MTU discovery).
    */
   maxUdpPayloadBytes?: number;
-  /** Initial per-stream receive window. Default 16 MiB; quiche grows it up to `maxStreamWindowBytes` (64 MiB). */
+  /**
+   * Per-stream receive window. Default 16 MiB, also the default `maxStreamWindowBytes` (no growth): with the
+   * connection window unlimited (see buildConfig), these windows times `maxStreams` bound what a peer can make
+   * us buffer, 16 GiB at most by default, like the relay's 4,096 streams × 4 MiB.
+   */
   streamWindowBytes?: number;
-  /** Initial connection receive window. Default 32 MiB; grows up to `maxConnectionWindowBytes` (64 MiB). */
+  /** Connection receive window. Default 2^50 bytes, i.e. none (see buildConfig for why). */
   connectionWindowBytes?: number;
   maxStreamWindowBytes?: number;
   maxConnectionWindowBytes?: number;
@@ -357,15 +362,20 @@ function buildConfig(options: QuicheEndpointOptions): Config {
   config.setMaxRecvUdpPayloadSize(Math.max(MIN_UDP_RECV, payload));
   config.setMaxSendUdpPayloadSize(payload);
   const streamWindow = options.streamWindowBytes ?? 16 * MIB;
-  const connWindow = options.connectionWindowBytes ?? 32 * MIB;
+  // The connection-level window is effectively unlimited: this quiche leaks connection credit on every stream
+  // reset (bytes buffered or in flight for a reset stream are never counted as consumed), so a finite window
+  // shrinks with each reset until no stream can send; measured on loopback: 5 resets of streams with 8 MiB
+  // coming in wedged a 32 MiB window. Memory stays bounded by the per-stream windows times maxStreams, as on
+  // the relay (per-stream credit only).
+  const connWindow = options.connectionWindowBytes ?? 2 ** 50;
   config.setInitialMaxData(connWindow);
   config.setInitialMaxStreamDataBidiLocal(streamWindow);
   config.setInitialMaxStreamDataBidiRemote(streamWindow);
   config.setInitialMaxStreamDataUni(0);
   config.setInitialMaxStreamsBidi(options.maxStreams ?? 1024);
   config.setInitialMaxStreamsUni(0);
-  config.setMaxStreamWindow(Math.max(streamWindow, options.maxStreamWindowBytes ?? 64 * MIB));
-  config.setMaxConnectionWindow(Math.max(connWindow, options.maxConnectionWindowBytes ?? 64 * MIB));
+  config.setMaxStreamWindow(Math.max(streamWindow, options.maxStreamWindowBytes ?? streamWindow));
+  config.setMaxConnectionWindow(Math.max(connWindow, options.maxConnectionWindowBytes ?? 2 ** 50));
   config.enablePacing(false);
   config.grease(false);
   config.enableDgram(false, 0, 0);
@@ -578,9 +588,7 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
       if (!stream) {
         if (!this.#isNewPeerStream(id)) {
           // Data for a stream we already dropped: discard it.
-          try {
-            this.#conn.streamShutdown(id, quiche.Shutdown.Read, 0);
-          } catch {}
+          this.stopReading(id, 0);
           continue;
         }
         stream = new QuicheStream(this, id);
@@ -588,6 +596,21 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
         this.#deliver(stream);
       }
       if (!stream.readPaused) this.readInto(stream);
+      else this.#checkReset(stream);
+    }
+  }
+
+  /**
+   * A stream whose reader is backed up is not read, but a reset by the peer must still end it: until it does,
+   * the bytes buffered for it hold the connection's flow-control window. An empty read reports the reset (quiche
+   * checks for one before copying anything) and takes nothing otherwise.
+   */
+  #checkReset(stream: QuicheStream): void {
+    try {
+      this.#conn.streamRecv(stream.id, EMPTY);
+    } catch (err) {
+      const code = matchCode(err, /StreamReset\((\d+)\)/);
+      if (code !== undefined) stream.fail(new DirectError(DirectErrorCode.STREAM_RESET, `the peer reset stream ${stream.id} (code ${code})`, { streamCode: code, byPeer: true }));
     }
   }
 
@@ -644,6 +667,25 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
         return;
       }
     }
+  }
+
+  /**
+   * @internal Stops reading a stream (STOP_SENDING with `code`), reading what is buffered first so that quiche
+   * counts it as consumed (see the connection window in buildConfig for why that is not enough on its own).
+   */
+  stopReading(id: number, code: number): void {
+    const conn = this.#conn;
+    const scratch = this.#readBuf;
+    try {
+      for (let i = 0; i < 4096 && conn.streamRecv(id, scratch) !== null; i++) {
+        // discard
+      }
+    } catch {
+      // Reset by the peer or already finished: nothing buffered to give back.
+    }
+    try {
+      conn.streamShutdown(id, quiche.Shutdown.Read, code);
+    } catch {}
   }
 
   /** @internal */
@@ -932,9 +974,7 @@ class QuicheStream extends Duplex implements DirectStream {
     const conn = this.#owner.native;
     const code = this.#resetCode || (err ? 1 : 0);
     if (!this.#owner.closed) {
-      try {
-        if (!this.#readEnded) conn.streamShutdown(this.id, quiche.Shutdown.Read, code);
-      } catch {}
+      if (!this.#readEnded) this.#owner.stopReading(this.id, code);
       try {
         if (!this.#finSent) conn.streamShutdown(this.id, quiche.Shutdown.Write, code);
       } catch {}
