@@ -300,6 +300,9 @@ describe('DirectPaths (loopback, real QUIC)', () => {
       assert.equal(p.client.transport('ns/web'), undefined);
       assert.equal(p.agent.status().length, 0);
       assert.ok((p.client.status()[0]?.retryInMs ?? 1e9) <= 5000);
+      // Both sides ask to be probed afresh: the path may have died of a changed mapping on either side.
+      assert.equal(p.clientLink.reprobes, 1);
+      assert.ok(p.agentLink.reprobes >= 1);
     } finally {
       await p.client.close();
       await p.agent.close();

@@ -441,9 +441,7 @@ export class DirectPaths extends EventEmitter {
     );
     transport.once('closed', (error) => {
       if (path.transport !== transport) return;
-      // A path that was up and died (NAT rebinding, peer gone) may be asked for again at once, from a fresh
-      // classification: the mapping the gateway knows may be the one that just went away.
-      this.#link?.reprobeNat();
+      // A path that was up and died (NAT rebinding, peer gone) may be asked for again at once.
       this.#fail(path, 'PathLost', `direct path lost: ${error?.message ?? 'closed by the peer'}`, 0);
     });
     if (this.options.role === 'agent') transport.onStream((stream) => void this.#serveStream(path, stream));
@@ -519,6 +517,9 @@ export class DirectPaths extends EventEmitter {
   #fail(path: Path, reason: string, message: string, retryAfterMs = this.options.retryAfterMs ?? 60_000, tellGateway = true): void {
     if (path.state === 'failed') return;
     const wasUp = path.state === 'up';
+    // Whichever side noticed first, an up path that died may have died of a changed mapping (NAT rebinding, a
+    // flushed table): the next plan must aim at the mapping as it is now, not the one the gateway saw at connect.
+    if (wasUp && reason !== 'Closed') this.#link?.reprobeNat();
     path.state = 'failed';
     path.reason = reason;
     path.message = message;

@@ -283,6 +283,29 @@ describe('quiche loop', () => {
     await assert.rejects(client.openStream(), isDirect(DirectErrorCode.IDLE));
   });
 
+  test('a busy path whose peer goes silent is probed every second and reported dead (NL_ERR_DIRECT_IDLE) in ~5 s, not after the idle timeout', { timeout: 20_000 }, async () => {
+    const { client, server, eb } = await pair({ idleTimeoutMs: 30_000 });
+    const accepted = nextStream(server);
+    const stream = await client.openStream();
+    stream.on('error', () => {});
+    // Keep the path busy for a moment (the server acks a steady flow), then silence the server without a close.
+    const sending = sendAll(stream, 256 * MIB, 7).catch(() => undefined);
+    const incoming = await accepted;
+    incoming.on('error', () => {});
+    incoming.resume();
+    await sleep(300);
+    const closed = closedEvent(client);
+    const silencedAt = performance.now();
+    eb.socket.close();
+    const err = await closed;
+    const tookMs = performance.now() - silencedAt;
+    assert.equal(err?.code, DirectErrorCode.IDLE);
+    assert.match(err?.message ?? '', /stopped answering/);
+    assert.ok(tookMs > 4000 && tookMs < 10_000, `reported after ${Math.round(tookMs)} ms`);
+    stream.destroy();
+    await sending;
+  });
+
   test('close() frees the socket', async () => {
     const { client, ea } = await pair();
     const port = ea.port;

@@ -38,6 +38,14 @@ const QUIC_APPLICATION_ERROR = 0x0c;
 const READ_CHUNK = 64 * 1024;
 /** A read that filled less than this is copied out so the 64 KiB read buffer can be reused. */
 const COPY_BELOW = 16 * 1024;
+/** Keep-alive timer resolution (finer when the keep-alive interval itself is shorter). */
+const KEEPALIVE_TICK_MS = 1000;
+/** A tick with this many datagrams from the peer counts as busy. */
+const BUSY_PACKETS_PER_TICK = 16;
+const PROBE_AFTER_SILENCE_MS = 1000;
+const PROBE_WHILE_RECENTLY_BUSY_MS = 20_000;
+/** Silence (despite probing) after which a recently busy path counts as dead. */
+const DEAD_AFTER_SILENCE_MS = 5000;
 const EMPTY = Buffer.alloc(0);
 /** Largest UDP payload we accept: the Ethernet-MTU case, or what we send if that is larger (loopback, jumbo LANs). */
 const MIN_UDP_RECV = 1500;
@@ -405,6 +413,9 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
   #state: ConnState = 'handshaking';
   #timer: NodeJS.Timeout | undefined;
   #keepAlive: NodeJS.Timeout | undefined;
+  /** Datagrams received, and when the last one came (liveness probing after a NAT flush). */
+  #packetsIn = 0;
+  #lastHeardAt = performance.now();
   #nextLocalStream: number;
   /** Highest peer-initiated stream id seen, and ids below it not yet seen (peers may open out of order). */
   #peerMax: number;
@@ -445,6 +456,8 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
   /** @internal */
   onDatagram(msg: Buffer, rinfo: RemoteInfo): void {
     if (this.#state === 'closed') return;
+    this.#packetsIn++;
+    this.#lastHeardAt = performance.now();
     let info = this.#recvInfo;
     if (info.from.port !== rinfo.port || info.from.host !== rinfo.address) {
       // The peer's address changed (NAT rebinding): quiche validates the new path itself.
@@ -550,10 +563,35 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     if (conn.peerError() !== null) return;
     this.#state = 'open';
     const keepAliveMs = Math.min(this.#endpoint.options.keepAliveMs ?? 15_000, 25_000);
+    let lastPingAt = performance.now();
+    let busyAt = 0;
+    let heardBefore = this.#packetsIn;
     this.#keepAlive = setInterval(() => {
-      this.#conn.sendAckEliciting();
-      this.#endpoint.scheduleFlush();
-    }, keepAliveMs);
+      if (this.#state !== 'open') return;
+      const now = performance.now();
+      const heard = this.#packetsIn - heardBefore;
+      heardBefore = this.#packetsIn;
+      if (heard >= BUSY_PACKETS_PER_TICK) busyAt = now;
+      const silentMs = now - this.#lastHeardAt;
+      // A peer that was busy a moment ago went silent: after a NAT flush or rebinding our own NAT lets its
+      // packets in again only once we send, and the sender's retransmission timer backs off meanwhile. Probe
+      // every tick for a while instead of waiting for the keep-alive (measured in the NAT lab: stalls of up to
+      // 23 s after `conntrack -F` without this).
+      const probing = silentMs >= PROBE_AFTER_SILENCE_MS && now - busyAt <= PROBE_WHILE_RECENTLY_BUSY_MS;
+      if (probing && silentMs >= DEAD_AFTER_SILENCE_MS) {
+        // Probes every tick went unanswered: the mapping is gone (a NAT that re-mapped us to another port drops
+        // everything until a new punch). Say so now, so streams go back to the relay, rather than after the
+        // 30 s idle timeout.
+        this.#localError ??= new DirectError(DirectErrorCode.IDLE, `the peer stopped answering (${Math.round(silentMs / 1000)} s without a packet despite probes): the direct path is gone`);
+        void this.close('path dead');
+        return;
+      }
+      if (probing || now - lastPingAt >= keepAliveMs) {
+        lastPingAt = now;
+        this.#conn.sendAckEliciting();
+        this.#endpoint.scheduleFlush();
+      }
+    }, Math.min(KEEPALIVE_TICK_MS, keepAliveMs));
     if (this.#role === 'client') {
       const p = this.pending;
       this.pending = undefined;
