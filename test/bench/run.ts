@@ -6,6 +6,9 @@
  *   raw TCP          source → sink, two processes, one loopback TCP connection
  *   ssh -L           OpenSSH port forward through a private sshd (skipped without openssh-server)
  *   relay            source → narrowlink forward → gateway → agent → sink, TLS on both legs
+ *   direct           source → narrowlink forward (auto) → QUIC → agent → sink, once the path is up; and the
+ *                    QUIC transport alone (endpoint to endpoint)
+ *   direct ready     NAT lab (root): 20 fresh clients through two MASQUERADE routers, time to a verified path
  *   stream open      OPEN → OPEN_OK over a live session (client → gateway → agent → target dial)
  *   idle sessions    gateway RSS growth per idle agent session at 1,000 sessions (TLS)
  *   reconcile        the operator on a real kube-apiserver: 500 agents + 500 policies into the config Secret,
@@ -16,6 +19,8 @@
  * sink, which would cap every path at the sink's sha256 speed; the e2e tests verify content).
  */
 import { writeFileSync } from 'node:fs';
+import { get as httpGet } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,6 +34,7 @@ import { startEchoServer } from '../helpers/tcp-fixtures.ts';
 import { makeTestCertificate } from '../helpers/tls.ts';
 import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
 import { measureDirect } from './direct.ts';
+import { measureDirectReady } from './natlab-ready.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
 const MIB = 1024 * 1024;
@@ -124,7 +130,7 @@ async function startStack(exposePorts: number[]): Promise<Stack> {
     caFile: cert.caFile,
     dir,
     clientToken,
-    metrics: async () => (await fetch(`${url.replace('wss:', 'https:')}/metrics`, {})).text(),
+    metrics: async () => httpText(`${url.replace(/^ws/, 'http')}/metrics`, await readFile(cert.caFile, 'utf8')),
   };
 }
 
@@ -146,7 +152,7 @@ async function startAgent(stack: Stack, exposePorts: number[]): Promise<StartedP
   ], { readyEvent: 'ready' });
 }
 
-async function startForward(stack: Stack, target: string): Promise<{ process: StartedProcess; port: number }> {
+async function startForward(stack: Stack, target: string, mode: 'relay' | 'auto' = 'relay'): Promise<{ process: StartedProcess; port: number }> {
   const tokenFile = join(stack.dir, 'client.token');
   writeFileSync(tokenFile, stack.clientToken);
   const forward = await startProcess('forward', [
@@ -161,7 +167,7 @@ async function startForward(stack: Stack, target: string): Promise<{ process: St
     '--ca-file',
     stack.caFile,
     '--mode',
-    'relay',
+    mode,
     '-o',
     'json',
   ]);
@@ -176,6 +182,25 @@ async function cpuSeconds(pid: number): Promise<number> {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticksPerSecond = 100;
   return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+}
+
+/** GET a URL of the gateway (trusting the bench CA over https). */
+function httpText(url: string, caPem: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const get = url.startsWith('https:') ? httpsGet : httpGet;
+    get(url, { ca: caPem }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+function relayBytesOf(metricsText: string): number {
+  let total = 0;
+  for (const line of metricsText.split('\n')) if (line.startsWith('narrowlink_gateway_relay_bytes_total')) total += Number(line.split(' ').at(-1));
+  return total;
 }
 
 async function rssBytes(pid: number): Promise<number> {
@@ -285,21 +310,48 @@ async function main(): Promise<void> {
     pushThrough({ connectPort: forward.port, sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }),
   );
 
-  // The direct path's transport (QUIC over the native quiche binding, our packet loop) on loopback,
-  // same machine and run as the relay: what the direct path can carry once a hole is punched.
-  log('direct (QUIC, loopback)…');
-  const directRuns: Array<{ one: number; many: number; cpuSource: number; cpuSink: number }> = [];
+  // The direct path end to end: source → narrowlink forward (auto) → QUIC → agent → sink, after the forward's
+  // first stream (relayed) brought the direct path up. Same processes' kinds, same machine, same run as the relay.
+  log('direct (forward → QUIC → agent)…');
+  let direct: number | undefined;
+  let direct16: number | undefined;
+  let directCpu: { client: number; agent: number } | undefined;
+  let directReadyLoopbackMs: number | undefined;
+  if (!values['only-relay']) {
+    const directForward = await startForward(stack, `sink:${sink.port}`, 'auto');
+    await pushThrough({ connectPort: directForward.port, sinkServer: sink, bytes: MIB, verify: false });
+    const up = await directForward.process.waitFor((l) => l.event === 'direct-up', 10_000);
+    directReadyLoopbackMs = up.ms as number;
+    await pushThrough({ connectPort: directForward.port, sinkServer: sink, bytes: 64 * MIB, verify: false });
+    const directPids = [directForward.process.child.pid as number, agent.child.pid as number];
+    const directRelayBefore = relayBytesOf(await stack.metrics());
+    const before = await Promise.all(directPids.map(cpuSeconds));
+    direct = await medianOf('direct', () => pushThrough({ connectPort: directForward.port, sinkServer: sink, bytes: streamBytes, verify: false }));
+    const after = await Promise.all(directPids.map(cpuSeconds));
+    const [client, agentMs] = after.map((a, i) => ((a - (before[i] as number)) * 1000) / relayMb);
+    directCpu = { client: client as number, agent: agentMs as number };
+    direct16 = await medianOf('direct x16', () => pushThrough({ connectPort: directForward.port, sinkServer: sink, bytes: streamBytes / 16, streams: 16, verify: false }));
+    const opens = directForward.process.lines.filter((l) => l.event === 'stream-open');
+    const relayed = relayBytesOf(await stack.metrics()) - directRelayBefore;
+    if (opens.at(-1)?.path !== 'direct' || relayed > 0) throw new Error(`direct bench did not run on the direct path (last open ${JSON.stringify(opens.at(-1))}, relayed ${relayed} bytes)`);
+    await directForward.process.stop();
+  }
+
+  // The QUIC transport alone (our packet loop over the native quiche binding), endpoint to endpoint on loopback:
+  // the ceiling of the direct path without the TCP legs.
+  log('direct transport (QUIC endpoints only)…');
+  const transportRuns: number[] = [];
   for (let i = 0; i < (values['only-relay'] ? 0 : rounds); i++) {
     const one = await measureDirect({ bytes: streamBytes, streams: 1, payloadBytes: 1350 });
-    const many = await measureDirect({ bytes: streamBytes, streams: 16, payloadBytes: 1350 });
-    directRuns.push({ one: one.mbPerSec, many: many.mbPerSec, cpuSource: one.cpuMsPerMbSource, cpuSink: one.cpuMsPerMbSink });
-    log(`  direct round ${i + 1}: ${one.mbPerSec.toFixed(0)} MB/s, x16 ${many.mbPerSec.toFixed(0)} MB/s`);
+    transportRuns.push(one.mbPerSec);
+    log(`  transport round ${i + 1}: ${one.mbPerSec.toFixed(0)} MB/s`);
   }
-  const direct = directRuns.length ? median(directRuns.map((r) => r.one)) : undefined;
-  const direct16 = directRuns.length ? median(directRuns.map((r) => r.many)) : undefined;
-  const directCpu = directRuns.length
-    ? { source: median(directRuns.map((r) => r.cpuSource)), sink: median(directRuns.map((r) => r.cpuSink)) }
-    : undefined;
+  const transport = transportRuns.length ? median(transportRuns) : undefined;
+
+  // Time from a client's session to a punched, verified path through two real NATs (network namespaces, root).
+  log('direct ready through cone NATs (NAT lab)…');
+  const natlabReady = values['only-relay'] ? { skipped: '--only-relay' } : await measureDirectReady({ tries: 20 });
+  if ('skipped' in natlabReady) log(`  NAT lab: SKIPPED (${natlabReady.skipped})`);
 
   log('stream open latency…');
   const open = values['only-relay'] ? { p50: Number.NaN, p99: Number.NaN } : await measureStreamOpen(stack, echo.port);
@@ -343,8 +395,18 @@ async function main(): Promise<void> {
     direct_mbps: round2(direct),
     direct_x16_mbps: round2(direct16),
     direct_vs_relay: direct === undefined ? null : round2(direct / relay),
-    direct_cpu_ms_per_mb: directCpu ? { sender: round2(directCpu.source), receiver: round2(directCpu.sink) } : null,
-    direct_ready_p50_ms: null as number | null, // NAT-lab time to a punched path: not measured yet (punching is not wired)
+    direct_x16_vs_relay_x16: direct16 === undefined ? null : round2(direct16 / relay16),
+    direct_vs_tcp: direct === undefined ? null : round2(direct / rawTcp),
+    direct_cpu_ms_per_mb: directCpu ? { client: round2(directCpu.client), agent: round2(directCpu.agent) } : null,
+    direct_transport_mbps: round2(transport),
+    direct_ready_loopback_ms: directReadyLoopbackMs ?? null,
+    // Both sessions up (the client's opens with a stream waiting; the agent's was up) → direct path verified.
+    direct_ready_p50_ms: 'skipped' in natlabReady ? null : round2(natlabReady.sessionOpenToDirect?.p50Ms ?? natlabReady.p50Ms),
+    direct_ready_p90_ms: 'skipped' in natlabReady ? null : round2(natlabReady.sessionOpenToDirect?.p90Ms ?? natlabReady.p90Ms),
+    // Of that: from the punch plan arriving to the verified QUIC connection (the rest is probing and asking).
+    direct_ready_plan_p50_ms: 'skipped' in natlabReady ? null : round2(natlabReady.p50Ms),
+    direct_ready_failures: 'skipped' in natlabReady ? null : (natlabReady.sessionOpenToDirect?.failures ?? natlabReady.failures),
+    direct_ready_skipped: 'skipped' in natlabReady ? natlabReady.skipped : null,
     stream_open_p50_ms: Math.round(open.p50 * 1000) / 1000,
     stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
     idle_sessions: idle.sessions,
@@ -371,13 +433,25 @@ async function main(): Promise<void> {
     ['relay (TLS), 1 stream', `${result.relay_mbps} MB/s`, `${result.relay_vs_tcp} × TCP, ${result.relay_vs_ssh ?? '-'} × ssh (target ≥ 0.5 × ssh)`],
     ['relay CPU per MB (client/gateway/agent)', `${result.relay_cpu_ms_per_mb.client} / ${result.relay_cpu_ms_per_mb.gateway} / ${result.relay_cpu_ms_per_mb.agent} ms`, 'what bounds the single stream on 2 cores'],
     [
-      'direct (QUIC, loopback), 1 / 16 streams',
-      direct === undefined ? 'skipped' : `${result.direct_mbps} / ${result.direct_x16_mbps} MB/s`,
-      `${result.direct_vs_relay ?? '-'} × relay (target ≥ 0.5); CPU/MB sender ${result.direct_cpu_ms_per_mb?.sender ?? '-'} ms, receiver ${result.direct_cpu_ms_per_mb?.receiver ?? '-'} ms`,
+      'direct (forward → QUIC → agent), 1 stream',
+      direct === undefined ? 'skipped' : `${result.direct_mbps} MB/s`,
+      `${result.direct_vs_relay ?? '-'} × relay (target ≥ 0.5), ${result.direct_vs_tcp ?? '-'} × TCP`,
+    ],
+    [
+      'direct CPU per MB (client/agent)',
+      directCpu ? `${result.direct_cpu_ms_per_mb?.client} / ${result.direct_cpu_ms_per_mb?.agent} ms` : 'skipped',
+      'no gateway on the path',
+    ],
+    ['direct transport alone (QUIC endpoints)', transport === undefined ? 'skipped' : `${result.direct_transport_mbps} MB/s`, 'ceiling of the packet loop'],
+    [
+      'direct ready through cone NATs (NAT lab), session open → path up, p50 / p90',
+      'skipped' in natlabReady ? `skipped (${natlabReady.skipped})` : `${result.direct_ready_p50_ms} / ${result.direct_ready_p90_ms} ms`,
+      `target p50 ≤ 1000 ms; plan → QUIC ${result.direct_ready_plan_p50_ms ?? '-'} ms; ${result.direct_ready_failures ?? '-'} failures of 20; loopback ${result.direct_ready_loopback_ms ?? '-'} ms`,
     ],
     ['raw TCP, 16 streams', `${result.raw_tcp_x16_mbps} MB/s`, 'baseline'],
     ['ssh -L, 16 streams', ssh16 === undefined ? 'skipped' : `${result.ssh_x16_mbps} MB/s`, 'baseline'],
     ['relay (TLS), 16 streams', `${result.relay_x16_mbps} MB/s`, `${result.relay_x16_vs_ssh_x16 ?? '-'} × ssh`],
+    ['direct, 16 streams', direct16 === undefined ? 'skipped' : `${result.direct_x16_mbps} MB/s`, `${result.direct_x16_vs_relay_x16 ?? '-'} × relay x16`],
     ['stream open p50 / p99', `${result.stream_open_p50_ms} / ${result.stream_open_p99_ms} ms`, 'target p50 ≤ 1 ms'],
     [`gateway RSS per idle session (${idle.sessions})`, `${(result.idle_session_bytes / 1024).toFixed(1)} KiB`, 'target ≤ 64 KiB'],
     'skipped' in reconcile
