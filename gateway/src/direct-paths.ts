@@ -21,11 +21,11 @@ import {
   type DirectRefusalReason,
   type DirectRequest,
   type DirectState,
-  type PunchPlanMessage,
   type PunchSidePlan,
   type PunchStrategy,
   peerSupportsMinor,
   planPunch,
+  punchPlanMessage,
   type RandomBytes,
 } from '@narrowlink/protocol';
 import type { PeerNat } from './gateway.ts';
@@ -396,27 +396,6 @@ export function directAllowList(policy: CompiledPolicy, agent: AgentConfig): Dir
     .filter((e) => policy.evaluate({ agent, host: e.host, port: e.port, path: 'Direct' }).allowed)
     .slice(0, MAX_ALLOW)
     .map((e) => ({ name: e.name, host: e.host, port: e.port }));
-}
-
-/** One side's half of a plan as the `punch_plan` message (byte fields as standard base64). */
-export function punchPlanMessage(side: PunchSidePlan, strategy: PunchStrategy, pathId: string, peer: string, requestId?: number): PunchPlanMessage {
-  return {
-    type: 'punch_plan',
-    pathId,
-    ...(requestId !== undefined ? { requestId } : {}),
-    peer,
-    role: side.role,
-    quicRole: side.quicRole,
-    strategy,
-    attemptId: Buffer.from(side.attemptId).toString('base64'),
-    punchKey: Buffer.from(side.punchKey).toString('base64'),
-    candidates: side.candidates.map((c) => ({ address: c.endpoint.address, port: c.endpoint.port, kind: c.kind })),
-    initialDelayMs: side.initialDelayMs,
-    intervalMs: side.intervalMs,
-    budgetMs: side.budgetMs,
-    leadMs: side.leadMs,
-    peerFingerprint: side.peerFingerprint,
-  };
 }
 
 function policyMessage(path: DirectPath): DirectPolicy {

@@ -17,6 +17,7 @@ import {
   type PunchPlanMessage,
   type PunchSidePlan,
   planPunch,
+  punchPlanMessage,
   StreamErrorCode,
   StreamResetError,
 } from '@narrowlink/protocol';
@@ -47,24 +48,9 @@ class FakeLink extends EventEmitter {
   }
 }
 
+/** A side of the plan as the gateway sends it, with a short common start so the tests do not wait. */
 function side(plan: PunchPlan, which: PunchSidePlan, pathId: string, peer: string, requestId?: number): PunchPlanMessage {
-  return {
-    type: 'punch_plan',
-    pathId,
-    ...(requestId === undefined ? {} : { requestId }),
-    peer,
-    role: which.role,
-    quicRole: which.quicRole,
-    strategy: plan.strategy,
-    attemptId: Buffer.from(which.attemptId).toString('base64'),
-    punchKey: Buffer.from(which.punchKey).toString('base64'),
-    candidates: which.candidates.map((c) => ({ address: c.endpoint.address, port: c.endpoint.port, kind: c.kind })),
-    initialDelayMs: which.initialDelayMs,
-    intervalMs: which.intervalMs,
-    budgetMs: which.budgetMs,
-    leadMs: 20,
-    peerFingerprint: which.peerFingerprint,
-  };
+  return { ...punchPlanMessage(which, plan.strategy, pathId, peer, requestId), leadMs: 20 };
 }
 
 function noNat(port: number): NatClassification {

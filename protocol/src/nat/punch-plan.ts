@@ -21,6 +21,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ErrorCode, NatError } from '../errors.ts';
+import type { PunchPlanMessage } from '../messages.ts';
 import type { NatClassification } from './classify.ts';
 import { type AddressFamily, addressFamily, type Endpoint, endpoint, formatEndpoint, isValidPort } from './endpoint.ts';
 import { ATTEMPT_ID_BYTES, type PeerRole } from './probe-codec.ts';
@@ -294,4 +295,29 @@ function takeRandom(random: RandomBytes, n: number, what: string): Uint8Array {
   const bytes = random(n);
   if (!(bytes instanceof Uint8Array) || bytes.length !== n) throw new NatError(ErrorCode.NAT_INVALID_INPUT, `random source returned no ${n}-byte ${what}`);
   return Uint8Array.from(bytes);
+}
+
+/**
+ * One side of a plan as the `punch_plan` control message the gateway sends that peer (keys as base64). `peer` names
+ * the other end for that side (agent `namespace/name` for a client, the client identity for an agent);
+ * `requestId` answers the client's `direct_request`.
+ */
+export function punchPlanMessage(side: PunchSidePlan, strategy: PunchStrategy, pathId: string, peer: string, requestId?: number): PunchPlanMessage {
+  return {
+    type: 'punch_plan',
+    pathId,
+    ...(requestId !== undefined ? { requestId } : {}),
+    peer,
+    role: side.role,
+    quicRole: side.quicRole,
+    strategy,
+    attemptId: Buffer.from(side.attemptId).toString('base64'),
+    punchKey: Buffer.from(side.punchKey).toString('base64'),
+    candidates: side.candidates.map((c) => ({ address: c.endpoint.address, port: c.endpoint.port, kind: c.kind })),
+    initialDelayMs: side.initialDelayMs,
+    intervalMs: side.intervalMs,
+    budgetMs: side.budgetMs,
+    leadMs: side.leadMs,
+    peerFingerprint: side.peerFingerprint,
+  };
 }
