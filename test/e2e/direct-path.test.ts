@@ -41,6 +41,7 @@ describe('direct path on loopback (auto mode)', () => {
     source = await startSourceServer(BIG, 5);
     stack = await startStack({
       tls: true,
+      clientMode: 'auto',
       agents: [
         {
           name: 'svc',
@@ -148,7 +149,7 @@ describe('direct path refused: the agent runs relay-only', () => {
   let echo: TestServer;
   before(async () => {
     echo = await startEchoServer();
-    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }] });
+    stack = await startStack({ clientMode: 'auto', agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }] });
     await stack.startAgent('svc', { args: ['--relay-only'] });
   });
   after(async () => {
@@ -174,6 +175,7 @@ describe('direct only: an agent with mode direct, a policy allowing Direct only'
   before(async () => {
     echo = await startEchoServer();
     stack = await startStack({
+      clientMode: 'auto',
       agents: [
         { name: 'p2p', mode: 'direct', expose: [{ name: 'echo', port: echo.port }] },
         { name: 'svc', expose: [{ name: 'echo', port: echo.port }] },

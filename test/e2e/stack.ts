@@ -93,6 +93,11 @@ export interface StackOptions {
   gatewayArgs?: string[];
   /** Mirror every child's output to stderr (default: when `NL_TEST_ECHO=1`). */
   echo?: boolean;
+  /**
+   * `NARROWLINK_MODE` of every client this stack starts (flags still win). Default `relay`: suites about the
+   * relay stay deterministic; the direct-path suite asks for `auto`.
+   */
+  clientMode?: 'auto' | 'direct' | 'relay';
 }
 
 /** Token identity overrides, for agents and clients. */
@@ -281,6 +286,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   // Children must not pick up the developer's settings or credentials.
   const env: Record<string, string | undefined> = { XDG_CONFIG_HOME: path.join(dir, 'xdg') };
   for (const key of Object.keys(process.env)) if (key.startsWith('NARROWLINK_')) env[key] = undefined;
+  // Suites about the relay (counters, drain, revocation) must know which path a stream takes; in auto mode a
+  // direct path comes up behind the first stream and takes the later ones, depending on timing.
+  env.NARROWLINK_MODE = options.clientMode ?? 'relay';
   const echo = options.echo;
 
   const stop = async (): Promise<void> => {
