@@ -313,6 +313,24 @@ describe('DirectPaths (loopback, real QUIC)', () => {
     }
   });
 
+  test('a path ends with the gateway session that planned it (its policy is kept current only through that session)', async () => {
+    const p = await pair();
+    try {
+      await up(p, [{ name: 'echo', host: '127.0.0.1', port: echoPort }]);
+      const down = waitPath(p.client, 'failed');
+      p.agentLink.state = 'connecting';
+      p.agentLink.emit('state', 'connecting');
+      assert.equal(p.agent.status().length, 0, 'the agent dropped the path at once');
+      const status = await down;
+      assert.ok(status.reason === 'PathLost', `client: ${status.reason}`);
+      p.clientLink.emit('state', 'connecting');
+      assert.equal(p.client.transport('ns/web'), undefined);
+    } finally {
+      await p.client.close();
+      await p.agent.close();
+    }
+  });
+
   test('plans and messages that do not belong are ignored: unknown request, plan without policy, garbage punches', async () => {
     const p = await pair();
     try {

@@ -178,6 +178,15 @@ export class DirectPaths extends EventEmitter {
   attach(link: GatewayLink): this {
     this.#link = link;
     link.on('direct', (message: PunchPlanMessage | DirectRefused | DirectPolicy | DirectClose) => this.#onMessage(message));
+    // A path belongs to the gateway session that planned it: the gateway keeps its policy current only through
+    // that session. When the session ends (gateway restart, network change), so do its paths; the client uses
+    // the relay once reconnected and asks again.
+    link.on('state', (state: string) => {
+      if (state === 'open') return;
+      for (const path of [...this.#paths.values()]) {
+        if (path.state !== 'failed') this.#fail(path, 'SessionLost', 'the gateway session that set up this path ended', 1000, false);
+      }
+    });
     return this;
   }
 
