@@ -331,6 +331,21 @@ describe('DirectPaths (loopback, real QUIC)', () => {
     }
   });
 
+  test('a policy whose plan never comes (the path ended meanwhile) does not linger on the agent', async () => {
+    const agentLink = new FakeLink();
+    const agent = (await DirectPaths.create({ role: 'agent', identity: await generateIdentity(), host: '127.0.0.1', planWaitMs: 50 })).attach(
+      agentLink as unknown as GatewayLink,
+    );
+    try {
+      agentLink.deliver({ type: 'direct_policy', pathId: 'gone', allow: [{ name: 'echo', host: '127.0.0.1', port: echoPort }] });
+      assert.equal(agent.status()[0]?.state, 'requesting');
+      await new Promise((r) => setTimeout(r, 120));
+      assert.deepEqual(agent.status(), []);
+    } finally {
+      await agent.close();
+    }
+  });
+
   test('plans and messages that do not belong are ignored: unknown request, plan without policy, garbage punches', async () => {
     const p = await pair();
     try {

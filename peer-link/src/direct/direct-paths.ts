@@ -74,6 +74,8 @@ export interface DirectPathsOptions {
   retryAfterMs?: number;
   /** Client: give up on a direct_request the gateway does not answer. Default 5 000. */
   requestTimeoutMs?: number;
+  /** Agent: how long a `direct_policy` waits for its `punch_plan` before the record is dropped. Default 30 000. */
+  planWaitMs?: number;
   /** QUIC handshake after a successful punch. Default 3 000. */
   handshakeTimeoutMs?: number;
   /** A stream's open header (agent) or the agent's answer to it (client) must arrive within this. Default 10 000. */
@@ -328,9 +330,16 @@ export class DirectPaths extends EventEmitter {
   #onPolicy(message: DirectPolicy): void {
     let path = this.#byPathId.get(message.pathId);
     if (!path) {
-      path = this.#newPath(`path:${message.pathId}`, message.pathId);
-      this.#paths.set(path.peer, path);
-      this.#byPathId.set(message.pathId, path);
+      const created = this.#newPath(`path:${message.pathId}`, message.pathId);
+      this.#paths.set(created.peer, created);
+      this.#byPathId.set(message.pathId, created);
+      // The plan follows at once; a policy for a path that ended meanwhile (the update crossed our failure
+      // report) gets none and must not linger.
+      created.requestTimer = setTimeout(() => {
+        if (created.state === 'requesting') this.#forget(created);
+      }, this.options.planWaitMs ?? 30_000);
+      created.requestTimer.unref();
+      path = created;
     }
     path.allow = message.allow;
     for (const [stream, target] of path.streams) {
@@ -353,6 +362,7 @@ export class DirectPaths extends EventEmitter {
       path = this.#byPathId.get(plan.pathId);
       // The policy comes first; a plan without one is not ours to run.
       if (!path || path.punch) return;
+      clearTimeout(path.requestTimer);
       this.#paths.delete(path.peer);
       path.peer = plan.peer;
       this.#paths.set(`${plan.peer}#${plan.pathId}`, path);
@@ -556,6 +566,12 @@ export class DirectPaths extends EventEmitter {
       w.reject(this.#unavailable(path));
     }
     this.emit('path', this.#status(path));
+  }
+
+  /** Drops an agent-side record that never got a plan (no events: nothing was ever attempted). */
+  #forget(path: Path): void {
+    for (const [key, p] of this.#paths) if (p === path) this.#paths.delete(key);
+    if (path.pathId && this.#byPathId.get(path.pathId) === path) this.#byPathId.delete(path.pathId);
   }
 
   #unavailable(path: Path): DirectError {
