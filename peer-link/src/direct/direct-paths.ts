@@ -331,7 +331,7 @@ export class DirectPaths extends EventEmitter {
     let path = this.#byPathId.get(message.pathId);
     if (!path) {
       const created = this.#newPath(`path:${message.pathId}`, message.pathId);
-      this.#paths.set(created.peer, created);
+      this.#paths.set(message.pathId, created);
       this.#byPathId.set(message.pathId, created);
       // The plan follows at once; a policy for a path that ended meanwhile (the update crossed our failure
       // report) gets none and must not linger.
@@ -363,9 +363,7 @@ export class DirectPaths extends EventEmitter {
       // The policy comes first; a plan without one is not ours to run.
       if (!path || path.punch) return;
       clearTimeout(path.requestTimer);
-      this.#paths.delete(path.peer);
       path.peer = plan.peer;
-      this.#paths.set(`${plan.peer}#${plan.pathId}`, path);
     }
     path.plan = plan;
     path.planAt = performance.now();
@@ -555,10 +553,8 @@ export class DirectPaths extends EventEmitter {
       this.#link?.sendControl({ type: 'direct_state', pathId: path.pathId, state: wasUp ? 'closed' : 'failed', reason: reason.slice(0, 64) });
     }
     if (path.pathId) this.#byPathId.delete(path.pathId);
-    if (this.options.role === 'agent') {
-      // An agent keeps no memory of failed paths: the next plan brings a new path id.
-      for (const [key, p] of this.#paths) if (p === path) this.#paths.delete(key);
-    }
+    // An agent keeps no memory of failed paths: the next plan brings a new path id.
+    if (this.options.role === 'agent') this.#forget(path);
     const log = wasUp ? this.#log.info : this.#log.warn;
     log.call(this.#log, { event: 'direct-failed', peer: path.peer, reason, msg: message }, wasUp ? 'direct path lost' : 'no direct path');
     for (const w of path.waiters.splice(0)) {
@@ -568,10 +564,11 @@ export class DirectPaths extends EventEmitter {
     this.emit('path', this.#status(path));
   }
 
-  /** Drops an agent-side record that never got a plan (no events: nothing was ever attempted). */
+  /** Drops an agent-side record (agents key their paths by path id). */
   #forget(path: Path): void {
-    for (const [key, p] of this.#paths) if (p === path) this.#paths.delete(key);
-    if (path.pathId && this.#byPathId.get(path.pathId) === path) this.#byPathId.delete(path.pathId);
+    if (!path.pathId) return;
+    if (this.#paths.get(path.pathId) === path) this.#paths.delete(path.pathId);
+    if (this.#byPathId.get(path.pathId) === path) this.#byPathId.delete(path.pathId);
   }
 
   #unavailable(path: Path): DirectError {
