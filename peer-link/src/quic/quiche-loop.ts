@@ -647,8 +647,8 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     try {
       this.#conn.streamRecv(stream.id, EMPTY);
     } catch (err) {
-      const code = matchCode(err, /StreamReset\((\d+)\)/);
-      if (code !== undefined) stream.fail(new DirectError(DirectErrorCode.STREAM_RESET, `the peer reset stream ${stream.id} (code ${code})`, { streamCode: code, byPeer: true }));
+      const reset = peerResetError(stream.id, err);
+      if (reset) stream.fail(reset);
     }
   }
 
@@ -676,12 +676,7 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
       try {
         result = conn.streamRecv(stream.id, buf);
       } catch (err) {
-        const code = matchCode(err, /StreamReset\((\d+)\)/);
-        stream.fail(
-          code === undefined
-            ? new DirectError(DirectErrorCode.QUIC, `stream ${stream.id} read failed`, { cause: err })
-            : new DirectError(DirectErrorCode.STREAM_RESET, `the peer reset stream ${stream.id} (code ${code})`, { streamCode: code, byPeer: true }),
-        );
+        stream.fail(peerResetError(stream.id, err) ?? new DirectError(DirectErrorCode.QUIC, `stream ${stream.id} read failed`, { cause: err }));
         return;
       }
       if (result === null) return;
@@ -708,21 +703,12 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
   }
 
   /**
-   * @internal Stops reading a stream (STOP_SENDING with `code`), reading what is buffered first so that quiche
-   * counts it as consumed (see the connection window in buildConfig for why that is not enough on its own).
+   * @internal Stops reading a stream (STOP_SENDING with `code`). quiche drops what is buffered for it without
+   * counting it as consumed, which the unbounded connection window absorbs (see buildConfig).
    */
   stopReading(id: number, code: number): void {
-    const conn = this.#conn;
-    const scratch = this.#readBuf;
     try {
-      for (let i = 0; i < 4096 && conn.streamRecv(id, scratch) !== null; i++) {
-        // discard
-      }
-    } catch {
-      // Reset by the peer or already finished: nothing buffered to give back.
-    }
-    try {
-      conn.streamShutdown(id, quiche.Shutdown.Read, code);
+      this.#conn.streamShutdown(id, quiche.Shutdown.Read, code);
     } catch {}
   }
 
@@ -866,6 +852,12 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     for (const w of this.#closedWaiters.splice(0)) w();
     this.emit('closed', error);
   }
+}
+
+/** The STREAM_RESET error for a quiche read error that says the peer reset the stream; `undefined` otherwise. */
+function peerResetError(id: number, err: unknown): DirectError | undefined {
+  const code = matchCode(err, /StreamReset\((\d+)\)/);
+  return code === undefined ? undefined : new DirectError(DirectErrorCode.STREAM_RESET, `the peer reset stream ${id} (code ${code})`, { streamCode: code, byPeer: true });
 }
 
 function matchCode(err: unknown, re: RegExp): number | undefined {
