@@ -177,15 +177,20 @@ export async function openTarget(
   timeoutMs: number,
 ): Promise<OpenedStream> {
   const port = await resolver.resolve(target, timeoutMs);
+  const whenUp = async (paths: DirectPaths): Promise<OpenedStream> => {
+    await paths.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
+    return directOpened(await paths.openStream(target.agent, { port }));
+  };
   if (mode === 'direct') {
     if (!direct) throw new DirectError(DirectErrorCode.UNAVAILABLE, 'mode direct, but no UDP socket could be bound here', { reason: 'NoSocket' });
     await link.waitOpen(timeoutMs);
-    await direct.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
-    return directOpened(await direct.openStream(target.agent, { port }));
+    return await whenUp(direct);
   }
-  if (direct && mode !== 'relay' && direct.transport(target.agent)) {
+  // auto (the default): the direct path when it is up, the relay otherwise; relay: never the direct path.
+  const auto = mode === 'relay' ? undefined : direct;
+  if (auto?.transport(target.agent)) {
     try {
-      return directOpened(await direct.openStream(target.agent, { port }));
+      return directOpened(await auto.openStream(target.agent, { port }));
     } catch (error) {
       // The agent refused (policy, dial): the relay would say the same.
       if (error instanceof StreamResetError) throw error;
@@ -196,10 +201,9 @@ export async function openTarget(
     ({ stream } = await link.openStream({ agent: target.agent, port, ...(mode ? { mode } : {}) }, timeoutMs));
   } catch (error) {
     // The agent or the policy offers this target over the direct path only: auto mode waits for it.
-    if (!(direct && mode !== 'relay' && error instanceof StreamResetError && error.streamCode === StreamErrorCode.RELAY_NOT_OFFERED)) throw error;
-    await direct.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
-    return directOpened(await direct.openStream(target.agent, { port }));
+    if (!(auto && error instanceof StreamResetError && error.streamCode === StreamErrorCode.RELAY_NOT_OFFERED)) throw error;
+    return await whenUp(auto);
   }
-  if (direct && mode !== 'relay') direct.request(target.agent);
+  auto?.request(target.agent);
   return relayOpened(stream);
 }
