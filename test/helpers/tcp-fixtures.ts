@@ -120,6 +120,7 @@ function waitForDrain(socket: net.Socket): Promise<void> {
  * `drain` whenever the writable buffer is above its high-water mark). Does not end the socket.
  *
  * @param onPiece - optional observer of every piece written (e.g. to hash what was sent).
+ * @param afterBlock - optional hook after each 1 MiB block with the bytes written so far (progress, pacing).
  * @returns resolves once everything is handed to the socket; rejects if it closes or errors first.
  */
 export async function writeDeterministic(
@@ -127,7 +128,9 @@ export async function writeDeterministic(
   bytes: number,
   seed = 1,
   onPiece?: (piece: Buffer) => void,
+  afterBlock?: (written: number) => void | Promise<void>,
 ): Promise<void> {
+  let written = 0;
   for (const block of deterministicBlocks(bytes, seed)) {
     if (socket.destroyed) throw new Error('socket destroyed while writing');
     // cork/uncork turns header + body into a single writev syscall.
@@ -135,9 +138,11 @@ export async function writeDeterministic(
     for (const piece of block) {
       onPiece?.(piece);
       socket.write(piece);
+      written += piece.length;
     }
     socket.uncork();
     if (socket.writableNeedDrain) await waitForDrain(socket);
+    await afterBlock?.(written);
   }
 }
 

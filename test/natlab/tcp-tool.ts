@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
-import { deterministicBlocks, deterministicSha256, startSinkServer, writeDeterministic } from '../helpers/tcp-fixtures.ts';
+import { deterministicSha256, startSinkServer, writeDeterministic } from '../helpers/tcp-fixtures.ts';
 
 const print = (line: Record<string, unknown>): void => void process.stdout.write(`${JSON.stringify(line)}\n`);
 
@@ -129,31 +129,24 @@ async function send(): Promise<void> {
   });
   ended.catch(() => {});
   let nextProgress = progressEvery;
-  for (const block of deterministicBlocks(bytes, seed)) {
-    if (socket.destroyed) throw new Error('connection closed while writing');
-    socket.cork();
-    for (const piece of block) {
-      sentHash.update(piece);
-      socket.write(piece);
-      sent += piece.length;
-    }
-    socket.uncork();
-    if (socket.writableNeedDrain) {
-      await new Promise<void>((resolve, reject) => {
-        socket.once('drain', resolve);
-        socket.once('close', () => reject(new Error('connection closed while writing')));
-      });
-    }
-    if (progressEvery > 0 && sent >= nextProgress) {
-      print({ event: 'progress', sent, ms: Math.round(performance.now() - started) });
-      nextProgress += progressEvery;
-    }
-    // Paced sending: hold back until the clock catches up with the bytes written.
-    if (rate > 0) {
-      const aheadMs = (sent / rate) * 1000 - (performance.now() - started);
-      if (aheadMs > 0) await sleep(aheadMs);
-    }
-  }
+  await writeDeterministic(
+    socket,
+    bytes,
+    seed,
+    (piece) => sentHash.update(piece),
+    async (written) => {
+      sent = written;
+      if (progressEvery > 0 && sent >= nextProgress) {
+        print({ event: 'progress', sent, ms: Math.round(performance.now() - started) });
+        nextProgress += progressEvery;
+      }
+      // Paced sending: hold back until the clock catches up with the bytes written.
+      if (rate > 0) {
+        const aheadMs = (sent / rate) * 1000 - (performance.now() - started);
+        if (aheadMs > 0) await sleep(aheadMs);
+      }
+    },
+  );
   socket.end();
   await ended;
   socket.destroy();
