@@ -584,6 +584,10 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
         // 30 s idle timeout.
         this.#localError ??= new DirectError(DirectErrorCode.IDLE, `the peer stopped answering (${Math.round(silentMs / 1000)} s without a packet despite probes): the direct path is gone`);
         void this.close('path dead');
+        // Nobody is there to hear the close: send it once and report now, instead of after quiche's draining
+        // period (three probe timeouts, backed off by the loss: seconds).
+        this.#drain();
+        this.#finish();
         return;
       }
       if (probing || now - lastPingAt >= keepAliveMs) {
