@@ -295,3 +295,9 @@ export function portSpecRange(spec: number | string): { lo: number; hi: number }
   if (m === null) throw new RangeError(`invalid port spec "${spec}"`);
   return { lo: Number(m[1]), hi: Number(m[2]) };
 }
+
+/** Data key of the Secret the operator writes and the gateway reads: the YAML {@link GatewayConfig}. */
+export const GATEWAY_CONFIG_SECRET_KEY = 'config.yaml';
+
+/** Default name of that Secret (the operator's `--gateway-config-secret`, the gateway's `--config-secret`). */
+export const DEFAULT_GATEWAY_CONFIG_SECRET_NAME = 'narrowlink-gateway-config';

@@ -4,6 +4,7 @@ export * from './messages.ts';
 export * from './mux.ts';
 export * from './session-timing.ts';
 export * from './gateway-config.ts';
+export * from './gateway-status.ts';
 export * from './policy.ts';
 export * from './tokens.ts';
 export * from './nat/index.ts';
