@@ -108,3 +108,17 @@ export const ErrorCode = {
   NAT_INVALID_INPUT: 'NL_ERR_NAT_INVALID_INPUT',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/**
+ * True for the gateway's authentication refusals (`NL_ERR_AUTH_*`: missing or invalid token, wrong endpoint,
+ * unknown agent, …). The family is part of the wire contract: a peer that gets one cannot succeed by retrying
+ * with the same credentials. The codes themselves are the gateway's (`GatewayErrorCode.AUTH_*`).
+ */
+export function isAuthRefusalCode(code: string | undefined): boolean {
+  return code?.startsWith('NL_ERR_AUTH_') ?? false;
+}
+
+/** True for the token verification codes (`NL_ERR_TOKEN_*`, {@link ErrorCode}`.TOKEN_*`). */
+export function isTokenCode(code: string | undefined): boolean {
+  return code?.startsWith('NL_ERR_TOKEN_') ?? false;
+}
