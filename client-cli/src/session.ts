@@ -3,7 +3,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { type ClientOpen, type MuxStream, StreamErrorCode, StreamResetError } from '@narrowlink/protocol';
+import { type ClientOpen, isAuthRefusalCode, isTokenCode, type MuxStream, StreamErrorCode, StreamResetError } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
 import {
   bridgeDirect,
@@ -84,7 +84,7 @@ export function createLink(
 export function exitCodeFor(error: unknown): ExitCode {
   if (error instanceof CliError) return error.exitCode;
   if (error instanceof LinkError) {
-    if (error.status === 401 || error.status === 403 || error.gatewayCode?.startsWith('NL_ERR_AUTH_') || error.gatewayCode?.startsWith('NL_ERR_TOKEN_')) return ExitCode.AUTH;
+    if (error.status === 401 || error.status === 403 || isAuthRefusalCode(error.gatewayCode) || isTokenCode(error.gatewayCode)) return ExitCode.AUTH;
     return ExitCode.UNREACHABLE;
   }
   return ExitCode.FAILURE;
@@ -152,7 +152,7 @@ function directOpened(stream: DirectStream): OpenedStream {
     duplex: () => stream,
     bridge: async (socket) => {
       const error = await bridgeDirect(socket, stream).done;
-      return error ? { code: (error as { code?: string }).code ?? 'NL_ERR_DIRECT_STREAM_RESET', message: error.message } : undefined;
+      return error ? { code: (error as { code?: string }).code ?? DirectErrorCode.STREAM_RESET, message: error.message } : undefined;
     },
     cancel: () => stream.destroy(),
   };
