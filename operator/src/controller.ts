@@ -7,13 +7,14 @@
  * `injected/NS/NAME` (the agent of a workload whose pods carry an injected sidecar).
  */
 import { Informer, type KubeClient, type KubeObject, objectKey, Resources, WorkQueue } from '@narrowlink/kube';
+import { GATEWAY_STATUS_SELECTOR } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import { AGENT_KIND } from './crds/narrowlink-agent.ts';
 import { POLICY_KIND } from './crds/access-policy.ts';
 import { EventRecorder } from './events.ts';
 import { LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
 import type { OperatorMetrics } from './metrics.ts';
-import { agentsOf, GATEWAY_STATUS_SELECTOR } from './reconcilers/agent/presence.ts';
+import { agentsOf } from './reconcilers/agent/presence.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
@@ -22,7 +23,8 @@ import { LABEL_AGENT } from './webhook/patch.ts';
 import { reconcilePolicy } from './reconcilers/policy/reconcile.ts';
 import type { SigningKey } from './signing-key.ts';
 
-export const GATEWAY_CONFIG_KEY = 'gateway-config';
+/** Work-queue key of the one compiled gateway config Secret (not to be confused with the Secret's data key). */
+export const GATEWAY_CONFIG_QUEUE_KEY = 'gateway-config';
 
 export interface OperatorOptions {
   client: KubeClient;
@@ -45,7 +47,7 @@ export class Operator {
   readonly #options: OperatorOptions;
   readonly #timers = new Set<NodeJS.Timeout>();
   /** Agents each gateway status ConfigMap named last time, so an agent that left is updated too. */
-  readonly #leaseAgents = new Map<string, string[]>();
+  readonly #statusAgents = new Map<string, string[]>();
   #running = false;
   #idleWaiters: Array<() => void> = [];
   #busy = false;
@@ -66,34 +68,34 @@ export class Operator {
       const labels = object.metadata.labels ?? {};
       if (labels[LABEL_OWNER_KIND] === AGENT_KIND) this.queue.add(`agent/${labels[LABEL_OWNER_NAMESPACE]}/${labels[LABEL_OWNER_NAME]}`);
       else if (object.metadata.name === options.settings.gatewayConfigSecret && object.metadata.namespace === options.settings.namespace) {
-        this.queue.add(GATEWAY_CONFIG_KEY); // repair manual edits of the compiled Secret
+        this.queue.add(GATEWAY_CONFIG_QUEUE_KEY); // repair manual edits of the compiled Secret
       }
     };
     const caches = {
       agents: informer(Resources.narrowlinkAgent, (o) => {
         this.queue.add(`agent/${objectKey(o)}`);
-        this.queue.add(GATEWAY_CONFIG_KEY);
+        this.queue.add(GATEWAY_CONFIG_QUEUE_KEY);
       }),
       policies: informer(Resources.accessPolicy, (o) => {
         this.queue.add(`policy/${objectKey(o)}`);
-        this.queue.add(GATEWAY_CONFIG_KEY);
+        this.queue.add(GATEWAY_CONFIG_QUEUE_KEY);
       }),
       certificates: informer(Resources.certificate, toOwner, managed),
       secrets: informer(Resources.secret, toOwner, managed),
       // Gateway replicas' status ConfigMaps: which agents are attached where (agent status).
-      gatewayLeases: new Informer(options.client, Resources.configMap, {
+      gatewayStatus: new Informer(options.client, Resources.configMap, {
         log: options.log.child({ component: 'informer', resource: 'configmaps' }),
         namespace: options.settings.namespace,
         labelSelector: GATEWAY_STATUS_SELECTOR,
         ...(options.resyncMs ? { resyncMs: options.resyncMs } : {}),
         ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}),
-        onEvent: (event, lease) => {
+        onEvent: (event, configMap) => {
           // Every agent this replica names (now or before) may have changed presence.
-          for (const key of new Set([...Object.keys(agentsOf(lease)), ...(this.#leaseAgents.get(objectKey(lease)) ?? [])])) {
+          for (const key of new Set([...Object.keys(agentsOf(configMap)), ...(this.#statusAgents.get(objectKey(configMap)) ?? [])])) {
             this.queue.add(`agent/${key}`);
           }
-          if (event === 'deleted') this.#leaseAgents.delete(objectKey(lease));
-          else this.#leaseAgents.set(objectKey(lease), Object.keys(agentsOf(lease)));
+          if (event === 'deleted') this.#statusAgents.delete(objectKey(configMap));
+          else this.#statusAgents.set(objectKey(configMap), Object.keys(agentsOf(configMap)));
         },
       }),
       // Pods with an injected sidecar (the webhook labels them with their agent's name).
@@ -123,9 +125,9 @@ export class Operator {
     const { caches } = this.context;
     for (const informer of Object.values(caches)) informer.start();
     // Certificates are not awaited: without cert-manager their list fails until it is installed.
-    await Promise.all([caches.agents, caches.policies, caches.secrets, caches.pods, caches.gatewayLeases].map((i) => i.waitForSync()));
+    await Promise.all([caches.agents, caches.policies, caches.secrets, caches.pods, caches.gatewayStatus].map((i) => i.waitForSync()));
     this.#running = true;
-    this.queue.add(GATEWAY_CONFIG_KEY);
+    this.queue.add(GATEWAY_CONFIG_QUEUE_KEY);
     void this.#work();
   }
 
@@ -177,7 +179,7 @@ export class Operator {
   }
 
   async #reconcile(key: string): Promise<ReconcileResult> {
-    if (key === GATEWAY_CONFIG_KEY) {
+    if (key === GATEWAY_CONFIG_QUEUE_KEY) {
       const outcome = await reconcileGatewayConfig(this.context);
       // Objects whose compile problem appeared or went away need their status rewritten.
       for (const changed of outcome.changed) {

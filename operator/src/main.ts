@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { LeaderElector, RestKubeClient } from '@narrowlink/kube';
+import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME } from '@narrowlink/protocol';
 import Fastify from 'fastify';
 import { pino } from 'pino';
 import { Operator } from './controller.ts';
@@ -31,7 +32,7 @@ const HELP = `narrowlink-operator: the Narrowlink control plane for Kubernetes
 
 Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --namespace NS                 namespace of the operator, gateway config Secret and Lease (default: this pod's)
-  --gateway-config-secret NAME   compiled gateway config Secret (default narrowlink-gateway-config)
+  --gateway-config-secret NAME   compiled gateway config Secret (default ${DEFAULT_GATEWAY_CONFIG_SECRET_NAME})
   --signing-key-secret NAME      Ed25519 signing key Secret, created when absent (default narrowlink-signing-key)
   --default-issuer NAME[/KIND]   cert-manager issuer for published domains without spec.issuerRef (KIND default ClusterIssuer)
   --allow-cross-namespace-policies  let a policy reach agents in other namespaces
@@ -158,7 +159,7 @@ async function main(): Promise<void> {
       signingKey,
       settings: {
         namespace,
-        gatewayConfigSecret: opt('gateway-config-secret') ?? 'narrowlink-gateway-config',
+        gatewayConfigSecret: opt('gateway-config-secret') ?? DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
         allowCrossNamespacePolicies: values['allow-cross-namespace-policies'] === true || env('allow-cross-namespace-policies') === 'true',
         ...(issuerName ? { defaultIssuerRef: { name: issuerName, kind: issuerKind ?? 'ClusterIssuer', group: 'cert-manager.io' } } : {}),
       },

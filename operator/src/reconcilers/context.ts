@@ -24,7 +24,7 @@ export interface ReconcileContext {
   now(): number;
   settings: OperatorSettings;
   signingKey: SigningKey;
-  caches: { agents: Informer; policies: Informer; certificates: Informer; secrets: Informer; pods: Informer; gatewayLeases: Informer };
+  caches: { agents: Informer; policies: Informer; certificates: Informer; secrets: Informer; pods: Informer; gatewayStatus: Informer };
   /** Problems found by the last gateway-config compile, keyed `Kind/namespace/name`. */
   problems: Map<string, Problem>;
 }

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { presenceOf, type StatusLease } from './presence.ts';
+import { type GatewayStatusConfigMap, presenceOf } from './presence.ts';
 
 const NOW = Date.parse('2026-11-25T12:00:00Z');
 
-function lease(name: string, renewedAgoMs: number, agents: unknown, durationSeconds = 30): StatusLease {
+function lease(name: string, renewedAgoMs: number, agents: unknown, durationSeconds = 30): GatewayStatusConfigMap {
   return {
     metadata: {
       name,

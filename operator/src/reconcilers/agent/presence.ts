@@ -1,14 +1,17 @@
 /**
- * Which agents are attached, from the status ConfigMaps gateway replicas renew like leases (see
- * gateway/src/status-reporter.ts). Pure: one counts while `renew-time + lease-duration-seconds` is
- * in the future.
+ * Which agents are attached, from the status ConfigMaps gateway replicas renew like leases. The names, the
+ * selector and the document's shape are the contract in `@narrowlink/protocol` (gateway-status), which the
+ * gateway writes from. Pure: one counts while `renew-time + lease-duration-seconds` is in the future.
  */
-export const AGENTS_ANNOTATION = 'narrowlink.io/agents';
-export const RENEW_TIME_ANNOTATION = 'narrowlink.io/renew-time';
-export const LEASE_DURATION_ANNOTATION = 'narrowlink.io/lease-duration-seconds';
-export const GATEWAY_STATUS_SELECTOR = 'app.kubernetes.io/component=gateway-status';
+import {
+  type AgentPresenceReport,
+  DEFAULT_GATEWAY_STATUS_LEASE_SECONDS,
+  GatewayStatusAnnotation,
+  parseGatewayStatus,
+} from '@narrowlink/protocol';
 
-export interface StatusLease {
+/** The part of a gateway replica's status ConfigMap the operator reads. */
+export interface GatewayStatusConfigMap {
   metadata: { name?: string; annotations?: Record<string, string> };
 }
 
@@ -19,28 +22,26 @@ export interface AgentPresence {
   nat?: string;
   /** Direct paths up to this agent, summed over replicas (absent when none reported any). */
   directPaths?: number;
-  /** When the earliest contributing Lease expires (ms): presence must be re-evaluated then. */
+  /** When the earliest contributing report expires (ms): presence must be re-evaluated then. */
   expiresAtMs?: number;
 }
 
-/** Agents named in a Lease's annotation (malformed annotations count as none). */
-export function agentsOf(lease: StatusLease): Record<string, { instances?: number; nat?: string; directPaths?: number }> {
-  try {
-    const parsed = JSON.parse(lease.metadata.annotations?.[AGENTS_ANNOTATION] ?? '{}') as unknown;
-    return parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, { instances?: number; nat?: string; directPaths?: number }>) : {};
-  } catch {
-    return {};
-  }
+/** Agents named in a status ConfigMap's report (a malformed report counts as none). */
+export function agentsOf(configMap: GatewayStatusConfigMap): Record<string, Partial<AgentPresenceReport>> {
+  return parseGatewayStatus(configMap.metadata.annotations?.[GatewayStatusAnnotation.AGENTS]);
 }
 
-export function presenceOf(agentKey: string, leases: readonly StatusLease[], nowMs: number): AgentPresence {
+/** The presence of `agentKey` (`namespace/name`) summed over the reports still live at `nowMs`. */
+export function presenceOf(agentKey: string, configMaps: readonly GatewayStatusConfigMap[], nowMs: number): AgentPresence {
   const out: AgentPresence = { instances: 0 };
-  for (const lease of leases) {
-    const renewed = Date.parse(lease.metadata.annotations?.[RENEW_TIME_ANNOTATION] ?? '');
-    const duration = Number(lease.metadata.annotations?.[LEASE_DURATION_ANNOTATION] ?? 30);
-    const expiresAtMs = renewed + (Number.isFinite(duration) && duration > 0 ? duration : 30) * 1000;
+  for (const configMap of configMaps) {
+    const annotations = configMap.metadata.annotations;
+    const renewed = Date.parse(annotations?.[GatewayStatusAnnotation.RENEW_TIME] ?? '');
+    const duration = Number(annotations?.[GatewayStatusAnnotation.LEASE_DURATION] ?? DEFAULT_GATEWAY_STATUS_LEASE_SECONDS);
+    const leaseSeconds = Number.isFinite(duration) && duration > 0 ? duration : DEFAULT_GATEWAY_STATUS_LEASE_SECONDS;
+    const expiresAtMs = renewed + leaseSeconds * 1000;
     if (!Number.isFinite(renewed) || expiresAtMs <= nowMs) continue;
-    const entry = agentsOf(lease)[agentKey];
+    const entry = agentsOf(configMap)[agentKey];
     if (!entry || typeof entry.instances !== 'number' || entry.instances <= 0) continue;
     out.instances += Math.floor(entry.instances);
     if (typeof entry.nat === 'string' && entry.nat.length > 0) out.nat = entry.nat;

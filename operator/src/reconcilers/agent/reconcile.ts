@@ -15,7 +15,7 @@ import { desiredAgentTokenSecret, agentTokenSecretName, signingKeyId } from '../
 import { certificatesToDelete, desiredCertificates, tlsSecretsToDelete } from '../certificates/desired.ts';
 import { setCondition } from '../conditions.ts';
 import { problemKey, type ReconcileContext, type ReconcileResult } from '../context.ts';
-import { presenceOf, type StatusLease } from './presence.ts';
+import { type GatewayStatusConfigMap, presenceOf } from './presence.ts';
 import { domainOwners } from '../domains.ts';
 
 function ownedBy<T>(objects: KubeObject[], agent: NarrowlinkAgent, component: Component): T[] {
@@ -116,7 +116,7 @@ export async function reconcileAgent(ctx: ReconcileContext, key: string): Promis
   }
 
   // Connected: what the gateway replicas report through their status ConfigMaps.
-  const presence = presenceOf(key, ctx.caches.gatewayLeases.list() as unknown as StatusLease[], nowMs);
+  const presence = presenceOf(key, ctx.caches.gatewayStatus.list() as unknown as GatewayStatusConfigMap[], nowMs);
   conditions = setCondition(
     conditions,
     presence.instances > 0

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { ConfigError, ErrorCode, parseGatewayConfig } from '@narrowlink/protocol';
+import { ConfigError, ErrorCode, GATEWAY_CONFIG_SECRET_KEY, parseGatewayConfig } from '@narrowlink/protocol';
 import type { AccessPolicy } from '../../crds/access-policy.ts';
 import type { NarrowlinkAgent } from '../../crds/narrowlink-agent.ts';
 import { LABEL_COMPONENT, LABEL_MANAGED_BY } from '../../labels.ts';
@@ -9,7 +9,6 @@ import { makeAgent, makePolicy } from '../test-fixtures.ts';
 import {
   CONFIG_HASH_ANNOTATION,
   desiredGatewayConfig,
-  GATEWAY_CONFIG_KEY,
   type GatewayConfigInput,
   gatewayConfigSecret,
   type Problem,
@@ -290,12 +289,12 @@ describe('gatewayConfigSecret', () => {
     assert.equal(secret.apiVersion, 'v1');
     assert.equal(secret.kind, 'Secret');
     assert.equal(secret.type, 'Opaque');
-    assert.deepEqual(Object.keys(secret.data ?? {}), [GATEWAY_CONFIG_KEY]);
+    assert.deepEqual(Object.keys(secret.data ?? {}), [GATEWAY_CONFIG_SECRET_KEY]);
     assert.equal(secret.metadata.name, 'gateway-config');
     assert.equal(secret.metadata.namespace, 'narrowlink');
     assert.equal(secret.metadata.labels?.[LABEL_MANAGED_BY], 'narrowlink-operator');
     assert.equal(secret.metadata.labels?.[LABEL_COMPONENT], 'gateway-config');
-    const text = Buffer.from(secret.data?.[GATEWAY_CONFIG_KEY] ?? '', 'base64').toString('utf8');
+    const text = Buffer.from(secret.data?.[GATEWAY_CONFIG_SECRET_KEY] ?? '', 'base64').toString('utf8');
     assert.deepEqual(parseGatewayConfig(text), config);
   });
 

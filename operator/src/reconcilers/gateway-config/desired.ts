@@ -17,6 +17,7 @@
  */
 import {
   type AgentConfig,
+  GATEWAY_CONFIG_SECRET_KEY,
   type GatewayConfig,
   gatewayConfigSchema,
   type PolicyConfig,
@@ -304,8 +305,6 @@ function problemOf(
   };
 }
 
-/** Data key of the gateway config Secret; the gateway's Kubernetes config source reads this key. */
-export const GATEWAY_CONFIG_KEY = 'config.yaml';
 /** Annotation with the SHA-256 of the config bytes: lets humans and rollouts see which config is live. */
 export const CONFIG_HASH_ANNOTATION = 'narrowlink.io/config-sha256';
 
@@ -314,7 +313,7 @@ export function renderGatewayConfig(config: GatewayConfig): string {
   return stringify(config, { lineWidth: 0 });
 }
 
-/** The gateway config Secret (Opaque, key {@link GATEWAY_CONFIG_KEY}), labelled as operator-managed. */
+/** The gateway config Secret (Opaque, key {@link GATEWAY_CONFIG_SECRET_KEY}), labelled as operator-managed. */
 export function gatewayConfigSecret(config: GatewayConfig, where: { namespace: string; name: string }): Secret {
   const text = renderGatewayConfig(config);
   return {
@@ -327,6 +326,6 @@ export function gatewayConfigSecret(config: GatewayConfig, where: { namespace: s
       annotations: { [CONFIG_HASH_ANNOTATION]: shortHash(text, 64) },
     },
     type: 'Opaque',
-    data: { [GATEWAY_CONFIG_KEY]: Buffer.from(text, 'utf8').toString('base64') },
+    data: { [GATEWAY_CONFIG_SECRET_KEY]: Buffer.from(text, 'utf8').toString('base64') },
   };
 }

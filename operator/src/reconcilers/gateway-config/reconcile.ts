@@ -3,11 +3,12 @@
  * apply). The Secret is written only when its content changes, so gateways reload only then.
  */
 import { Resources } from '@narrowlink/kube';
+import { GATEWAY_CONFIG_SECRET_KEY } from '@narrowlink/protocol';
 import type { AccessPolicy } from '../../crds/access-policy.ts';
 import type { NarrowlinkAgent } from '../../crds/narrowlink-agent.ts';
 import { FIELD_MANAGER } from '../../labels.ts';
 import { problemKey, type ReconcileContext, type ReconcileResult } from '../context.ts';
-import { desiredGatewayConfig, GATEWAY_CONFIG_KEY, gatewayConfigSecret, type Problem } from './desired.ts';
+import { desiredGatewayConfig, gatewayConfigSecret, type Problem } from './desired.ts';
 
 export interface GatewayConfigOutcome extends ReconcileResult {
   /** Keys (`Kind/namespace/name`) whose problem changed since the previous compile: their status needs a look. */
@@ -31,8 +32,8 @@ export async function reconcileGatewayConfig(ctx: ReconcileContext): Promise<Gat
   const secret = gatewayConfigSecret(desired.config, { namespace: ctx.settings.namespace, name: ctx.settings.gatewayConfigSecret });
   // apply
   const observed = ctx.caches.secrets.get(`${ctx.settings.namespace}/${ctx.settings.gatewayConfigSecret}`);
-  const observedData = (observed?.data as Record<string, string> | undefined)?.[GATEWAY_CONFIG_KEY];
-  const written = observedData !== secret.data?.[GATEWAY_CONFIG_KEY];
+  const observedData = (observed?.data as Record<string, string> | undefined)?.[GATEWAY_CONFIG_SECRET_KEY];
+  const written = observedData !== secret.data?.[GATEWAY_CONFIG_SECRET_KEY];
   if (written) {
     await ctx.client.apply(Resources.secret, secret as never, { fieldManager: FIELD_MANAGER, force: true });
     ctx.log.info({ agents: desired.config.agents.length, policies: desired.config.policies.length, problems: desired.problems.length }, 'gateway config written');
