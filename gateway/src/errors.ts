@@ -17,8 +17,27 @@ export const GatewayErrorCode = {
   INSECURE_LISTEN: 'NL_ERR_GATEWAY_INSECURE_LISTEN',
   NAT_PROBE_UNAVAILABLE: 'NL_ERR_GATEWAY_NAT_PROBE_UNAVAILABLE',
   INTERNAL: 'NL_ERR_GATEWAY_INTERNAL',
+  /** Bad command line at startup (exit 2); never sent to a peer. */
+  USAGE: 'NL_ERR_GATEWAY_USAGE',
 } as const;
 export type GatewayErrorCode = (typeof GatewayErrorCode)[keyof typeof GatewayErrorCode];
+
+/**
+ * Finer reasons of an authentication failure, carried in {@link GatewayError.reason} (the `reason` field of the
+ * upgrade answer, the `reason` label of `narrowlink_gateway_auth_failures_total`, the close reason after a
+ * failed `reauth`). Token reasons from the protocol (`NL_ERR_TOKEN_*` of `ErrorCode`) are used as they are.
+ */
+export const GatewayAuthReason = {
+  /** No TokenReviewer (the gateway runs without Kubernetes), or the TokenReview call failed. */
+  TOKEN_REVIEW_UNAVAILABLE: 'NL_ERR_TOKEN_REVIEW_UNAVAILABLE',
+  /** The TokenReview did not authenticate the ServiceAccount token. */
+  TOKEN_REVIEW_REJECTED: 'NL_ERR_TOKEN_REVIEW_REJECTED',
+  /** The TokenReview authenticated a user, not a ServiceAccount. */
+  TOKEN_NOT_SERVICE_ACCOUNT: 'NL_ERR_TOKEN_NOT_SERVICE_ACCOUNT',
+  /** A `reauth` presented a token for another subject. */
+  AUTH_IDENTITY_CHANGED: 'NL_ERR_AUTH_IDENTITY_CHANGED',
+} as const;
+export type GatewayAuthReason = (typeof GatewayAuthReason)[keyof typeof GatewayAuthReason];
 
 export class GatewayError extends NarrowlinkError {
   readonly statusCode: number;

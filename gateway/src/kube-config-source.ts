@@ -5,13 +5,13 @@
  */
 import { createHash } from 'node:crypto';
 import { Informer, type InformerLogger, type KubeClient, type KubeObject, Resources } from '@narrowlink/kube';
-import { ConfigError, ErrorCode, type GatewayConfig, parseGatewayConfig } from '@narrowlink/protocol';
+import { ConfigError, ErrorCode, GATEWAY_CONFIG_SECRET_KEY, type GatewayConfig, parseGatewayConfig } from '@narrowlink/protocol';
 import type { ConfigSource } from './config-source.ts';
 
 export interface KubeSecretSourceOptions {
   namespace: string;
   name: string;
-  /** Data key holding the YAML document. Default `config.yaml`. */
+  /** Data key holding the YAML document. Default `GATEWAY_CONFIG_SECRET_KEY` (`config.yaml`). */
   key?: string;
   log: InformerLogger & { error(obj: object, msg: string): void };
   /** Watch timeout, s (a silent watch is replaced at least this often). Default 240. */
@@ -31,7 +31,7 @@ export class KubeSecretConfigSource implements ConfigSource {
   }
 
   #decode(secret: KubeObject): { config: GatewayConfig; digest: string } {
-    const key = this.#options.key ?? 'config.yaml';
+    const key = this.#options.key ?? GATEWAY_CONFIG_SECRET_KEY;
     const data = (secret.data as Record<string, string> | undefined)?.[key];
     if (data === undefined) {
       throw new ConfigError(ErrorCode.CONFIG_PARSE, `Secret ${this.#options.namespace}/${this.#options.name} has no data key "${key}"`);

@@ -8,7 +8,7 @@ import type { Server as HttpsServer } from 'node:https';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { DEFAULT_STREAM_WINDOW, type GatewayConfig } from '@narrowlink/protocol';
+import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
@@ -29,7 +29,7 @@ Usage: narrowlink-gateway --config FILE [options]
 Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LISTEN):
   --config FILE        gateway configuration (YAML or JSON), hot-reloaded on change
   --config-source SRC  file (default; needs --config) or kubernetes (a Secret, hot-reloaded)
-  --config-secret NAME with kubernetes: the Secret written by the operator (default narrowlink-gateway-config)
+  --config-secret NAME with kubernetes: the Secret written by the operator (default ${DEFAULT_GATEWAY_CONFIG_SECRET_NAME})
   --config-namespace NS  with kubernetes: its namespace (default: this pod's namespace)
   --kubeconfig FILE    with kubernetes: credentials (default: in-cluster, or $KUBECONFIG)
   --token-review BOOL  accept injected sidecars' ServiceAccount tokens via TokenReview
@@ -108,17 +108,17 @@ async function main(): Promise<void> {
     process.exit(2);
   };
   const sourceKind = option(values, 'config-source', 'file') as string;
-  if (sourceKind !== 'file' && sourceKind !== 'kubernetes') fail('NL_ERR_GATEWAY_USAGE', `--config-source must be file or kubernetes, got "${sourceKind}"`);
+  if (sourceKind !== 'file' && sourceKind !== 'kubernetes') fail(GatewayErrorCode.USAGE, `--config-source must be file or kubernetes, got "${sourceKind}"`);
   const configPath = option(values, 'config');
-  if (sourceKind === 'file' && !configPath) fail('NL_ERR_GATEWAY_USAGE', 'missing --config FILE (see --help)');
+  if (sourceKind === 'file' && !configPath) fail(GatewayErrorCode.USAGE, 'missing --config FILE (see --help)');
   const listen = option(values, 'listen', '0.0.0.0:8443') as string;
   const split = listen.lastIndexOf(':');
   const host = listen.slice(0, split).replace(/^\[|\]$/g, '');
   const port = Number(listen.slice(split + 1));
-  if (split < 0 || !Number.isInteger(port) || port < 0 || port > 65535) fail('NL_ERR_GATEWAY_USAGE', `--listen wants HOST:PORT, got "${listen}"`);
+  if (split < 0 || !Number.isInteger(port) || port < 0 || port > 65535) fail(GatewayErrorCode.USAGE, `--listen wants HOST:PORT, got "${listen}"`);
   const certFile = option(values, 'tls-cert');
   const keyFile = option(values, 'tls-key');
-  if (Boolean(certFile) !== Boolean(keyFile)) fail('NL_ERR_GATEWAY_USAGE', '--tls-cert and --tls-key go together');
+  if (Boolean(certFile) !== Boolean(keyFile)) fail(GatewayErrorCode.USAGE, '--tls-cert and --tls-key go together');
   if (!certFile && !isLoopbackHost(host)) {
     fail(GatewayErrorCode.INSECURE_LISTEN, `refusing plain ws:// on ${host}: give --tls-cert/--tls-key, or listen on loopback`);
   }
@@ -148,7 +148,7 @@ async function main(): Promise<void> {
     // resolves once its Secret holds a valid document, and the gateway listens (not ready) meanwhile.
     firstConfig = source.start(onReload, onRejected);
   } catch (error) {
-    return fail((error as { code?: string }).code ?? 'NL_ERR_CONFIG_PARSE', `cannot load ${describeSource}: ${(error as Error).message}`);
+    return fail((error as { code?: string }).code ?? ErrorCode.CONFIG_PARSE, `cannot load ${describeSource}: ${(error as Error).message}`);
   }
 
   const tls = certFile && keyFile ? { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') } : undefined;
@@ -172,9 +172,9 @@ async function main(): Promise<void> {
   let reporter: StatusReporter | undefined;
   if (reportStatus) {
     const namespace = option(values, 'config-namespace') ?? podNamespace();
-    if (!namespace) return fail('NL_ERR_GATEWAY_USAGE', '--report-status needs --config-namespace outside a pod');
+    if (!namespace) return fail(GatewayErrorCode.USAGE, '--report-status needs --config-namespace outside a pod');
     const periodMs = Number(option(values, 'status-period-ms', '10000'));
-    if (!Number.isInteger(periodMs) || periodMs < 100) return fail('NL_ERR_GATEWAY_USAGE', '--status-period-ms wants an integer >= 100');
+    if (!Number.isInteger(periodMs) || periodMs < 100) return fail(GatewayErrorCode.USAGE, '--status-period-ms wants an integer >= 100');
     const statusReporter = new StatusReporter(await loadFromDefaultOrFile(option(values, 'kubeconfig')), {
       namespace,
       identity: option(values, 'identity') ?? process.env.POD_NAME ?? hostname(),
@@ -220,19 +220,19 @@ async function startNatProbe(
 ): Promise<NatProbeServer | undefined> {
   const portText = option(values, 'nat-probe-port', '3478') as string;
   const port = Number(portText);
-  if (!Number.isInteger(port) || port < 0 || port > 65_534) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-port wants 0..65534, got "${portText}"`);
+  if (!Number.isInteger(port) || port < 0 || port > 65_534) return fail(GatewayErrorCode.USAGE, `--nat-probe-port wants 0..65534, got "${portText}"`);
   if (port === 0) return undefined;
   const explicitAddress = option(values, 'nat-probe-address');
   const secondAddress = option(values, 'nat-probe-second-address');
   const specific = (a: string): boolean => isIP(a) !== 0 && a !== '0.0.0.0' && a !== '::';
   const address = explicitAddress ?? (specific(listenHost) ? listenHost : undefined);
-  if (explicitAddress !== undefined && !specific(explicitAddress)) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-address wants a specific IP address, got "${explicitAddress}"`);
+  if (explicitAddress !== undefined && !specific(explicitAddress)) return fail(GatewayErrorCode.USAGE, `--nat-probe-address wants a specific IP address, got "${explicitAddress}"`);
   if (secondAddress !== undefined && !specific(secondAddress)) {
-    return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-second-address wants a specific IP address, got "${secondAddress}"`);
+    return fail(GatewayErrorCode.USAGE, `--nat-probe-second-address wants a specific IP address, got "${secondAddress}"`);
   }
   const advertise = option(values, 'nat-probe-advertise')?.split(',').map((a) => a.trim()).filter((a) => a.length > 0) ?? [];
-  if (advertise.some((a) => !specific(a)) || advertise.length > 2) return fail('NL_ERR_GATEWAY_USAGE', `--nat-probe-advertise wants one or two specific IP addresses, got "${advertise.join(',')}"`);
-  if (advertise.length === 2 && secondAddress === undefined) return fail('NL_ERR_GATEWAY_USAGE', '--nat-probe-advertise names a second address, but there is no --nat-probe-second-address');
+  if (advertise.some((a) => !specific(a)) || advertise.length > 2) return fail(GatewayErrorCode.USAGE, `--nat-probe-advertise wants one or two specific IP addresses, got "${advertise.join(',')}"`);
+  if (advertise.length === 2 && secondAddress === undefined) return fail(GatewayErrorCode.USAGE, '--nat-probe-advertise names a second address, but there is no --nat-probe-second-address');
   if (address === undefined) {
     log.info({ listen: listenHost }, 'NAT probing off: give --nat-probe-address (the listen address is not a specific IP)');
     return undefined;
@@ -262,11 +262,11 @@ async function kubernetesSource(
   fail: (code: string, message: string) => never,
 ): Promise<ConfigSource> {
   const namespace = option(values, 'config-namespace') ?? podNamespace();
-  if (!namespace) return fail('NL_ERR_GATEWAY_USAGE', '--config-namespace is required outside a pod');
+  if (!namespace) return fail(GatewayErrorCode.USAGE, '--config-namespace is required outside a pod');
   const client = await loadFromDefaultOrFile(option(values, 'kubeconfig'));
   return new KubeSecretConfigSource(client, {
     namespace,
-    name: option(values, 'config-secret', 'narrowlink-gateway-config') as string,
+    name: option(values, 'config-secret', DEFAULT_GATEWAY_CONFIG_SECRET_NAME) as string,
     log: log.child({ component: 'config-source' }),
   });
 }

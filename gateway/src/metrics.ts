@@ -73,7 +73,7 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     }),
     natProbes: new Counter({
       name: 'narrowlink_gateway_nat_probes_total',
-      help: 'Datagrams on the UDP probe ports by result (answered, limited, send_error, or the NL_ERR_NAT_* code they were dropped for).',
+      help: 'Datagrams on the UDP probe ports by result (answered, limited, send_error, or the NatError code they were dropped for).',
       labelNames: ['result'],
       registers,
     }),

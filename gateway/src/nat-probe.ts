@@ -17,6 +17,7 @@ import {
   decodeProbeRequest,
   type Endpoint,
   encodeProbeResponse,
+  ErrorCode,
   endpoint,
   type NatProbeInfo,
   NatError,
@@ -177,7 +178,7 @@ export class NatProbeServer {
       const current = session as ProbeSession;
       if (current.observations.length >= MAX_PROBES_PER_SESSION) return this.#count('limited');
       // A captured probe replayed (from anywhere) records nothing and is not answered again.
-      if (!current.replay.accept(request.seq)) return this.#count('NL_ERR_NAT_REPLAYED');
+      if (!current.replay.accept(request.seq)) return this.#count(ErrorCode.NAT_REPLAYED);
       const mapped = endpoint(rinfo.address, rinfo.port);
       current.observations.push({ target: index, mapped, seq: request.seq });
       let answerFrom = index;
@@ -188,7 +189,7 @@ export class NatProbeServer {
       socket.send(response, rinfo.port, rinfo.address);
       this.#count('answered');
     } catch (error) {
-      this.#count(error instanceof NatError ? error.code : 'NL_ERR_NAT_INVALID_INPUT');
+      this.#count(error instanceof NatError ? error.code : ErrorCode.NAT_INVALID_INPUT);
     }
   }
 }

@@ -6,6 +6,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { KubeClient, ResourceType } from '@narrowlink/kube';
+import { ErrorCode } from '@narrowlink/protocol';
+import { GatewayAuthReason } from './errors.ts';
 
 export const tokenReviews: ResourceType = { group: 'authentication.k8s.io', version: 'v1', plural: 'tokenreviews', kind: 'TokenReview', namespaced: false };
 
@@ -72,13 +74,13 @@ export class KubeTokenReviewer implements TokenReviewer {
       spec: { token, audiences: [audience] },
     })) as { status?: { authenticated?: boolean; error?: string; audiences?: string[]; user?: { username?: string } } };
     const status = answer.status ?? {};
-    if (!status.authenticated) return { authenticated: false, reason: 'NL_ERR_TOKEN_REVIEW_REJECTED' };
+    if (!status.authenticated) return { authenticated: false, reason: GatewayAuthReason.TOKEN_REVIEW_REJECTED };
     // The API server echoes the audiences the token is valid for; it must include ours.
-    if (status.audiences && !status.audiences.includes(audience)) return { authenticated: false, reason: 'NL_ERR_TOKEN_BAD_AUDIENCE' };
+    if (status.audiences && !status.audiences.includes(audience)) return { authenticated: false, reason: ErrorCode.TOKEN_BAD_AUDIENCE };
     const match = SA_USER.exec(status.user?.username ?? '');
-    if (!match) return { authenticated: false, reason: 'NL_ERR_TOKEN_NOT_SERVICE_ACCOUNT' };
+    if (!match) return { authenticated: false, reason: GatewayAuthReason.TOKEN_NOT_SERVICE_ACCOUNT };
     const expiresAtMs = unverifiedExpiryMs(token) ?? now + 60_000;
-    if (expiresAtMs <= now) return { authenticated: false, reason: 'NL_ERR_TOKEN_EXPIRED' };
+    if (expiresAtMs <= now) return { authenticated: false, reason: ErrorCode.TOKEN_EXPIRED };
     return { authenticated: true, namespace: match[1] as string, serviceAccount: match[2] as string, expiresAtMs };
   }
 }
