@@ -18,6 +18,7 @@ import {
   type Endpoint,
   type ExposedPort,
   type GatewayConfig,
+  type GatewayStatusReport,
   HEARTBEAT_DEAD_AFTER_MS,
   HEARTBEAT_INTERVAL_MS,
   type Hello,
@@ -176,8 +177,8 @@ export class Gateway {
    * Attached instances per agent (`namespace/name`) for the control plane's agent status, with the NAT type
    * of the instance classified last (absent until one was) and the direct paths up (absent when none).
    */
-  attachedAgents(): Record<string, { instances: number; nat?: string; directPaths?: number }> {
-    const out: Record<string, { instances: number; nat?: string; directPaths?: number }> = {};
+  attachedAgents(): GatewayStatusReport {
+    const out: GatewayStatusReport = {};
     const up = this.#direct.upByAgent();
     for (const [key, instances] of this.#agents) {
       let latest: PeerNat | undefined;

@@ -1,35 +1,21 @@
 /**
  * Tells the control plane which agents this gateway replica has attached: a ConfigMap per replica
  * (`narrowlink-gateway-<identity>`) renewed like a lease (annotations `renew-time` and
- * `lease-duration-seconds`) and listing `{ "namespace/name": { instances } }`. The operator sums the
+ * `lease-duration-seconds`) and listing `{ "namespace/name": { instances, nat?, directPaths? } }`; the
+ * names and the document are the contract in `@narrowlink/protocol` (`gateway-status.ts`). The operator sums the
  * live ones into each agent's status (connected instances, Connected condition); a replica that dies
  * stops renewing and stops counting. A ConfigMap rather than a Lease keeps the gateway's RBAC away
  * from the operator's leader-election Lease. Gateways need no CRD access at all.
  */
 import { type KubeClient, KubeError, Resources } from '@narrowlink/kube';
-
-export const GATEWAY_STATUS_COMPONENT = 'gateway-status';
-export const AGENTS_ANNOTATION = 'narrowlink.io/agents';
-export const RENEW_TIME_ANNOTATION = 'narrowlink.io/renew-time';
-export const LEASE_DURATION_ANNOTATION = 'narrowlink.io/lease-duration-seconds';
-export const STATUS_LABELS = {
-  'app.kubernetes.io/managed-by': 'narrowlink-gateway',
-  'app.kubernetes.io/part-of': 'narrowlink',
-  'app.kubernetes.io/component': GATEWAY_STATUS_COMPONENT,
-} as const;
-
-export interface AgentPresence {
-  instances: number;
-  /** NAT behaviour seen by this replica's probes (direct path); absent until measured. */
-  nat?: string;
-}
+import { encodeGatewayStatus, GATEWAY_STATUS_LABELS, GatewayStatusAnnotation, type GatewayStatusReport } from '@narrowlink/protocol';
 
 export interface StatusReporterOptions {
   namespace: string;
   /** This replica (pod name). */
   identity: string;
   /** What is attached right now. */
-  snapshot(): Record<string, AgentPresence>;
+  snapshot(): GatewayStatusReport;
   /** Renew period, ms (default 10 s); the Lease lasts three periods. */
   periodMs?: number;
   /**
@@ -86,7 +72,7 @@ export class StatusReporter {
 
   async #write(renew: boolean): Promise<void> {
     if (this.#stopped) return;
-    const agents = JSON.stringify(this.#options.snapshot());
+    const agents = encodeGatewayStatus(this.#options.snapshot());
     const period = this.#options.periodMs ?? 10_000;
     if (!renew && agents === this.#lastSent && Date.now() - this.#lastSentAt < period) return;
     try {
@@ -98,12 +84,12 @@ export class StatusReporter {
           metadata: {
             name: this.leaseName,
             namespace: this.#options.namespace,
-            labels: { ...STATUS_LABELS },
+            labels: { ...GATEWAY_STATUS_LABELS },
             ...(this.#options.ownerPod ? { ownerReferences: [{ apiVersion: 'v1', kind: 'Pod', name: this.#options.ownerPod.name, uid: this.#options.ownerPod.uid }] } : {}),
             annotations: {
-              [AGENTS_ANNOTATION]: agents,
-              [RENEW_TIME_ANNOTATION]: new Date().toISOString(),
-              [LEASE_DURATION_ANNOTATION]: String(Math.ceil((3 * period) / 1000)),
+              [GatewayStatusAnnotation.AGENTS]: agents,
+              [GatewayStatusAnnotation.RENEW_TIME]: new Date().toISOString(),
+              [GatewayStatusAnnotation.LEASE_DURATION]: String(Math.ceil((3 * period) / 1000)),
             },
           },
         },
