@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { backoffDelayMs, HEARTBEAT_DEAD_AFTER_MS, HEARTBEAT_INTERVAL_MS } from './session-timing.ts';
+import {
+  backoffDelayMs,
+  HEARTBEAT_DEAD_AFTER_MS,
+  HEARTBEAT_INTERVAL_MS,
+  MAX_TIMER_DELAY_MS,
+  reauthDueAt,
+  reauthRecheckInMs,
+  reauthResendInMs,
+  timerStepMs,
+} from './session-timing.ts';
 
 const low = () => 0;
 /** The largest value below 1 that a [0, 1) source can return. */
@@ -67,4 +76,101 @@ describe('backoffDelayMs', () => {
 test('heartbeat constants: dead after three missed intervals', () => {
   assert.equal(HEARTBEAT_INTERVAL_MS, 10_000);
   assert.equal(HEARTBEAT_DEAD_AFTER_MS, 3 * HEARTBEAT_INTERVAL_MS);
+});
+
+const DAY_MS = 24 * 3600 * 1000;
+
+describe('reauthDueAt', () => {
+  // [now, expiresAt, due]: 80 % of the time left, never sooner than 1 s from now, nothing once expired.
+  const vectors: Array<[number, number, number | undefined]> = [
+    [0, 2000, 1600],
+    [1600, 3100, 2800],
+    [0, 1500, 1200],
+    [1_000_000, 1_010_000, 1_008_000],
+    [0, 1250, 1000],
+    [0, 1000, 1000],
+    [0, 500, 1000],
+    [5000, 5001, 6000],
+    [0, 90 * DAY_MS, 72 * DAY_MS],
+    [1_700_000_000_000, 1_700_003_600_000, 1_700_002_880_000],
+    [0, 0, undefined],
+    [5000, 5000, undefined],
+    [5000, 4999, undefined],
+    [5000, 0, undefined],
+  ];
+  for (const [nowMs, expiresAtMs, due] of vectors) {
+    test(`now ${nowMs}, expires ${expiresAtMs} → ${due}`, () => {
+      assert.equal(reauthDueAt(nowMs, expiresAtMs), due);
+    });
+  }
+});
+
+describe('timerStepMs', () => {
+  test('is 2^31 - 1 ms, the most setTimeout honours', () => {
+    assert.equal(MAX_TIMER_DELAY_MS, 2_147_483_647);
+  });
+
+  // [now, at, step]: the time left, never negative, in steps no longer than setTimeout can wait.
+  const vectors: Array<[number, number, number]> = [
+    [0, 1600, 1600],
+    [100, 1600, 1500],
+    [1600, 1600, 0],
+    [1700, 1600, 0],
+    [0, 2 ** 31 - 1, 2 ** 31 - 1],
+    [0, 2 ** 31, 2 ** 31 - 1],
+    [0, 72 * DAY_MS, 2 ** 31 - 1],
+    [2 ** 31 - 1, 72 * DAY_MS, 2 ** 31 - 1],
+    [2 * (2 ** 31 - 1), 72 * DAY_MS, 72 * DAY_MS - 2 * (2 ** 31 - 1)],
+  ];
+  for (const [nowMs, atMs, step] of vectors) {
+    test(`now ${nowMs}, at ${atMs} → ${step}`, () => {
+      assert.equal(timerStepMs(nowMs, atMs), step);
+    });
+  }
+
+  test('a reauth due at 72 days (80 % of 90) is waited for in three steps, none past the limit', () => {
+    const dueMs = reauthDueAt(0, 90 * DAY_MS) as number;
+    const steps: number[] = [];
+    for (let nowMs = 0; nowMs < dueMs; nowMs += steps.at(-1) as number) steps.push(timerStepMs(nowMs, dueMs));
+    assert.deepEqual(steps, [2 ** 31 - 1, 2 ** 31 - 1, 72 * DAY_MS - 2 * (2 ** 31 - 1)]);
+  });
+});
+
+describe('reauthRecheckInMs', () => {
+  // [now, expiresAt, recheck]: a quarter of the time left, at most 30 s, nothing once 2 s or less remain.
+  const vectors: Array<[number, number, number | undefined]> = [
+    [1200, 1500, undefined],
+    [0, 2000, undefined],
+    [0, 2001, 500.25],
+    [0, 4000, 1000],
+    [0, 120_000, 30_000],
+    [0, 120_004, 30_000],
+    [0, 119_996, 29_999],
+    [72 * DAY_MS, 90 * DAY_MS, 30_000],
+    [5000, 0, undefined],
+  ];
+  for (const [nowMs, expiresAtMs, recheck] of vectors) {
+    test(`now ${nowMs}, expires ${expiresAtMs} → ${recheck}`, () => {
+      assert.equal(reauthRecheckInMs(nowMs, expiresAtMs), recheck);
+    });
+  }
+});
+
+describe('reauthResendInMs', () => {
+  // [now, expiresAt, resend]: half the time left, at most 15 s, nothing below 500 ms.
+  const vectors: Array<[number, number, number | undefined]> = [
+    [0, 30_000, 15_000],
+    [0, 60_000, 15_000],
+    [0, 20_000, 10_000],
+    [0, 1000, 500],
+    [0, 999, undefined],
+    [1600, 3100, 750],
+    [2800, 3100, undefined],
+    [5000, 0, undefined],
+  ];
+  for (const [nowMs, expiresAtMs, resend] of vectors) {
+    test(`now ${nowMs}, expires ${expiresAtMs} → ${resend}`, () => {
+      assert.equal(reauthResendInMs(nowMs, expiresAtMs), resend);
+    });
+  }
 });

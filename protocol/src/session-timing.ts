@@ -1,6 +1,6 @@
 /**
- * Timing policy shared by every session adapter: heartbeats and reconnect backoff.
- * Pure functions of their inputs; the adapters own the timers.
+ * Timing policy shared by every session adapter: heartbeats, reconnect backoff and the re-authentication
+ * schedule. Pure functions of their inputs (time is passed in as `nowMs`); the adapters own the timers.
  */
 
 /** How often a side sends PING when it has nothing else to say. */
@@ -27,4 +27,44 @@ export function backoffDelayMs(attempt: number, options: BackoffOptions = {}): n
   const random = options.random ?? Math.random;
   const ceiling = Math.min(max, base * 2 ** Math.min(attempt, 30));
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+/**
+ * The longest delay `setTimeout` honours (2^31 - 1 ms, about 24.8 days); a longer one fires at once (with a
+ * TimeoutOverflowWarning). Agent tokens live 90 days, so waits longer than this are taken in steps.
+ */
+export const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
+
+/**
+ * When to hand the gateway a fresh credential for a session whose current one expires at `expiresAtMs`
+ * (both epoch ms): at 80 % of the remaining lifetime, which is also when the kubelet rotates a projected token,
+ * and never sooner than 1 s from now. `undefined` when the credential has already expired (nothing to save).
+ */
+export function reauthDueAt(nowMs: number, expiresAtMs: number): number | undefined {
+  if (expiresAtMs <= nowMs) return undefined;
+  return nowMs + Math.max(1000, (expiresAtMs - nowMs) * 0.8);
+}
+
+/** The next timer delay towards `atMs`: the time left, at least 0, in steps of at most MAX_TIMER_DELAY_MS. */
+export function timerStepMs(nowMs: number, atMs: number): number {
+  return Math.min(MAX_TIMER_DELAY_MS, Math.max(0, atMs - nowMs));
+}
+
+/**
+ * The credential source still gives the token the session already uses (it is rotated at about 80 % of its
+ * lifetime too): how long until looking again, a quarter of the time left and at most 30 s. `undefined` once
+ * 2 s or less remain: too late to help.
+ */
+export function reauthRecheckInMs(nowMs: number, expiresAtMs: number): number | undefined {
+  const leftMs = expiresAtMs - nowMs;
+  return leftMs > 2000 ? Math.min(30_000, leftMs / 4) : undefined;
+}
+
+/**
+ * A `reauth` got no `reauth_ok` (the gateway could not check the token yet): how long until sending it again,
+ * half the time left and at most 15 s. `undefined` below 500 ms: the session ends with the old credential.
+ */
+export function reauthResendInMs(nowMs: number, expiresAtMs: number): number | undefined {
+  const retryInMs = Math.min(15_000, (expiresAtMs - nowMs) / 2);
+  return retryInMs < 500 ? undefined : retryInMs;
 }
