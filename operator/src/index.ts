@@ -1,5 +1,6 @@
-/** Public API of the operator package: CRD definitions and types, and the pure reconcile cores. */
+/** Public API of the operator package: CRD definitions and types, error codes, and the pure reconcile cores. */
 export * from './crds/index.ts';
+export * from './errors.ts';
 export * from './labels.ts';
 export * from './names.ts';
 export * from './objects.ts';
@@ -8,3 +9,4 @@ export * from './reconcilers/certificates/desired.ts';
 export * from './reconcilers/conditions.ts';
 export * from './reconcilers/domains.ts';
 export * from './reconcilers/gateway-config/desired.ts';
+export * from './webhook/errors.ts';

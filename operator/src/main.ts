@@ -14,6 +14,7 @@ import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME } from '@narrowlink/protocol';
 import Fastify from 'fastify';
 import { pino } from 'pino';
 import { Operator } from './controller.ts';
+import { OperatorError, OperatorErrorCode } from './errors.ts';
 import { createOperatorMetrics } from './metrics.ts';
 import { ensureSigningKey } from './signing-key.ts';
 import { WEBHOOK_CLI_OPTIONS, WEBHOOK_HELP, resolveWebhookConfig } from './webhook/config.ts';
@@ -88,7 +89,7 @@ async function main(): Promise<void> {
   const log = pino({ level: opt('log-level') ?? 'info', base: { component: 'operator' }, redact: ['token', '*.token', 'data', '*.data'] });
   const events = log.child({}, { level: 'info' });
   const namespace = opt('namespace') ?? podNamespace();
-  if (!namespace) throw new Error('NL_ERR_OPERATOR_USAGE: --namespace is required outside a pod');
+  if (!namespace) throw new OperatorError(OperatorErrorCode.USAGE, '--namespace is required outside a pod');
   const issuer = opt('default-issuer');
   const [issuerName, issuerKind] = issuer ? issuer.split('/') : [];
   const kc = new KubeConfig();
@@ -173,7 +174,7 @@ async function main(): Promise<void> {
     const text = opt(name);
     if (text === undefined) return undefined;
     const value = Number(text);
-    if (!Number.isInteger(value) || value <= 0) throw new Error(`NL_ERR_OPERATOR_USAGE: --${name} wants a positive integer, got "${text}"`);
+    if (!Number.isInteger(value) || value <= 0) throw new OperatorError(OperatorErrorCode.USAGE, `--${name} wants a positive integer, got "${text}"`);
     return value;
   };
   const leaseDurationSeconds = positive('lease-duration-seconds');
@@ -223,6 +224,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((error: unknown) => {
-  process.stderr.write(`narrowlink-operator: ${(error as Error).message}\n`);
+  // Only our own errors carry a Narrowlink code worth printing (Node's parseArgs errors have a `code` too).
+  const code = error instanceof OperatorError ? `${error.code}: ` : '';
+  process.stderr.write(`narrowlink-operator: ${code}${(error as Error).message}\n`);
   process.exit(2);
 });
