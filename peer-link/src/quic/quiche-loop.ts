@@ -23,29 +23,20 @@ import { isIP } from 'node:net';
 import { Duplex } from 'node:stream';
 import quiche from '@matrixai/quic/native/quiche.js';
 import type { Config, Connection, Host as HostPort, RecvInfo } from '@matrixai/quic/native/types.js';
+import { closeReasonOf, QUIC_APPLICATION_ERROR, QUIC_BAD_CERTIFICATE } from './close-reason.ts';
 import { DirectError, DirectErrorCode } from './errors.ts';
 import type { PeerIdentity } from './identity.ts';
 import { fingerprint } from './identity.ts';
+import { LivenessMonitor } from './liveness.ts';
 import type { DirectStream, DirectTransport, DirectTransportStats } from './transport.ts';
 
 const MIB = 1024 * 1024;
 /** Length of the connection ids we issue: short-header packets are routed on this many bytes. */
 const CID_LEN = 20;
 const ALPN = 'narrowlink-direct/1';
-/** TLS alert bad_certificate as a QUIC crypto error (0x100 + 42). */
-const QUIC_BAD_CERTIFICATE = 0x100 + 42;
-const QUIC_APPLICATION_ERROR = 0x0c;
 const READ_CHUNK = 64 * 1024;
 /** A read that filled less than this is copied out so the 64 KiB read buffer can be reused. */
 const COPY_BELOW = 16 * 1024;
-/** Keep-alive timer resolution (finer when the keep-alive interval itself is shorter). */
-const KEEPALIVE_TICK_MS = 1000;
-/** A tick with this many datagrams from the peer counts as busy. */
-const BUSY_PACKETS_PER_TICK = 16;
-const PROBE_AFTER_SILENCE_MS = 1000;
-const PROBE_WHILE_RECENTLY_BUSY_MS = 20_000;
-/** Silence (despite probing) after which a recently busy path counts as dead. */
-const DEAD_AFTER_SILENCE_MS = 5000;
 const EMPTY = Buffer.alloc(0);
 /** Largest UDP payload we accept: the Ethernet-MTU case, or what we send if that is larger (loopback, jumbo LANs). */
 const MIN_UDP_RECV = 1500;
@@ -413,6 +404,8 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
   #state: ConnState = 'handshaking';
   #timer: NodeJS.Timeout | undefined;
   #keepAlive: NodeJS.Timeout | undefined;
+  /** Keep-alive and path probing, once open: rules in liveness.ts, timer here. */
+  #liveness: LivenessMonitor | undefined;
   /** Datagrams received, and when the last one came (liveness probing after a NAT flush). */
   #packetsIn = 0;
   #lastHeardAt = performance.now();
@@ -562,46 +555,36 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     if (this.#role === 'client' && !this.#sawShortHeader) return;
     if (conn.peerError() !== null) return;
     this.#state = 'open';
-    const keepAliveMs = Math.min(this.#endpoint.options.keepAliveMs ?? 15_000, 25_000);
-    let lastPingAt = performance.now();
-    let busyAt = 0;
-    let heardBefore = this.#packetsIn;
-    this.#keepAlive = setInterval(() => {
-      if (this.#state !== 'open') return;
-      const now = performance.now();
-      const heard = this.#packetsIn - heardBefore;
-      heardBefore = this.#packetsIn;
-      if (heard >= BUSY_PACKETS_PER_TICK) busyAt = now;
-      const silentMs = now - this.#lastHeardAt;
-      // A peer that was busy a moment ago went silent: after a NAT flush or rebinding our own NAT lets its
-      // packets in again only once we send, and the sender's retransmission timer backs off meanwhile. Probe
-      // every tick for a while instead of waiting for the keep-alive (measured in the NAT lab: stalls of up to
-      // 23 s after `conntrack -F` without this).
-      const probing = silentMs >= PROBE_AFTER_SILENCE_MS && now - busyAt <= PROBE_WHILE_RECENTLY_BUSY_MS;
-      if (probing && silentMs >= DEAD_AFTER_SILENCE_MS) {
-        // Probes every tick went unanswered: the mapping is gone (a NAT that re-mapped us to another port drops
-        // everything until a new punch). Say so now, so streams go back to the relay, rather than after the
-        // 30 s idle timeout.
-        this.#localError ??= new DirectError(DirectErrorCode.IDLE, `the peer stopped answering (${Math.round(silentMs / 1000)} s without a packet despite probes): the direct path is gone`);
-        void this.close('path dead');
-        // Nobody is there to hear the close: send it once and report now, instead of after quiche's draining
-        // period (three probe timeouts, backed off by the loss: seconds).
-        this.#drain();
-        this.#finish();
-        return;
-      }
-      if (probing || now - lastPingAt >= keepAliveMs) {
-        lastPingAt = now;
-        this.#conn.sendAckEliciting();
-        this.#endpoint.scheduleFlush();
-      }
-    }, Math.min(KEEPALIVE_TICK_MS, keepAliveMs));
+    const liveness = new LivenessMonitor({ keepAliveMs: this.#endpoint.options.keepAliveMs, openedAtMs: performance.now(), packetsIn: this.#packetsIn });
+    this.#liveness = liveness;
+    this.#keepAlive = setInterval(this.#onLivenessTick, liveness.tickMs);
     if (this.#role === 'client') {
       const p = this.pending;
       this.pending = undefined;
       p?.resolve(this);
     } else this.#endpoint.settleAccept(this, undefined);
   }
+
+  /** The keep-alive timer: asks the liveness rules what to do now and does it. */
+  readonly #onLivenessTick = (): void => {
+    if (this.#state !== 'open' || !this.#liveness) return;
+    const now = performance.now();
+    const action = this.#liveness.tick(now, this.#packetsIn, this.#lastHeardAt);
+    if (action === 'dead') {
+      const silentMs = now - this.#lastHeardAt;
+      this.#localError ??= new DirectError(DirectErrorCode.IDLE, `the peer stopped answering (${Math.round(silentMs / 1000)} s without a packet despite probes): the direct path is gone`);
+      void this.close('path dead');
+      // Nobody is there to hear the close: send it once and report now, instead of after quiche's draining
+      // period (three probe timeouts, backed off by the loss: seconds).
+      this.#drain();
+      this.#finish();
+      return;
+    }
+    if (action !== 'none') {
+      this.#conn.sendAckEliciting();
+      this.#endpoint.scheduleFlush();
+    }
+  };
 
   /** Settles connect()/accept() with an error now, without waiting for the close to drain. */
   #rejectHandshake(error: DirectError): void {
@@ -810,32 +793,16 @@ class QuicheConnection extends EventEmitter implements DirectTransport {
     return this.#endError ?? this.#localError ?? new DirectError(DirectErrorCode.CLOSED, 'the direct connection is closed');
   }
 
-  /** Works out why the connection ended. Undefined for a graceful close. */
+  /** Works out why the connection ended (closeReasonOf). Undefined for a graceful close. */
   #closeReason(): DirectError | undefined {
-    if (this.#localError) return this.#localError;
     const conn = this.#conn;
-    const peer = conn.peerError();
-    if (peer) {
-      if (!peer.isApp && peer.errorCode === QUIC_BAD_CERTIFICATE)
-        return new DirectError(DirectErrorCode.PEER_MISMATCH, 'the peer rejected our certificate (fingerprint mismatch)', { quicCode: peer.errorCode, byPeer: true });
-      if (peer.isApp && peer.errorCode === 0) return undefined;
-      if (this.#state === 'handshaking' && !peer.isApp && peer.errorCode === QUIC_APPLICATION_ERROR)
-        return new DirectError(DirectErrorCode.CLOSED, `the peer abandoned the handshake (${Buffer.from(peer.reason).toString('utf8')})`, { quicCode: peer.errorCode, byPeer: true });
-      return new DirectError(DirectErrorCode.QUIC, `the peer closed the connection with ${peer.isApp ? 'application' : 'transport'} error ${peer.errorCode}`, {
-        quicCode: peer.isApp ? undefined : peer.errorCode,
-        byPeer: true,
-      });
-    }
-    const local = conn.localError();
-    if (local && !(local.isApp && local.errorCode === 0))
-      return new DirectError(DirectErrorCode.QUIC, `QUIC failed locally with ${local.isApp ? 'application' : 'transport'} error ${local.errorCode}`, {
-        quicCode: local.isApp ? undefined : local.errorCode,
-      });
-    if (conn.isTimedOut()) {
-      if (this.#state === 'handshaking') return new DirectError(DirectErrorCode.TIMEOUT, 'the QUIC handshake timed out');
-      return new DirectError(DirectErrorCode.IDLE, 'no packet from the peer within the idle timeout: the direct path is gone');
-    }
-    return undefined;
+    return closeReasonOf({
+      localError: this.#localError,
+      peerError: conn.peerError(),
+      quicLocalError: conn.localError(),
+      timedOut: conn.isTimedOut(),
+      handshaking: this.#state === 'handshaking',
+    });
   }
 
   #finish(): void {
