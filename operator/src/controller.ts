@@ -12,14 +12,13 @@ import type { Logger } from 'pino';
 import { AGENT_KIND } from './crds/narrowlink-agent.ts';
 import { POLICY_KIND } from './crds/access-policy.ts';
 import { EventRecorder } from './events.ts';
-import { LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
+import { LABEL_AGENT, LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { agentsOf } from './reconcilers/agent/presence.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
 import { reconcileInjectedAgent } from './reconcilers/injected-agent/reconcile.ts';
-import { LABEL_AGENT } from './webhook/patch.ts';
 import { reconcilePolicy } from './reconcilers/policy/reconcile.ts';
 import type { SigningKey } from './signing-key.ts';
 

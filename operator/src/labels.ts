@@ -21,6 +21,11 @@ export const LABEL_OWNER_KIND = 'narrowlink.io/owner-kind';
 export const LABEL_OWNER_NAMESPACE = 'narrowlink.io/owner-namespace';
 /** Name of the owner (hash-shortened past 63 characters, the label value limit). */
 export const LABEL_OWNER_NAME = 'narrowlink.io/owner-name';
+/**
+ * Pod label naming the NarrowlinkAgent an injected sidecar attaches as: the webhook sets it, the operator
+ * finds injected pods by it.
+ */
+export const LABEL_AGENT = 'narrowlink.io/agent';
 
 /** Values of {@link LABEL_COMPONENT}. */
 export const Component = {

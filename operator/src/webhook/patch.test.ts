@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { applyJsonPatch, escapePointerToken, type JsonPatchOp, pointer } from './json-patch.ts';
+import { LABEL_AGENT } from '../labels.ts';
 import {
-  LABEL_AGENT,
   type SidecarSettings,
   SIDECAR_CONTAINER,
   sidecarPatch,

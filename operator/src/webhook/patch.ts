@@ -5,6 +5,7 @@
  * label. A pod that already carries the sidecar gets an empty patch, so `reinvocationPolicy: IfNeeded` and
  * repeated calls never add a second one.
  */
+import { LABEL_AGENT } from '../labels.ts';
 import {
   ANNOTATION_AGENT_NAME,
   ANNOTATION_INJECTED,
@@ -27,8 +28,6 @@ export const TOKEN_MOUNT_PATH = '/var/run/secrets/narrowlink';
 export const TOKEN_FILE = `${TOKEN_MOUNT_PATH}/token`;
 /** The gateway CA file inside the token volume, when `caConfigMap` is set. */
 export const CA_FILE_IN_VOLUME = `${TOKEN_MOUNT_PATH}/ca.crt`;
-/** Pod label naming the NarrowlinkAgent the sidecar attaches as; the operator finds injected pods by it. */
-export const LABEL_AGENT = 'narrowlink.io/agent';
 /** Default token audience: what the gateway's TokenReview asks for. */
 export const DEFAULT_TOKEN_AUDIENCE = 'narrowlink';
 /** Default token lifetime, seconds; Kubernetes' minimum. The kubelet refreshes it at 80% of that. */

@@ -4,9 +4,8 @@
  * An agent of the same name that a person created is left alone, with a Warning Event.
  */
 import { type KubeObject, Resources, type ResourceType } from '@narrowlink/kube';
-import { LABEL_MANAGED_BY, MANAGED_BY, FIELD_MANAGER } from '../../labels.ts';
+import { FIELD_MANAGER, LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY } from '../../labels.ts';
 import { controllerOf } from '../../webhook/agent-name.ts';
-import { LABEL_AGENT } from '../../webhook/patch.ts';
 import type { ReconcileContext, ReconcileResult } from '../context.ts';
 import { desiredInjectedAgent, type InjectedPod, type WorkloadOwner } from './desired.ts';
 
