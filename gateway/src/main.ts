@@ -129,7 +129,16 @@ async function main(): Promise<void> {
   const natProbe = await startNatProbe(values, host, metrics, log, fail);
   const useTokenReview = (option(values, 'token-review', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
   const tokenReviewer = useTokenReview ? new KubeTokenReviewer(await loadFromDefaultOrFile(option(values, 'kubeconfig'))) : undefined;
-  const gateway = new Gateway({ log, metrics, streamWindow, ...(tokenReviewer ? { tokenReviewer } : {}), ...(natProbe ? { natProbe } : {}) });
+  // Created once the gateway listens and is configured (below), with --report-status.
+  let reporter: StatusReporter | undefined;
+  const gateway = new Gateway({
+    log,
+    metrics,
+    streamWindow,
+    ...(tokenReviewer ? { tokenReviewer } : {}),
+    ...(natProbe ? { natProbe } : {}),
+    onAgentsChanged: () => reporter?.changed(),
+  });
   const source: ConfigSource =
     sourceKind === 'file' ? new FileConfigSource(configPath as string) : await kubernetesSource(values, log, fail);
   const describeSource = sourceKind === 'file' ? String(configPath) : 'the config Secret';
@@ -169,13 +178,12 @@ async function main(): Promise<void> {
   const natProbePorts = natProbe?.endpoints.map((e) => ({ address: e.address, port: e.port }));
   events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
   const reportStatus = (option(values, 'report-status', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
-  let reporter: StatusReporter | undefined;
   if (reportStatus) {
     const namespace = option(values, 'config-namespace') ?? podNamespace();
     if (!namespace) return fail(GatewayErrorCode.USAGE, '--report-status needs --config-namespace outside a pod');
     const periodMs = Number(option(values, 'status-period-ms', '10000'));
     if (!Number.isInteger(periodMs) || periodMs < 100) return fail(GatewayErrorCode.USAGE, '--status-period-ms wants an integer >= 100');
-    const statusReporter = new StatusReporter(await loadFromDefaultOrFile(option(values, 'kubeconfig')), {
+    reporter = new StatusReporter(await loadFromDefaultOrFile(option(values, 'kubeconfig')), {
       namespace,
       identity: option(values, 'identity') ?? process.env.POD_NAME ?? hostname(),
       snapshot: () => gateway.attachedAgents(),
@@ -183,8 +191,6 @@ async function main(): Promise<void> {
       periodMs,
       log: log.child({ component: 'status' }),
     });
-    reporter = statusReporter;
-    gateway.onAgentsChanged = () => statusReporter.changed();
     reporter.start();
   }
 

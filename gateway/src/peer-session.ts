@@ -2,9 +2,10 @@
  * One peer's WebSocket bound to a Mux. Owns the explicit session state
  * (handshaking → open → closing → closed; see docs/lifecycle/gateway-session.md).
  */
-import { type Identity, Mux, type MuxHandlers, StreamErrorCode } from '@narrowlink/protocol';
+import { type ControlMessage, type Identity, Mux, type MuxHandlers, StreamErrorCode } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
+import type { BrokerPeer } from './direct-broker.ts';
 
 export type SessionKind = 'agent' | 'client';
 export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
@@ -17,7 +18,7 @@ export interface SessionIdentity extends Identity {
   viaServiceAccount?: boolean;
 }
 
-export class PeerSession {
+export class PeerSession implements BrokerPeer {
   readonly id: string;
   readonly kind: SessionKind;
   readonly identity: SessionIdentity;
@@ -72,6 +73,21 @@ export class PeerSession {
       this.log.debug({ err }, 'session socket error');
       this.#closed();
     });
+  }
+
+  /** The authenticated subject. */
+  get sub(): string {
+    return this.identity.sub;
+  }
+
+  /** Streams open on the session's mux. */
+  get streamCount(): number {
+    return this.mux.streamCount;
+  }
+
+  /** Sends a control message on the session's mux. */
+  sendControl(message: ControlMessage): void {
+    this.mux.sendControl(message);
   }
 
   /** Moves to `next` if that is a forward transition; returns whether it did. */

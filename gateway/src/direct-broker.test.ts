@@ -28,7 +28,7 @@ import {
 import { pino } from 'pino';
 import WebSocket from 'ws';
 import { buildApp } from './app.ts';
-import { DIRECT_RESOLVE_GRACE_MS, MAX_DIRECT_ATTEMPTS_PER_CLIENT } from './direct-paths.ts';
+import { DIRECT_RESOLVE_GRACE_MS, MAX_DIRECT_ATTEMPTS_PER_CLIENT } from './direct-broker.ts';
 import { Gateway, type GatewayOptions } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
@@ -435,7 +435,7 @@ describe('direct_request refusals', () => {
     assert.equal((await alice.refused(2, 'db')).reason, 'UdpBlocked');
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_requests_total', { result: 'BothSymmetric' }), 1);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_requests_total', { result: 'UdpBlocked' }), 1);
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     await alice.alive();
   });
 
@@ -500,7 +500,7 @@ describe('direct path planned', () => {
     assert.deepEqual(agentPlan.candidates, [{ address: '203.0.113.10', port: 61_000, kind: 'public' }]);
     assert.equal(clientPlan.leadMs, agentPlan.leadMs);
 
-    assert.deepEqual(gw.gateway.directPaths.paths(), [
+    assert.deepEqual(gw.gateway.directBroker.paths(), [
       { pathId: clientPlan.pathId, clientSession: alice.sessionId, agentSession: db.sessionId, agent: 'default/db', state: 'punching', createdAt: T0 },
     ]);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_requests_total', { result: 'planned' }), 1);
@@ -531,7 +531,7 @@ describe('direct_state and direct_close', () => {
     const { gw, db, alice } = await probedPair();
     const plan = await alice.planned(1, 'db');
     alice.mux.sendControl({ type: 'direct_state', pathId: plan.pathId, state: 'up', via: 'public', elapsedMs: 420 });
-    await until(() => gw.gateway.directPaths.paths()[0]?.state === 'up', 'path up');
+    await until(() => gw.gateway.directBroker.paths()[0]?.state === 'up', 'path up');
     // The agent's own up report changes nothing more.
     db.mux.sendControl({ type: 'direct_state', pathId: plan.pathId, state: 'up', via: 'public', elapsedMs: 410 });
     await settle();
@@ -547,7 +547,7 @@ describe('direct_state and direct_close', () => {
     assert.match(close.reason, /agent reported the path failed \(NL_ERR_DIRECT_IDLE\)/);
     await settle();
     assert.deepEqual(db.of('direct_close'), [], 'the reporting side is not told again');
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_up'), 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_total', { result: 'failed' }), 0, 'it had come up');
     assert.deepEqual(gw.gateway.attachedAgents()['default/db'], { instances: 1, nat: 'endpoint-independent' });
@@ -578,7 +578,7 @@ describe('direct_state and direct_close', () => {
     mallory.mux.sendControl({ type: 'direct_state', pathId: 'no-such-path', state: 'up', elapsedMs: 1 });
     await mallory.alive();
     await web.alive();
-    assert.equal(gw.gateway.directPaths.paths()[0]?.state, 'punching', 'the path is untouched');
+    assert.equal(gw.gateway.directBroker.paths()[0]?.state, 'punching', 'the path is untouched');
     assert.deepEqual([alice.of('direct_close'), db.of('direct_close')], [[], []]);
 
     alice.mux.sendControl({ type: 'direct_state', pathId: plan.pathId, state: 'closed' });
@@ -599,11 +599,11 @@ describe('direct_state and direct_close', () => {
     const a = await alice.planned(1, 'db');
     const b = await alice.planned(2, 'db');
     alice.mux.sendControl({ type: 'direct_state', pathId: a.pathId, state: 'up', elapsedMs: 100 });
-    await until(() => gw.gateway.directPaths.paths().some((p) => p.state === 'up'), 'up');
+    await until(() => gw.gateway.directBroker.paths().some((p) => p.state === 'up'), 'up');
     alice.ws.close(1000);
     assert.match((await db.closeFor(a.pathId)).reason, /client session ended/);
     await db.closeFor(b.pathId);
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_up'), 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_total', { result: 'failed' }), 1, 'only the attempt that never came up');
   });
@@ -613,7 +613,7 @@ describe('direct_state and direct_close', () => {
     const plan = await alice.planned(1, 'db');
     db.ws.close(1000);
     assert.match((await alice.closeFor(plan.pathId)).reason, /agent session ended/);
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     await alice.alive();
   });
 
@@ -623,7 +623,7 @@ describe('direct_state and direct_close', () => {
     gw.clock.now = T0 + plan.leadMs + plan.budgetMs + DIRECT_RESOLVE_GRACE_MS + 1;
     await alice.closeFor(plan.pathId); // the gateway's sweep runs every second
     await db.closeFor(plan.pathId);
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_total', { result: 'failed' }), 1);
   });
 });
@@ -656,11 +656,11 @@ describe('direct paths follow policy changes', () => {
     const { gw, db, alice } = await probedPair();
     const plan = await alice.planned(1, 'db');
     alice.mux.sendControl({ type: 'direct_state', pathId: plan.pathId, state: 'up', elapsedMs: 100 });
-    await until(() => gw.gateway.directPaths.paths()[0]?.state === 'up', 'up');
+    await until(() => gw.gateway.directBroker.paths()[0]?.state === 'up', 'up');
     gw.gateway.applyConfig(makeConfig({ alicePorts: [8080] }));
     assert.equal((await alice.closeFor(plan.pathId)).reason, 'access revoked by a policy change');
     assert.equal((await db.closeFor(plan.pathId)).reason, 'access revoked by a policy change');
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_direct_paths_up'), 0);
     await alice.alive();
     await db.alive();
@@ -671,7 +671,7 @@ describe('direct paths follow policy changes', () => {
     const plan = await alice.planned(1, 'db');
     gw.gateway.applyConfig(makeConfig({ withoutDb: true }));
     assert.equal((await alice.closeFor(plan.pathId)).reason, 'agent removed from configuration');
-    assert.equal(gw.gateway.directPaths.size, 0);
+    assert.equal(gw.gateway.directBroker.size, 0);
     await alice.alive();
   });
 

@@ -15,6 +15,7 @@ import {
   type AgentConfig,
   agentKey,
   type CompiledPolicy,
+  type ControlMessage,
   DIRECT_PATH_MINOR,
   type DirectAllow,
   type DirectPolicy,
@@ -28,9 +29,9 @@ import {
   punchPlanMessage,
   type RandomBytes,
 } from '@narrowlink/protocol';
-import type { PeerNat } from './gateway.ts';
+import type { Logger } from 'pino';
 import type { GatewayMetrics } from './metrics.ts';
-import type { PeerSession } from './peer-session.ts';
+import type { PeerNat } from './nat-registry.ts';
 
 /** Unresolved attempts (planned, no `direct_state` up/failed yet) one client session may have at once. */
 export const MAX_DIRECT_ATTEMPTS_PER_CLIENT = 8;
@@ -45,29 +46,46 @@ export const DIRECT_RESOLVE_GRACE_MS = 20_000;
 /** The direct_policy allow list holds at most this many targets (the message's limit). */
 const MAX_ALLOW = 256;
 
+/**
+ * A session as the broker sees it: the few things it reads and the one thing it does (send a control message).
+ * The gateway's `PeerSession` implements it; tests use plain objects. Sessions are compared by identity.
+ */
+export interface BrokerPeer {
+  readonly id: string;
+  readonly kind: 'agent' | 'client';
+  /** Only `open` sessions are planned for and sent to. */
+  readonly state: 'handshaking' | 'open' | 'closing' | 'closed';
+  /** The authenticated subject (the client's name in the agent's plan). */
+  readonly sub: string;
+  readonly log: Pick<Logger, 'info' | 'debug' | 'warn'>;
+  /** Relayed streams open on the session (instance choice breaks ties on it). */
+  readonly streamCount: number;
+  sendControl(message: ControlMessage): void;
+}
+
 /** A client session as the broker sees it; `policy` is replaced on every recompile (the broker reads the latest). */
-export interface DirectClient {
-  readonly session: PeerSession;
+export interface BrokerClient {
+  readonly session: BrokerPeer;
   readonly policy: CompiledPolicy;
 }
 
 /** An attached agent instance; `agent` follows configuration reloads. */
-export interface DirectInstance {
-  readonly session: PeerSession;
+export interface BrokerInstance {
+  readonly session: BrokerPeer;
   readonly instanceId: string;
   readonly agent: AgentConfig;
   /** Protocol version from the instance's hello. */
   readonly version: string;
 }
 
-/** What the broker needs from the gateway. */
-export interface DirectPathsHost {
+/** What the broker needs from the gateway (the agent registry answers `resolveAgent`, `instancesOf`, `findAgent`). */
+export interface DirectBrokerHost {
   /** Whether the gateway runs NAT probe ports (without them nobody is classified). */
   readonly probing: boolean;
   /** Resolves `name` or `namespace/name` among the agents this policy lets the client see (as for OPEN). */
   resolveAgent(policy: CompiledPolicy, ref: string): AgentConfig | undefined;
   /** The attached instances of an agent. */
-  instancesOf(key: string): Iterable<DirectInstance>;
+  instancesOf(key: string): Iterable<BrokerInstance>;
   /** The agent of the current configuration, if it is still there. */
   findAgent(key: string): AgentConfig | undefined;
   natOf(sessionId: string): PeerNat | undefined;
@@ -75,8 +93,8 @@ export interface DirectPathsHost {
   onPathsChanged(): void;
 }
 
-export interface DirectPathsOptions {
-  host: DirectPathsHost;
+export interface DirectBrokerOptions {
+  host: DirectBrokerHost;
   metrics: GatewayMetrics;
   /** Wall clock, ms since epoch (plans, policy expiry, stale attempts). */
   now: () => number;
@@ -84,14 +102,15 @@ export interface DirectPathsOptions {
   random?: RandomBytes;
 }
 
-export type DirectPathState = 'punching' | 'up';
+/** A brokered path: planned and punching, or reported up by a side. */
+export type BrokeredPathState = 'punching' | 'up';
 
-interface DirectPath {
+interface BrokeredPath {
   readonly pathId: string;
-  readonly client: DirectClient;
-  readonly instance: DirectInstance;
+  readonly client: BrokerClient;
+  readonly instance: BrokerInstance;
   readonly agentKey: string;
-  state: DirectPathState;
+  state: BrokeredPathState;
   readonly createdAt: number;
   /** Wall clock after which a path still punching counts as failed. */
   readonly resolveBy: number;
@@ -103,12 +122,12 @@ interface DirectPath {
 }
 
 /** Public view of a path (tests, diagnostics). */
-export interface DirectPathInfo {
+export interface BrokeredPathInfo {
   pathId: string;
   clientSession: string;
   agentSession: string;
   agent: string;
-  state: DirectPathState;
+  state: BrokeredPathState;
   createdAt: number;
 }
 
@@ -121,16 +140,17 @@ class Refusal {
   }
 }
 
-export class DirectPaths {
-  readonly #host: DirectPathsHost;
+/** The direct-path broker of one gateway: plans, per-path policies, closes (see the file header). */
+export class DirectPathBroker {
+  readonly #host: DirectBrokerHost;
   readonly #metrics: GatewayMetrics;
   readonly #now: () => number;
   readonly #random: RandomBytes;
-  readonly #paths = new Map<string, DirectPath>();
+  readonly #paths = new Map<string, BrokeredPath>();
   /** Paths by member session (client or agent instance), for session close and per-client limits. */
-  readonly #bySession = new Map<PeerSession, Set<DirectPath>>();
+  readonly #bySession = new Map<BrokerPeer, Set<BrokeredPath>>();
 
-  constructor(options: DirectPathsOptions) {
+  constructor(options: DirectBrokerOptions) {
     this.#host = options.host;
     this.#metrics = options.metrics;
     this.#now = options.now;
@@ -141,7 +161,7 @@ export class DirectPaths {
     return this.#paths.size;
   }
 
-  paths(): DirectPathInfo[] {
+  paths(): BrokeredPathInfo[] {
     return [...this.#paths.values()].map((p) => ({
       pathId: p.pathId,
       clientSession: p.client.session.id,
@@ -164,25 +184,25 @@ export class DirectPaths {
    * agent instance gets `direct_policy` then `punch_plan`, and only then the client gets its `punch_plan`, so
    * the agent knows what to allow before the client can reach it.
    */
-  request(client: DirectClient, message: DirectRequest): void {
+  request(client: BrokerClient, message: DirectRequest): void {
     const session = client.session;
-    let planned: { path: DirectPath; strategy: PunchStrategy; sameLan: boolean; client: PunchSidePlan; agent: PunchSidePlan };
+    let planned: { path: BrokeredPath; strategy: PunchStrategy; sameLan: boolean; client: PunchSidePlan; agent: PunchSidePlan };
     try {
       planned = this.#plan(client, message);
     } catch (error) {
       if (!(error instanceof Refusal)) throw error;
       this.#metrics.directRequests.inc({ result: error.reason });
       session.log.info({ agent: message.agent, reason: error.reason }, 'direct path refused');
-      session.mux.sendControl({ type: 'direct_refused', requestId: message.requestId, reason: error.reason, message: error.message });
+      session.sendControl({ type: 'direct_refused', requestId: message.requestId, reason: error.reason, message: error.message });
       return;
     }
     const { path } = planned;
     this.#add(path);
     this.#metrics.directRequests.inc({ result: 'planned' });
     const agentSession = path.instance.session;
-    agentSession.mux.sendControl(policyMessage(path));
-    agentSession.mux.sendControl(punchPlanMessage(planned.agent, planned.strategy, path.pathId, session.identity.sub));
-    session.mux.sendControl(punchPlanMessage(planned.client, planned.strategy, path.pathId, path.agentKey, message.requestId));
+    agentSession.sendControl(policyMessage(path));
+    agentSession.sendControl(punchPlanMessage(planned.agent, planned.strategy, path.pathId, session.sub));
+    session.sendControl(punchPlanMessage(planned.client, planned.strategy, path.pathId, path.agentKey, message.requestId));
     // Never the punch key: it authenticates punch packets until the path is up.
     const fields = {
       pathId: path.pathId,
@@ -193,10 +213,10 @@ export class DirectPaths {
       allow: path.allow.length,
     };
     session.log.info(fields, 'direct path planned');
-    agentSession.log.info({ ...fields, client: session.identity.sub }, 'direct path planned');
+    agentSession.log.info({ ...fields, client: session.sub }, 'direct path planned');
   }
 
-  #plan(client: DirectClient, message: DirectRequest) {
+  #plan(client: BrokerClient, message: DirectRequest) {
     const host = this.#host;
     if (!host.probing) throw new Refusal('ProbingDisabled', 'this gateway runs no NAT probe ports, so it cannot plan direct paths; streams use the relay');
     const agent = host.resolveAgent(client.policy, message.agent);
@@ -224,7 +244,7 @@ export class DirectPaths {
     if (ready.length === 0) throw new Refusal('NotProbed', `agent "${agent.name}" has not finished NAT probing yet; retry shortly`);
     const now = this.#now();
     this.#expireStale(now);
-    const mine = this.#bySession.get(client.session) ?? new Set<DirectPath>();
+    const mine = this.#bySession.get(client.session) ?? new Set<BrokeredPath>();
     const unresolved = [...mine].filter((p) => p.state === 'punching').length;
     if (unresolved >= MAX_DIRECT_ATTEMPTS_PER_CLIENT || mine.size >= MAX_DIRECT_PATHS_PER_CLIENT) {
       throw new Refusal(
@@ -249,7 +269,7 @@ export class DirectPaths {
       throw new Refusal('NotProbed', 'the NAT data of a peer cannot be used for planning; it is probed again on its next session');
     }
     if (!plan.viable) throw new Refusal(plan.reason, plan.message);
-    const path: DirectPath = {
+    const path: BrokeredPath = {
       pathId: Buffer.from(this.#random(16)).toString('base64url'),
       client,
       instance: chosen.instance,
@@ -265,8 +285,8 @@ export class DirectPaths {
   }
 
   /** Least loaded: fewest direct paths served, then fewest relayed streams. */
-  #leastLoaded<T extends { instance: DirectInstance }>(candidates: T[]): T {
-    const load = (c: T) => [this.#bySession.get(c.instance.session)?.size ?? 0, c.instance.session.mux.streamCount] as const;
+  #leastLoaded<T extends { instance: BrokerInstance }>(candidates: T[]): T {
+    const load = (c: T) => [this.#bySession.get(c.instance.session)?.size ?? 0, c.instance.session.streamCount] as const;
     let best = candidates[0] as T;
     for (const candidate of candidates.slice(1)) {
       const [paths, streams] = load(candidate);
@@ -280,7 +300,7 @@ export class DirectPaths {
    * A `direct_state` from a peer. Only members of the path count; anything else is ignored (paths vanish
    * legitimately: a report may cross the other side's close).
    */
-  state(session: PeerSession, message: DirectState): void {
+  state(session: BrokerPeer, message: DirectState): void {
     const path = this.#paths.get(message.pathId);
     if (!path || (path.client.session !== session && path.instance.session !== session)) {
       session.log.debug({ pathId: message.pathId, state: message.state }, 'direct_state for no path of this session; ignored');
@@ -308,7 +328,7 @@ export class DirectPaths {
   }
 
   /** A session ended: the other side of each of its paths hears `direct_close`. */
-  sessionClosed(session: PeerSession): void {
+  sessionClosed(session: BrokerPeer): void {
     const mine = this.#bySession.get(session);
     if (!mine) return;
     for (const path of [...mine]) {
@@ -321,7 +341,7 @@ export class DirectPaths {
    * The client's policy was recompiled (reload, expiry, reauth): each of its paths gets the new allow list, or
    * is closed on both sides when nothing is allowed any more, the agent left the configuration or went relay-only.
    */
-  policyChanged(client: DirectClient): void {
+  policyChanged(client: BrokerClient): void {
     const mine = this.#bySession.get(client.session);
     if (!mine) return;
     for (const path of [...mine]) {
@@ -362,17 +382,17 @@ export class DirectPaths {
     }
   }
 
-  #add(path: DirectPath): void {
+  #add(path: BrokeredPath): void {
     this.#paths.set(path.pathId, path);
     for (const session of [path.client.session, path.instance.session]) {
-      const set = this.#bySession.get(session) ?? new Set<DirectPath>();
+      const set = this.#bySession.get(session) ?? new Set<BrokeredPath>();
       this.#bySession.set(session, set);
       set.add(path);
     }
   }
 
   /** Forgets a path, settles its metrics and tells `notify` (those still open) to close it. */
-  #remove(path: DirectPath, reason: string, notify: PeerSession[]): void {
+  #remove(path: BrokeredPath, reason: string, notify: BrokerPeer[]): void {
     if (!this.#paths.delete(path.pathId)) return;
     for (const session of [path.client.session, path.instance.session]) {
       const set = this.#bySession.get(session);
@@ -398,7 +418,7 @@ export function directAllowList(policy: CompiledPolicy, agent: AgentConfig): Dir
     .map((e) => ({ name: e.name, host: e.host, port: e.port }));
 }
 
-function policyMessage(path: DirectPath): DirectPolicy {
+function policyMessage(path: BrokeredPath): DirectPolicy {
   return { type: 'direct_policy', pathId: path.pathId, allow: path.allow, ...(path.expiresAt !== undefined ? { expiresAt: path.expiresAt } : {}) };
 }
 
@@ -407,6 +427,6 @@ function sameAllow(a: readonly DirectAllow[], b: readonly DirectAllow[]): boolea
 }
 
 /** Sends to a session that is still open (a closing one would drop it anyway). */
-function send(session: PeerSession, message: Parameters<PeerSession['mux']['sendControl']>[0]): void {
-  if (session.state === 'open') session.mux.sendControl(message);
+function send(session: BrokerPeer, message: ControlMessage): void {
+  if (session.state === 'open') session.sendControl(message);
 }

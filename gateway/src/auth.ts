@@ -1,0 +1,155 @@
+/**
+ * Authentication of peers, before any WebSocket exists (the upgrade request) and again during a session
+ * (`reauth`): Narrowlink tokens checked against the configuration's signing keys, and agents' ServiceAccount
+ * tokens checked by a TokenReview. Failures are `GatewayError`s carrying the HTTP status to answer and a
+ * `reason`, counted by reason. The token is never logged.
+ */
+import { ErrorCode, type GatewayConfig, TokenError, verifyToken } from '@narrowlink/protocol';
+import { findAgent, normalizeAgentRef } from './agent-registry.ts';
+import { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
+import type { GatewayMetrics } from './metrics.ts';
+import type { SessionIdentity, SessionKind } from './peer-session.ts';
+import type { TokenReviewer } from './token-review.ts';
+
+export interface AuthenticatorOptions {
+  /** The configuration in force (undefined before the first one: the gateway is not ready). */
+  config: () => GatewayConfig | undefined;
+  /** Whether the gateway is draining (new sessions are refused with 503). */
+  shuttingDown: () => boolean;
+  /** Wall clock, ms since epoch (token expiry). */
+  now: () => number;
+  /** Checks ServiceAccount tokens of injected sidecars; absent outside Kubernetes. */
+  tokenReviewer?: TokenReviewer | undefined;
+  /** Counts every failure of `authenticate` by `reason`. */
+  authFailures: Pick<GatewayMetrics['authFailures'], 'inc'>;
+}
+
+/**
+ * What became of a `reauth`: `renewed` (the session takes the new expiry and groups), `deferred` (the gateway
+ * could not check now but the current credential is still good: keep the session), or `refused` (close it).
+ */
+export type ReauthOutcome =
+  | { result: 'renewed'; identity: SessionIdentity }
+  | { result: 'deferred'; error: GatewayError }
+  | { result: 'refused'; error: GatewayError };
+
+export class Authenticator {
+  readonly #config: () => GatewayConfig | undefined;
+  readonly #shuttingDown: () => boolean;
+  readonly #now: () => number;
+  readonly #tokenReviewer: TokenReviewer | undefined;
+  readonly #authFailures: AuthenticatorOptions['authFailures'];
+
+  constructor(options: AuthenticatorOptions) {
+    this.#config = options.config;
+    this.#shuttingDown = options.shuttingDown;
+    this.#now = options.now;
+    this.#tokenReviewer = options.tokenReviewer;
+    this.#authFailures = options.authFailures;
+  }
+
+  /**
+   * Authenticates an upgrade request (`Authorization: Bearer <token>`). `agentRef` is the agent a sidecar names
+   * itself (it then presents a ServiceAccount token). Throws GatewayError with the HTTP status to answer.
+   */
+  async authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string): Promise<SessionIdentity> {
+    try {
+      if (this.#shuttingDown()) throw new GatewayError(GatewayErrorCode.SHUTTING_DOWN, 503, 'gateway is shutting down; reconnect shortly');
+      const config = this.#config();
+      if (!config) throw new GatewayError(GatewayErrorCode.NOT_READY, 503, 'gateway has no configuration yet');
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
+      if (!match) throw new GatewayError(GatewayErrorCode.AUTH_MISSING_TOKEN, 401, 'send "Authorization: Bearer <token>"');
+      // An agent naming itself presents a ServiceAccount token (injected sidecar), checked by TokenReview.
+      if (kind === 'agent' && agentRef !== undefined) return await this.#authenticateServiceAccount(config, match[1] as string, agentRef);
+      let claims: Awaited<ReturnType<typeof verifyToken>>;
+      try {
+        claims = await verifyToken(match[1] as string, {
+          publicKeysPem: config.signingPublicKeys,
+          audience: config.audience,
+          expectedType: kind,
+          nowMs: this.#now(),
+        });
+      } catch (error) {
+        if (!(error instanceof TokenError)) throw error;
+        const wrongType = error.code === ErrorCode.TOKEN_WRONG_TYPE;
+        throw new GatewayError(
+          wrongType ? GatewayErrorCode.AUTH_WRONG_ENDPOINT : GatewayErrorCode.AUTH_INVALID_TOKEN,
+          wrongType ? 403 : 401,
+          wrongType ? `this endpoint takes ${kind} tokens` : `token rejected: ${error.message}`,
+          { reason: error.code, cause: error },
+        );
+      }
+      // verifyToken allows 30 s of skew past `exp`, but the sweep closes a session at `exp` itself: accepting such a
+      // token would let a peer reconnect and be closed again, in a loop, for those 30 s.
+      if (claims.exp * 1000 <= this.#now()) {
+        throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: token has expired', { reason: ErrorCode.TOKEN_EXPIRED });
+      }
+      // The configuration of now, not of before the await: a reload may have removed the agent meanwhile.
+      if (kind === 'agent' && !findAgent(this.#config(), normalizeAgentRef(claims.sub))) {
+        throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${claims.sub}" is not configured on this gateway`);
+      }
+      return { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000 };
+    } catch (error) {
+      const gatewayError = asGatewayError(error);
+      this.#authFailures.inc({ reason: gatewayError.reason });
+      throw gatewayError;
+    }
+  }
+
+  async #authenticateServiceAccount(config: GatewayConfig, token: string, agentRef: string): Promise<SessionIdentity> {
+    if (!this.#tokenReviewer) {
+      throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'this gateway does not accept ServiceAccount tokens (it runs without Kubernetes)', {
+        reason: GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE,
+      });
+    }
+    let result: Awaited<ReturnType<TokenReviewer['review']>>;
+    try {
+      result = await this.#tokenReviewer.review(token, config.audience);
+    } catch (error) {
+      throw new GatewayError(GatewayErrorCode.NOT_READY, 503, 'cannot verify ServiceAccount tokens right now (TokenReview failed); retry', {
+        reason: GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE,
+        cause: error,
+      });
+    }
+    if (!result.authenticated) throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'ServiceAccount token rejected by the TokenReview', { reason: result.reason });
+    // Only an authenticated caller learns whether the agent exists (no name oracle before authentication).
+    const key = normalizeAgentRef(agentRef);
+    const agent = findAgent(this.#config(), key);
+    if (!agent) throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${agentRef}" is not configured on this gateway`);
+    if (result.namespace !== agent.namespace || !agent.serviceAccounts.includes(result.serviceAccount)) {
+      throw new GatewayError(
+        GatewayErrorCode.AUTH_SERVICE_ACCOUNT_NOT_ALLOWED,
+        403,
+        `ServiceAccount ${result.namespace}/${result.serviceAccount} may not attach as agent ${key}`,
+      );
+    }
+    return { sub: key, groups: [], typ: 'agent', expiresAtMs: result.expiresAtMs, viaServiceAccount: true };
+  }
+
+  /**
+   * Checks a fresh credential (`reauth`) for a session of `kind` with `identity`: the same way as at the upgrade
+   * (a ServiceAccount agent through the TokenReview again), and it must name the same subject. A 503 (the
+   * TokenReview is unavailable, the gateway drains) while the current credential is still good defers instead
+   * of refusing: the peer retries, and the sweep ends the session at expiry if it never succeeds.
+   */
+  async reauthenticate(kind: SessionKind, identity: Readonly<SessionIdentity>, token: string): Promise<ReauthOutcome> {
+    try {
+      const next = await this.authenticate(kind, `Bearer ${token}`, identity.viaServiceAccount ? identity.sub : undefined);
+      if (next.sub !== identity.sub) {
+        throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'a session cannot change identity; reconnect instead', {
+          reason: GatewayAuthReason.AUTH_IDENTITY_CHANGED,
+        });
+      }
+      return { result: 'renewed', identity: next };
+    } catch (error) {
+      const e = asGatewayError(error);
+      if (e.statusCode === 503 && this.#now() < identity.expiresAtMs) return { result: 'deferred', error: e };
+      return { result: 'refused', error: e };
+    }
+  }
+}
+
+/** Anything unexpected becomes a masked 500. */
+function asGatewayError(error: unknown): GatewayError {
+  return error instanceof GatewayError ? error : new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+}
