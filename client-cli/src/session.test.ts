@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { LinkError, LinkErrorCode } from '@narrowlink/peer-link';
+import { CliError, CliErrorCode, ExitCode } from './errors.ts';
+import { exitCodeFor } from './session.ts';
+
+describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () => {
+  const link = (code: LinkErrorCode, options: { status?: number; gatewayCode?: string } = {}): LinkError => new LinkError(code, 'x', { retryable: false, ...options });
+  const cases: Array<[string, unknown, ExitCode]> = [
+    ['a usage error keeps its own exit code', new CliError(CliErrorCode.USAGE, 'bad flag'), ExitCode.USAGE],
+    ['a listen error with an explicit exit code', new CliError(CliErrorCode.LISTEN, 'in use', ExitCode.FAILURE), ExitCode.FAILURE],
+    ['HTTP 401 on the upgrade', link(LinkErrorCode.REFUSED, { status: 401 }), ExitCode.AUTH],
+    ['HTTP 403 on the upgrade', link(LinkErrorCode.REFUSED, { status: 403 }), ExitCode.AUTH],
+    ['an auth refusal in the handshake', link(LinkErrorCode.HANDSHAKE, { gatewayCode: 'NL_ERR_AUTH_UNKNOWN_AGENT' }), ExitCode.AUTH],
+    ['a token problem in the handshake', link(LinkErrorCode.HANDSHAKE, { gatewayCode: 'NL_ERR_TOKEN_EXPIRED' }), ExitCode.AUTH],
+    ['a protocol version mismatch', link(LinkErrorCode.HANDSHAKE, { gatewayCode: 'NL_ERR_PROTOCOL_VERSION' }), ExitCode.UNREACHABLE],
+    ['HTTP 503 (gateway not ready)', link(LinkErrorCode.REFUSED, { status: 503, gatewayCode: 'NL_ERR_GATEWAY_NOT_READY' }), ExitCode.UNREACHABLE],
+    ['the gateway cannot be reached', link(LinkErrorCode.UNREACHABLE), ExitCode.UNREACHABLE],
+    ['no session in time', link(LinkErrorCode.TIMEOUT), ExitCode.UNREACHABLE],
+    ['anything else (a stream failure)', new Error('reset'), ExitCode.FAILURE],
+    ['a thrown non-error', 'boom', ExitCode.FAILURE],
+  ];
+  for (const [name, error, expected] of cases) {
+    test(name, () => assert.equal(exitCodeFor(error), expected));
+  }
+});
