@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DirectError, DirectErrorCode } from './errors.ts';
 import { generateIdentity, type PeerIdentity } from './identity.ts';
-import { type QuicheEndpointOptions, QuicheEndpoint } from './quiche-loop.ts';
+import { type QuicheEndpointOptions, QuicheEndpoint } from './endpoint.ts';
 import type { DirectStream, DirectTransport } from './transport.ts';
 
 const MIB = 1024 * 1024;
