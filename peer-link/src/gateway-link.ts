@@ -15,14 +15,14 @@ import {
   checkVersion,
   DEFAULT_STREAM_WINDOW,
   DIRECT_PATH_MINOR,
+  ErrorCode,
   HEARTBEAT_DEAD_AFTER_MS,
   HEARTBEAT_INTERVAL_MS,
   type Hello,
   type HelloOk,
+  isAuthRefusalCode,
   Mux,
   type MuxStream,
-  type NatProbeInfo,
-  type NatStatus,
   type OpenOk,
   type OpenPayload,
   PROTOCOL_VERSION,
@@ -32,18 +32,14 @@ import {
 } from '@narrowlink/protocol';
 import WebSocket from 'ws';
 import { LinkError, LinkErrorCode } from './errors.ts';
-import { type NatProbeOptions, probeNat } from './nat-prober.ts';
+import { type LinkLogger, silentLogger } from './link/logger.ts';
+import { type LinkNatStatus, type NatProbeTuning, NatSession } from './link/nat-session.ts';
+import { ReauthScheduler } from './link/reauth.ts';
+
+export type { LinkLogger } from './link/logger.ts';
+export type { LinkNatStatus } from './link/nat-session.ts';
 
 export type LinkState = 'connecting' | 'open' | 'closing' | 'closed';
-
-/** The subset of a pino logger the link uses. */
-export interface LinkLogger {
-  debug(obj: object, msg: string): void;
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-}
-
-const silent: LinkLogger = { debug() {}, info() {}, warn() {} };
 
 function zeroMask(mask: Buffer): void {
   mask.fill(0);
@@ -90,15 +86,7 @@ export interface GatewayLinkOptions {
   /** sha256 hex of the QUIC endpoint's certificate, sent with the NAT report (the gateway forwards it to peers). */
   certFingerprint?: string;
   /** Tuning of the probe exchange (timeouts, tries); see NatProbeOptions. */
-  natProbe?: Pick<NatProbeOptions, 'timeoutMs' | 'retryIntervalMs' | 'filteringTests' | 'localAddresses'>;
-}
-
-/** The gateway's classification of this peer's NAT (`nat_status`), with how long probing took. */
-export interface LinkNatStatus extends Omit<NatStatus, 'type'> {
-  /** From receiving `nat_probe_info` to receiving `nat_status`, ms. */
-  measuredInMs: number;
-  /** The local endpoints this side reported (the socket's port on each local address). */
-  localEndpoints: { address: string; port: number }[];
+  natProbe?: NatProbeTuning;
 }
 
 export interface LinkStats {
@@ -124,7 +112,7 @@ export class GatewayLink extends EventEmitter {
   state: LinkState = 'closed';
   mux: Mux | undefined;
   #ws: WebSocket | undefined;
-  #log: LinkLogger;
+  readonly #log: LinkLogger;
   #attempt = 0;
   #reconnects = 0;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -135,18 +123,27 @@ export class GatewayLink extends EventEmitter {
   #connectedAt: number | undefined;
   #lastError: LinkError | undefined;
   #helloOk: HelloOk | undefined;
+  /** An `error` message the gateway sent during this attempt's handshake: the failure to report when it closes. */
+  #handshakeError: LinkError | undefined;
+  /** Settles the current attempt's handshake on hello_ok (set by #awaitHello). */
+  #onHelloOk: (() => void) | undefined;
   #requestSeq = 0;
   readonly #pendingLists = new Map<number, (agents: AgentSummary[]) => void>();
   #stopped = false;
-  /** Probing state of the current session: when the probe info came, what we reported, the gateway's answer. */
-  #natProbeAt: number | undefined;
-  #natLocal: { address: string; port: number }[] = [];
-  #nat: LinkNatStatus | undefined;
+  readonly #reauth: ReauthScheduler;
+  /** NAT probing state of the current session. */
+  readonly #nat: NatSession;
 
   constructor(options: GatewayLinkOptions) {
     super();
     this.options = options;
-    this.#log = options.log ?? silent;
+    this.#log = options.log ?? silentLogger;
+    this.#reauth = new ReauthScheduler({
+      readToken: () => this.#token(),
+      send: (token) => this.mux?.sendControl({ type: 'reauth', token }),
+      log: this.#log,
+    });
+    this.#nat = new NatSession(options, this.#log, this);
   }
 
   /** Starts connecting (and reconnecting) in the background. */
@@ -166,7 +163,7 @@ export class GatewayLink extends EventEmitter {
       rttMs: this.#rttMs,
       lastError: this.#lastError ? { code: this.#lastError.gatewayCode ?? this.#lastError.code, message: this.#lastError.message } : undefined,
       helloOk: this.#helloOk,
-      nat: this.#nat,
+      nat: this.#nat.status,
     };
   }
 
@@ -187,12 +184,20 @@ export class GatewayLink extends EventEmitter {
     void this.#dial().catch((error: unknown) => this.#onFailure(error));
   }
 
+  /** One attempt: a WebSocket with the current token, the Mux over it, and the hello exchange. */
   async #dial(): Promise<void> {
     // An error from an earlier attempt must not be reported for this one.
     this.#handshakeError = undefined;
     const token = await this.#token();
-    this.#sessionToken = token;
+    this.#reauth.opened(token);
     if (this.#stopped) return;
+    const ws = this.#openSocket(token);
+    const streamWindow = this.options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    const mux = this.#bindMux(ws, streamWindow);
+    this.#awaitHello(ws, mux, streamWindow);
+  }
+
+  #openSocket(token: string): WebSocket {
     const endpoint = new URL(`/v1/${this.options.role}`, this.options.url);
     const ws = new WebSocket(endpoint, {
       headers: { authorization: `Bearer ${token}`, ...(this.options.agentRef ? { 'x-narrowlink-agent': this.options.agentRef } : {}) },
@@ -206,7 +211,11 @@ export class GatewayLink extends EventEmitter {
       ...(this.options.caPem ? { ca: this.options.caPem } : {}),
     });
     this.#ws = ws;
-    const streamWindow = this.options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    return ws;
+  }
+
+  /** The session's Mux over `ws`: frames both ways, control messages to #onControl, streams to `onOpenStream`. */
+  #bindMux(ws: WebSocket, streamWindow: number): Mux {
     const mux = new Mux({
       role: 'initiator',
       localWindow: streamWindow,
@@ -229,14 +238,32 @@ export class GatewayLink extends EventEmitter {
         },
       },
     });
+    ws.on('message', (data, isBinary) => {
+      this.#lastReceivedAt = performance.now();
+      if (isBinary) mux.receive(data as Buffer);
+    });
     this.mux = mux;
+    return mux;
+  }
+
+  /**
+   * Sends hello once the socket opens and settles the attempt exactly once: by hello_ok (see #onControl), an HTTP
+   * refusal, a socket error, a close during the handshake, or the connect timeout. A close after that ends the
+   * session (and reconnects).
+   */
+  #awaitHello(ws: WebSocket, mux: Mux, streamWindow: number): void {
     let settled = false;
+    /** Marks the handshake settled; false when it already was. */
+    const settle = (): boolean => {
+      if (settled) return false;
+      settled = true;
+      clearTimeout(handshakeTimer);
+      return true;
+    };
     const handshakeTimer = setTimeout(() => {
-      if (!settled) {
-        settled = true;
-        ws.terminate();
-        this.#onFailure(new LinkError(LinkErrorCode.TIMEOUT, 'no hello_ok from the gateway in time', { retryable: true }));
-      }
+      if (!settle()) return;
+      ws.terminate();
+      this.#onFailure(new LinkError(LinkErrorCode.TIMEOUT, 'no hello_ok from the gateway in time', { retryable: true }));
     }, this.options.connectTimeoutMs ?? 10_000);
 
     ws.on('unexpected-response', (_request, response) => {
@@ -251,8 +278,7 @@ export class GatewayLink extends EventEmitter {
         }
         const status = response.statusCode ?? 0;
         const auth = status === 401 || status === 403;
-        settled = true;
-        clearTimeout(handshakeTimer);
+        settle();
         ws.terminate();
         this.#onFailure(
           new LinkError(LinkErrorCode.REFUSED, `gateway refused the session: HTTP ${status}${body.code ? ` ${body.code}` : ''}: ${body.message ?? 'no details'}`, {
@@ -274,30 +300,14 @@ export class GatewayLink extends EventEmitter {
         ...(this.options.agent ? { agent: this.options.agent } : {}),
       });
     });
-    ws.on('message', (data, isBinary) => {
-      this.#lastReceivedAt = performance.now();
-      if (isBinary) mux.receive(data as Buffer);
-    });
     ws.on('error', (error) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(handshakeTimer);
+      if (!settle()) return;
       this.#onFailure(new LinkError(LinkErrorCode.UNREACHABLE, `cannot reach ${this.options.url}: ${error.message}`, { retryable: true, cause: error }));
     });
     ws.on('close', (code, reason) => {
       clearTimeout(handshakeTimer);
-      mux.close(StreamErrorCode.PEER_GONE, 'gateway session lost');
-      const wasOpen = this.state === 'open' && this.#ws === ws;
-      if (this.#ws === ws) {
-        this.#ws = undefined;
-        this.mux = undefined;
-        clearInterval(this.#heartbeat);
-        clearTimeout(this.#reauthTimer);
-      }
-      for (const resolve of this.#pendingLists.values()) resolve([]);
-      this.#pendingLists.clear();
-      if (!settled) {
-        settled = true;
+      const wasOpen = this.#endSession(ws, mux);
+      if (settle()) {
         this.#onFailure(
           this.#handshakeError ??
             new LinkError(LinkErrorCode.HANDSHAKE, `gateway closed the session during the handshake (${code} ${reason.toString()})`, { retryable: true }),
@@ -309,19 +319,25 @@ export class GatewayLink extends EventEmitter {
         this.#scheduleReconnect();
       }
     });
-    // Settles the handshake on hello_ok (see #onControl).
     this.#onHelloOk = () => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(handshakeTimer);
+      settle();
     };
   }
 
-  #onHelloOk: (() => void) | undefined;
-  #reauthTimer: NodeJS.Timeout | undefined;
-  /** The credential the current session was opened (or last re-authenticated) with. */
-  #sessionToken: string | undefined;
-  #handshakeError: LinkError | undefined;
+  /** `ws` closed: its streams and pending requests end; when it is the current socket, so do its timers. */
+  #endSession(ws: WebSocket, mux: Mux): boolean {
+    mux.close(StreamErrorCode.PEER_GONE, 'gateway session lost');
+    const wasOpen = this.state === 'open' && this.#ws === ws;
+    if (this.#ws === ws) {
+      this.#ws = undefined;
+      this.mux = undefined;
+      clearInterval(this.#heartbeat);
+      this.#reauth.stop();
+    }
+    for (const resolve of this.#pendingLists.values()) resolve([]);
+    this.#pendingLists.clear();
+    return wasOpen;
+  }
 
   #onControl(mux: Mux, message: ControlMessage): void {
     switch (message.type) {
@@ -335,9 +351,7 @@ export class GatewayLink extends EventEmitter {
         }
         mux.peerWindow = message.streamWindow;
         this.#helloOk = message;
-        // A new session probes afresh (new key, maybe a new mapping).
-        this.#natProbeAt = undefined;
-        this.#nat = undefined;
+        this.#nat.reset();
         this.#onHelloOk?.();
         this.#attempt = 0;
         this.#lastError = undefined;
@@ -345,13 +359,13 @@ export class GatewayLink extends EventEmitter {
         this.#connectedAt = Date.now();
         this.#setState('open');
         this.#startHeartbeat();
-        this.#scheduleReauth(message.identity.expiresAt);
+        this.#reauth.schedule(message.identity.expiresAt);
         this.#log.info({ event: 'connected', session: message.sessionId }, 'gateway session open');
         this.emit('open', message);
         return;
       }
       case 'error': {
-        const fatal = message.code === 'NL_ERR_PROTOCOL_VERSION' || message.code.startsWith('NL_ERR_AUTH_');
+        const fatal = message.code === ErrorCode.PROTOCOL_VERSION || isAuthRefusalCode(message.code);
         this.#handshakeError = new LinkError(LinkErrorCode.HANDSHAKE, `${message.code}: ${message.message}`, {
           gatewayCode: message.code,
           retryable: !fatal || (this.options.retryAuthFailures ?? false),
@@ -361,27 +375,25 @@ export class GatewayLink extends EventEmitter {
         return;
       }
       case 'reauth_ok':
-        this.#scheduleReauth(message.expiresAt);
+        this.#reauth.schedule(message.expiresAt);
         return;
       case 'goaway':
         this.#log.info({ reason: message.reason, drainMs: message.drainMs }, 'gateway is going away');
         this.emit('goaway', message.reason);
         return;
-      case 'nat_probe_info':
-        if (this.options.udpSocket && this.#helloOk && this.#natProbeAt === undefined) void this.#probeNat(mux, this.#helloOk.sessionId, message);
-        return;
-      case 'nat_status': {
-        const { type: _type, ...status } = message;
-        this.#nat = { ...status, measuredInMs: this.#natProbeAt === undefined ? 0 : Math.round(performance.now() - this.#natProbeAt), localEndpoints: this.#natLocal };
-        this.#log.info({ event: 'nat', natType: status.natType, publicEndpoint: status.publicEndpoint }, 'gateway classified our NAT');
-        this.emit('nat', this.#nat);
+      case 'nat_probe_info': {
+        const helloOk = this.#helloOk;
+        if (helloOk && this.#nat.wantsProbe()) void this.#nat.probe(mux, helloOk.sessionId, message, () => this.mux === mux && this.state === 'open');
         return;
       }
+      case 'nat_status':
+        this.emit('nat', this.#nat.classified(message));
+        return;
       case 'punch_plan':
       case 'direct_refused':
       case 'direct_policy':
       case 'direct_close':
-        // The direct path (DirectPaths) acts on these; the link only carries them.
+        // The direct path (ClientDirectPaths, AgentDirectPaths) acts on these; the link only carries them.
         this.emit('direct', message);
         return;
       case 'agents': {
@@ -395,22 +407,6 @@ export class GatewayLink extends EventEmitter {
     }
   }
 
-  /** Probes from the shared UDP socket and reports, if the session is still the one that asked. */
-  async #probeNat(mux: Mux, sessionId: string, info: NatProbeInfo): Promise<void> {
-    const socket = this.options.udpSocket as dgram.Socket;
-    this.#natProbeAt = performance.now();
-    try {
-      const outcome = await probeNat({ socket, sessionId, info, ...this.options.natProbe });
-      if (this.mux !== mux || this.state !== 'open') return;
-      this.#natLocal = outcome.report.localEndpoints;
-      this.#log.debug({ responses: outcome.responses.length, sent: outcome.sent, durationMs: Math.round(outcome.durationMs) }, 'NAT probes done');
-      mux.sendControl(this.options.certFingerprint ? { ...outcome.report, certFingerprint: this.options.certFingerprint } : outcome.report);
-    } catch (error) {
-      // An unbound or closed socket: no probing for this session; the relay path is unaffected.
-      this.#log.warn({ err: (error as Error).message }, 'NAT probing failed');
-    }
-  }
-
   /**
    * Asks the gateway to probe our NAT again (after a direct path died: the mapping may have changed). The new
    * classification arrives as a `nat` event; until then `stats.nat` is undefined. False when this session cannot
@@ -419,15 +415,13 @@ export class GatewayLink extends EventEmitter {
   reprobeNat(): boolean {
     const hello = this.#helloOk;
     if (!this.options.udpSocket || this.state !== 'open' || !this.mux || !hello || !peerSupportsMinor(hello.version, DIRECT_PATH_MINOR)) return false;
-    this.#natProbeAt = undefined;
-    this.#nat = undefined;
-    this.mux.sendControl({ type: 'nat_reprobe' });
+    this.#nat.reprobe(this.mux);
     return true;
   }
 
   /** Whether the current session is probing (the gateway sent probe info and we have a UDP socket). */
   get natProbing(): boolean {
-    return this.#natProbeAt !== undefined;
+    return this.#nat.probing;
   }
 
   /**
@@ -436,70 +430,7 @@ export class GatewayLink extends EventEmitter {
    * `hello_ok` at once, so call this after one round trip on the session (e.g. a `ping`).
    */
   waitNat(timeoutMs: number): Promise<LinkNatStatus | undefined> {
-    if (this.#nat) return Promise.resolve(this.#nat);
-    if (this.#natProbeAt === undefined) return Promise.resolve(undefined);
-    return new Promise((resolve) => {
-      const onNat = (nat: LinkNatStatus): void => {
-        clearTimeout(timer);
-        resolve(nat);
-      };
-      const timer = setTimeout(() => {
-        this.off('nat', onNat);
-        resolve(undefined);
-      }, timeoutMs);
-      this.once('nat', onNat);
-    });
-  }
-
-  /**
-   * Before the credential expires, re-read it (a projected token file is rotated by the kubelet, a
-   * token file by its owner) and hand the fresh one to the gateway, so the session outlives it.
-   */
-  #scheduleReauth(expiresAtMs: number): void {
-    const now = Date.now();
-    if (expiresAtMs <= now) return;
-    this.#armReauth(now + Math.max(1000, (expiresAtMs - now) * 0.8), expiresAtMs);
-  }
-
-  /** setTimeout fires at once past 2^31-1 ms (~24.8 days) and agent tokens live 90 days: wait in steps. */
-  #armReauth(atMs: number, expiresAtMs: number): void {
-    clearTimeout(this.#reauthTimer);
-    const wait = atMs - Date.now();
-    this.#reauthTimer = setTimeout(
-      () => (Date.now() >= atMs ? void this.#reauth(expiresAtMs) : this.#armReauth(atMs, expiresAtMs)),
-      Math.min(2 ** 31 - 1, Math.max(0, wait)),
-    );
-    this.#reauthTimer.unref();
-  }
-
-  async #reauth(expiresAtMs: number): Promise<void> {
-    let token: string;
-    try {
-      token = await this.#token();
-    } catch (error) {
-      this.#log.warn({ err: (error as Error).message }, 'cannot read a fresh token; the session ends when the current one expires');
-      return;
-    }
-    if (token === this.#sessionToken) {
-      // Nothing new yet (the kubelet refreshes at 80% of the lifetime too): look again shortly.
-      if (expiresAtMs - Date.now() > 2000) {
-        this.#reauthTimer = setTimeout(() => void this.#reauth(expiresAtMs), Math.min(30_000, (expiresAtMs - Date.now()) / 4));
-        this.#reauthTimer.unref();
-      }
-      return;
-    }
-    this.#sessionToken = token;
-    this.#sendReauth(token, expiresAtMs);
-  }
-
-  /** Sends `reauth`; without a `reauth_ok` in 15 s (the gateway could not check it yet), sends it again. */
-  #sendReauth(token: string, expiresAtMs: number): void {
-    this.mux?.sendControl({ type: 'reauth', token });
-    clearTimeout(this.#reauthTimer);
-    const retryInMs = Math.min(15_000, (expiresAtMs - Date.now()) / 2);
-    if (retryInMs < 500) return;
-    this.#reauthTimer = setTimeout(() => this.#sendReauth(token, expiresAtMs), retryInMs);
-    this.#reauthTimer.unref();
+    return this.#nat.wait(timeoutMs);
   }
 
   #startHeartbeat(): void {
@@ -660,7 +591,7 @@ export class GatewayLink extends EventEmitter {
   async close(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
-    clearTimeout(this.#reauthTimer);
+    this.#reauth.stop();
     clearInterval(this.#heartbeat);
     const ws = this.#ws;
     if (!ws) {
