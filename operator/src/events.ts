@@ -6,6 +6,14 @@
 import type { KubeClient, KubeObject } from '@narrowlink/kube';
 import { Resources } from '@narrowlink/kube';
 
+/** An Event a pure `desired` function decided on; the reconciler's apply step records it on the object. */
+export interface DesiredEvent {
+  type: 'Normal' | 'Warning';
+  /** CamelCase. */
+  reason: string;
+  message: string;
+}
+
 export interface EventRecorderOptions {
   /** Component named as the event source. */
   component: string;
