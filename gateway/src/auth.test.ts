@@ -1,0 +1,252 @@
+/** The Authenticator without a WebSocket: plain config, clock, reviewer and a counting authFailures. */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { ErrorCode, type GatewayConfig, generateSigningKeyPair, signToken, validateGatewayConfig } from '@narrowlink/protocol';
+import { Authenticator } from './auth.ts';
+import { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
+import type { SessionIdentity } from './peer-session.ts';
+import type { ReviewResult, TokenReviewer } from './token-review.ts';
+
+const keys = await generateSigningKeyPair();
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+const SA_EXPIRY = T0 + 600_000;
+
+const config = validateGatewayConfig({
+  apiVersion: 'narrowlink.io/v1alpha1',
+  kind: 'GatewayConfig',
+  signingPublicKeys: [keys.publicKeyPem],
+  agents: [
+    { name: 'orders', namespace: 'shop', expose: [{ name: 'http', port: 8080 }], serviceAccounts: ['orders-sa'] },
+    { name: 'web', expose: [{ name: 'http', port: 8080 }] },
+  ],
+  policies: [],
+});
+
+const sa = (namespace: string, serviceAccount: string): ReviewResult => ({ authenticated: true, namespace, serviceAccount, expiresAtMs: SA_EXPIRY });
+const reviews: Record<string, ReviewResult | Error> = {
+  'sa-orders': sa('shop', 'orders-sa'),
+  'sa-default': sa('shop', 'default'),
+  'sa-user': { authenticated: false, reason: GatewayAuthReason.TOKEN_NOT_SERVICE_ACCOUNT },
+  'sa-broken': new Error('connect ECONNREFUSED 127.0.0.1:6443'),
+};
+const reviewer: TokenReviewer = {
+  async review(token) {
+    const answer = reviews[token] ?? { authenticated: false, reason: GatewayAuthReason.TOKEN_REVIEW_REJECTED };
+    if (answer instanceof Error) throw answer;
+    return answer;
+  },
+};
+
+function setup(options: { reviewer?: TokenReviewer; config?: GatewayConfig | undefined } = {}) {
+  const state = { config: 'config' in options ? options.config : config, shuttingDown: false, now: T0 };
+  const failures: string[] = [];
+  const auth = new Authenticator({
+    config: () => state.config,
+    shuttingDown: () => state.shuttingDown,
+    now: () => state.now,
+    tokenReviewer: options.reviewer,
+    authFailures: { inc: (labels) => void failures.push(String((labels as { reason: string }).reason)) },
+  });
+  return { auth, state, failures };
+}
+
+const token = (typ: 'agent' | 'client', sub: string, options: { ttlSeconds?: number; groups?: string[]; nowMs?: number } = {}): Promise<string> =>
+  signToken(keys.privateKeyPem, { typ, sub, ttlSeconds: options.ttlSeconds ?? 600, groups: options.groups ?? [], nowMs: options.nowMs ?? T0 });
+
+/** Runs `fn`, which must reject with a GatewayError; returns its status, code and reason. */
+async function refusal(fn: () => Promise<unknown>): Promise<{ status: number; code: string; reason: string }> {
+  try {
+    await fn();
+  } catch (error) {
+    assert.ok(error instanceof GatewayError, `a GatewayError, got ${String(error)}`);
+    return { status: error.statusCode, code: error.code, reason: error.reason };
+  }
+  assert.fail('authentication succeeded');
+}
+
+describe('Authenticator.authenticate', () => {
+  test('a client token yields the identity with its expiry', async () => {
+    const { auth, failures } = setup();
+    const identity = await auth.authenticate('client', `Bearer ${await token('client', 'alice', { groups: ['dev'] })}`);
+    assert.deepEqual(identity, { sub: 'alice', groups: ['dev'], typ: 'client', expiresAtMs: T0 + 600_000 });
+    assert.deepEqual(failures, []);
+  });
+
+  test('refusals carry status, code and reason, and each is counted by reason', async () => {
+    const cases: Array<{ what: string; run: (s: ReturnType<typeof setup>) => Promise<unknown>; want: { status: number; code: string; reason: string } }> = [
+      {
+        what: 'shutting down',
+        run: async (s) => {
+          s.state.shuttingDown = true;
+          return s.auth.authenticate('client', `Bearer ${await token('client', 'alice')}`);
+        },
+        want: { status: 503, code: GatewayErrorCode.SHUTTING_DOWN, reason: GatewayErrorCode.SHUTTING_DOWN },
+      },
+      {
+        what: 'no configuration yet',
+        run: async (s) => {
+          s.state.config = undefined;
+          return s.auth.authenticate('client', `Bearer ${await token('client', 'alice')}`);
+        },
+        want: { status: 503, code: GatewayErrorCode.NOT_READY, reason: GatewayErrorCode.NOT_READY },
+      },
+      {
+        what: 'no bearer token',
+        run: async (s) => s.auth.authenticate('client', 'Basic abc'),
+        want: { status: 401, code: GatewayErrorCode.AUTH_MISSING_TOKEN, reason: GatewayErrorCode.AUTH_MISSING_TOKEN },
+      },
+      {
+        what: 'an agent token on the client endpoint',
+        run: async (s) => s.auth.authenticate('client', `Bearer ${await token('agent', 'web')}`),
+        want: { status: 403, code: GatewayErrorCode.AUTH_WRONG_ENDPOINT, reason: ErrorCode.TOKEN_WRONG_TYPE },
+      },
+      {
+        what: 'a bad signature',
+        run: async (s) => s.auth.authenticate('client', `Bearer ${(await token('client', 'alice')).slice(0, -4)}AAAA`),
+        want: { status: 401, code: GatewayErrorCode.AUTH_INVALID_TOKEN, reason: ErrorCode.TOKEN_BAD_SIGNATURE },
+      },
+      {
+        what: 'a token past exp but within the verifier\'s skew',
+        run: async (s) => {
+          s.state.now = T0 + 610_000;
+          return s.auth.authenticate('client', `Bearer ${await token('client', 'alice')}`);
+        },
+        want: { status: 401, code: GatewayErrorCode.AUTH_INVALID_TOKEN, reason: ErrorCode.TOKEN_EXPIRED },
+      },
+      {
+        what: 'an agent token for an agent not in the configuration',
+        run: async (s) => s.auth.authenticate('agent', `Bearer ${await token('agent', 'ghost')}`),
+        want: { status: 403, code: GatewayErrorCode.AUTH_UNKNOWN_AGENT, reason: GatewayErrorCode.AUTH_UNKNOWN_AGENT },
+      },
+      {
+        what: 'a ServiceAccount token without a TokenReviewer',
+        run: async (s) => s.auth.authenticate('agent', 'Bearer sa-orders', 'shop/orders'),
+        want: { status: 401, code: GatewayErrorCode.AUTH_INVALID_TOKEN, reason: GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE },
+      },
+    ];
+    for (const c of cases) {
+      const s = setup();
+      assert.deepEqual(await refusal(() => c.run(s)), c.want, c.what);
+      assert.deepEqual(s.failures, [c.want.reason], `${c.what}: counted once by reason`);
+    }
+  });
+
+  test('an agent token by bare name is accepted as is (the session normalizes it)', async () => {
+    const { auth } = setup();
+    assert.equal((await auth.authenticate('agent', `Bearer ${await token('agent', 'web')}`)).sub, 'web');
+  });
+
+  test('ServiceAccount tokens through the TokenReview: attach as namespace/name, or the reason why not', async () => {
+    const { auth, failures } = setup({ reviewer });
+    assert.deepEqual(await auth.authenticate('agent', 'Bearer sa-orders', 'shop/orders'), {
+      sub: 'shop/orders',
+      groups: [],
+      typ: 'agent',
+      expiresAtMs: SA_EXPIRY,
+      viaServiceAccount: true,
+    });
+    assert.deepEqual(await refusal(() => auth.authenticate('agent', 'Bearer sa-broken', 'shop/orders')), {
+      status: 503,
+      code: GatewayErrorCode.NOT_READY,
+      reason: GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE,
+    });
+    assert.deepEqual(await refusal(() => auth.authenticate('agent', 'Bearer sa-nobody', 'shop/orders')), {
+      status: 401,
+      code: GatewayErrorCode.AUTH_INVALID_TOKEN,
+      reason: GatewayAuthReason.TOKEN_REVIEW_REJECTED,
+    });
+    assert.deepEqual(await refusal(() => auth.authenticate('agent', 'Bearer sa-user', 'shop/orders')), {
+      status: 401,
+      code: GatewayErrorCode.AUTH_INVALID_TOKEN,
+      reason: GatewayAuthReason.TOKEN_NOT_SERVICE_ACCOUNT,
+    });
+    assert.deepEqual(await refusal(() => auth.authenticate('agent', 'Bearer sa-default', 'shop/orders')), {
+      status: 403,
+      code: GatewayErrorCode.AUTH_SERVICE_ACCOUNT_NOT_ALLOWED,
+      reason: GatewayErrorCode.AUTH_SERVICE_ACCOUNT_NOT_ALLOWED,
+    });
+    assert.deepEqual(await refusal(() => auth.authenticate('agent', 'Bearer sa-orders', 'shop/ghost')), {
+      status: 403,
+      code: GatewayErrorCode.AUTH_UNKNOWN_AGENT,
+      reason: GatewayErrorCode.AUTH_UNKNOWN_AGENT,
+    });
+    assert.deepEqual(failures, [
+      GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE,
+      GatewayAuthReason.TOKEN_REVIEW_REJECTED,
+      GatewayAuthReason.TOKEN_NOT_SERVICE_ACCOUNT,
+      GatewayErrorCode.AUTH_SERVICE_ACCOUNT_NOT_ALLOWED,
+      GatewayErrorCode.AUTH_UNKNOWN_AGENT,
+    ]);
+  });
+
+  test('anything unexpected is a masked 500', async () => {
+    const auth = new Authenticator({
+      config: () => {
+        throw new Error('boom');
+      },
+      shuttingDown: () => false,
+      now: () => T0,
+      authFailures: { inc: () => undefined },
+    });
+    try {
+      await auth.authenticate('client', 'Bearer x');
+      assert.fail('authenticated');
+    } catch (error) {
+      assert.ok(error instanceof GatewayError);
+      assert.equal(error.statusCode, 500);
+      assert.deepEqual(error.toJSON(), { code: GatewayErrorCode.INTERNAL, message: 'internal gateway error' });
+    }
+  });
+});
+
+describe('Authenticator.reauthenticate', () => {
+  const alice: SessionIdentity = { sub: 'alice', groups: [], typ: 'client', expiresAtMs: T0 + 60_000 };
+
+  test('a fresh token for the same subject renews, with its expiry and groups', async () => {
+    const { auth, state } = setup();
+    state.now = T0 + 30_000;
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice', { nowMs: state.now, groups: ['admins'] }));
+    assert.deepEqual(outcome, { result: 'renewed', identity: { sub: 'alice', groups: ['admins'], typ: 'client', expiresAtMs: T0 + 630_000 } });
+  });
+
+  test('another subject is refused with AUTH_IDENTITY_CHANGED (not counted as an upgrade failure)', async () => {
+    const { auth, failures } = setup();
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'mallory'));
+    assert.equal(outcome.result, 'refused');
+    assert.equal(outcome.error.code, GatewayErrorCode.AUTH_INVALID_TOKEN);
+    assert.equal(outcome.error.reason, GatewayAuthReason.AUTH_IDENTITY_CHANGED);
+    assert.equal(outcome.error.statusCode, 401);
+    assert.deepEqual(failures, []);
+  });
+
+  test('a bad token is refused with its reason', async () => {
+    const { auth } = setup();
+    const outcome = await auth.reauthenticate('client', alice, await token('agent', 'web'));
+    assert.equal(outcome.result, 'refused');
+    assert.equal(outcome.error.reason, ErrorCode.TOKEN_WRONG_TYPE);
+  });
+
+  test('a ServiceAccount agent goes through the TokenReview again; a 503 defers while the credential is good, refuses after', async () => {
+    const orders: SessionIdentity = { sub: 'shop/orders', groups: [], typ: 'agent', expiresAtMs: T0 + 60_000, viaServiceAccount: true };
+    const { auth, state } = setup({ reviewer });
+    assert.deepEqual(await auth.reauthenticate('agent', orders, 'sa-orders'), {
+      result: 'renewed',
+      identity: { sub: 'shop/orders', groups: [], typ: 'agent', expiresAtMs: SA_EXPIRY, viaServiceAccount: true },
+    });
+    const deferred = await auth.reauthenticate('agent', orders, 'sa-broken');
+    assert.equal(deferred.result, 'deferred');
+    assert.equal(deferred.error.reason, GatewayAuthReason.TOKEN_REVIEW_UNAVAILABLE);
+    state.now = orders.expiresAtMs;
+    const refused = await auth.reauthenticate('agent', orders, 'sa-broken');
+    assert.equal(refused.result, 'refused');
+    assert.equal(refused.error.statusCode, 503);
+  });
+
+  test('a draining gateway defers a reauth while the credential is good', async () => {
+    const { auth, state } = setup();
+    state.shuttingDown = true;
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice'));
+    assert.equal(outcome.result, 'deferred');
+    assert.equal(outcome.error.code, GatewayErrorCode.SHUTTING_DOWN);
+  });
+});
