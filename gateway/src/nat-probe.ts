@@ -46,7 +46,7 @@ export interface NatProbeServerOptions {
   advertiseSecondAddress?: string;
   /**
    * Called for every datagram handled: `answered`, `limited` (the session used up its probes), `send_error`, or
-   * the NL_ERR_NAT_* code it was dropped for.
+   * the `ErrorCode.NAT_*` code it was dropped for.
    */
   onResult?: (result: string) => void;
   /** Random source for probe keys (injected in tests); default crypto.randomBytes. */
