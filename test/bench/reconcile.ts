@@ -36,20 +36,18 @@ import {
   type WatchEventType,
   type WatchOptions,
 } from '@narrowlink/kube';
-import { parseGatewayConfig } from '@narrowlink/protocol';
+import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, GATEWAY_CONFIG_SECRET_KEY, parseGatewayConfig } from '@narrowlink/protocol';
 import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
-import { Operator } from '../../operator/src/controller.ts';
-import { FINALIZER } from '../../operator/src/labels.ts';
-import { createOperatorMetrics } from '../../operator/src/metrics.ts';
-import { ensureSigningKey } from '../../operator/src/signing-key.ts';
+import { FINALIZER } from '@narrowlink/operator';
+import { createOperatorMetrics, ensureSigningKey, Operator } from '@narrowlink/operator/testing';
 import { startApiServer } from '../k8s/cluster.ts';
 import { applyCrd, installCertificateCrd } from '../k8s/fixtures/fake-cert-manager.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SYSTEM_NS = 'narrowlink-system';
-const CONFIG_SECRET = 'narrowlink-gateway-config';
-const CONFIG_KEY = 'config.yaml';
+const CONFIG_SECRET = DEFAULT_GATEWAY_CONFIG_SECRET_NAME;
+const CONFIG_KEY = GATEWAY_CONFIG_SECRET_KEY;
 const NAMESPACES = 10;
 /** Every PUBLISH_EVERY-th agent publishes one domain (one Certificate; no issuer runs, so it stays Issuing). */
 const PUBLISH_EVERY = 50;

@@ -30,7 +30,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { type KubeClient, type KubeObject, type ResourceType, RestKubeClient, Resources } from '@narrowlink/kube';
 import { type GatewayConfig, parseGatewayConfig, verifyToken } from '@narrowlink/protocol';
 import { parseAllDocuments } from 'yaml';
-import { ensureWebhookCertificate, mutatingWebhookConfigurations } from '../../operator/src/webhook-ca.ts';
+import { ensureWebhookCertificate, mutatingWebhookConfigurations } from '@narrowlink/operator/testing';
 import { type StartedProcess, startProcess, stopAll } from '../helpers/processes.ts';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { applyCrd } from './fixtures/fake-cert-manager.ts';
