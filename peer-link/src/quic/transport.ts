@@ -1,7 +1,7 @@
 /**
  * The direct path as the agent and client adapters see it: a connection that carries many bidirectional byte
  * streams. Deliberately small so the QUIC stack behind it can be swapped (today: quiche driven by our own packet
- * loop, see quiche-loop.ts).
+ * loop, see endpoint.ts).
  */
 import type { Duplex } from 'node:stream';
 import type { DirectError } from './errors.ts';
