@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { connect, type Socket } from 'node:net';
 import { type AgentOpen, type DirectOpenReply, type MuxStream, type OpenPayload, StreamErrorCode } from '@narrowlink/protocol';
-import { bridgeDirect, bridgeSocket, type DirectPaths, type DirectStream, GatewayLink, type LinkLogger } from '@narrowlink/peer-link';
+import { type AgentDirectPaths, bridgeDirect, bridgeSocket, type DirectStream, GatewayLink, type LinkLogger } from '@narrowlink/peer-link';
 import type { AllowList } from './expose.ts';
 
 export interface AgentOptions {
@@ -21,10 +21,10 @@ export interface AgentOptions {
   log: LinkLogger & { error(obj: object, msg: string): void };
   backoff?: { baseMs?: number; maxMs?: number };
   /**
-   * The direct path (DirectPaths.create with role agent): its UDP socket answers the gateway's NAT probes and
+   * The direct path (AgentDirectPaths.create): its UDP socket answers the gateway's NAT probes and
    * carries punches and QUIC. Absent: relay only.
    */
-  direct?: DirectPaths;
+  direct?: AgentDirectPaths;
 }
 
 export class Agent {

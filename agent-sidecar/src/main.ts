@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { DirectPaths, generateIdentity } from '@narrowlink/peer-link';
+import { AgentDirectPaths, generateIdentity } from '@narrowlink/peer-link';
 import { Agent } from './agent.ts';
 import { AgentError, AgentErrorCode } from './errors.ts';
 import { AllowList, parseExposeList } from './expose.ts';
@@ -129,10 +129,10 @@ async function main(): Promise<void> {
   const relayOnly = values['relay-only'] ?? env.NARROWLINK_RELAY_ONLY === '1';
   const directPort = Number(values['direct-port'] ?? env.NARROWLINK_DIRECT_PORT ?? 0);
   if (!Number.isInteger(directPort) || directPort < 0 || directPort > 65535) usage('--direct-port must be 0-65535');
-  let direct: DirectPaths | undefined;
+  let direct: AgentDirectPaths | undefined;
   if (!relayOnly) {
     try {
-      direct = await DirectPaths.create({ role: 'agent', identity: await generateIdentity({ commonName: 'narrowlink-agent' }), port: directPort, log });
+      direct = await AgentDirectPaths.create({ identity: await generateIdentity({ commonName: 'narrowlink-agent' }), port: directPort, log });
     } catch (error) {
       // No UDP here (port taken, sandbox): serve on the relay rather than not at all.
       log.warn({ err: (error as Error).message, port: directPort }, 'no direct path: cannot bind its UDP socket; relay only');

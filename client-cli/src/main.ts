@@ -3,7 +3,7 @@
  * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
  */
 import { parseArgs } from 'node:util';
-import type { DirectPaths, DirectPathStatus, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
+import type { ClientDirectPaths, DirectPathStatus, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import { startForwards } from './commands/forward.ts';
 import { startSocks } from './commands/socks.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
@@ -133,7 +133,7 @@ function untilSignal(): Promise<string> {
 async function serveUntilStopped(
   settings: Settings,
   reporter: Reporter,
-  start: (link: GatewayLink, direct: DirectPaths | undefined) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
+  start: (link: GatewayLink, direct: ClientDirectPaths | undefined) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
 ): Promise<number> {
   const direct = await openDirectPaths(settings);
   const link = createLink(settings, reporter, { reconnect: true, direct });
@@ -167,7 +167,7 @@ function describeNat(nat: LinkNatStatus | undefined, probing: boolean): string {
 }
 
 /** Sets up a direct path to `agent` (what `status AGENT` reports): its state once up or failed. */
-async function tryDirect(direct: DirectPaths | undefined, agent: string, timeoutMs: number): Promise<DirectPathStatus | { state: 'failed'; reason: string; message: string }> {
+async function tryDirect(direct: ClientDirectPaths | undefined, agent: string, timeoutMs: number): Promise<DirectPathStatus | { state: 'failed'; reason: string; message: string }> {
   if (!direct) return { state: 'failed', reason: 'NoSocket', message: 'mode relay, or no UDP socket could be bound here' };
   try {
     await direct.waitUp(agent, timeoutMs);

@@ -11,7 +11,7 @@ import {
   DirectError,
   DirectErrorCode,
   type DirectPathStatus,
-  DirectPaths,
+  ClientDirectPaths,
   type DirectStream,
   GatewayLink,
   generateIdentity,
@@ -26,10 +26,10 @@ import type { Target } from './targets.ts';
  * The direct path (QUIC endpoint; NAT probes and punches share its UDP socket, bound to 0.0.0.0:0), or
  * `undefined` in relay mode (nothing to punch) or when UDP is unavailable here.
  */
-export async function openDirectPaths(settings: Settings): Promise<DirectPaths | undefined> {
+export async function openDirectPaths(settings: Settings): Promise<ClientDirectPaths | undefined> {
   if (settings.mode === 'relay') return undefined;
   try {
-    const paths = await DirectPaths.create({ role: 'client', identity: await generateIdentity({ commonName: 'narrowlink-client' }) });
+    const paths = await ClientDirectPaths.create({ identity: await generateIdentity({ commonName: 'narrowlink-client' }) });
     paths.socket.unref();
     return paths;
   } catch {
@@ -40,7 +40,7 @@ export async function openDirectPaths(settings: Settings): Promise<DirectPaths |
 export function createLink(
   settings: Settings,
   reporter: Reporter | undefined,
-  options: { reconnect: boolean; direct?: DirectPaths | undefined },
+  options: { reconnect: boolean; direct?: ClientDirectPaths | undefined },
 ): GatewayLink {
   const link = new GatewayLink({
     url: settings.gateway,
@@ -170,14 +170,14 @@ function directOpened(stream: DirectStream): OpenedStream {
  */
 export async function openTarget(
   link: GatewayLink,
-  direct: DirectPaths | undefined,
+  direct: ClientDirectPaths | undefined,
   resolver: PortResolver,
   target: Target,
   mode: ClientOpen['mode'],
   timeoutMs: number,
 ): Promise<OpenedStream> {
   const port = await resolver.resolve(target, timeoutMs);
-  const whenUp = async (paths: DirectPaths): Promise<OpenedStream> => {
+  const whenUp = async (paths: ClientDirectPaths): Promise<OpenedStream> => {
     await paths.waitUp(target.agent, Math.min(timeoutMs, DIRECT_WAIT_MS));
     return directOpened(await paths.openStream(target.agent, { port }));
   };

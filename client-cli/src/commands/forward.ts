@@ -3,7 +3,7 @@
  * Listeners stay open while the gateway is away; a connection made then waits (bounded) for it.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import type { DirectPaths, GatewayLink } from '@narrowlink/peer-link';
+import type { ClientDirectPaths, GatewayLink } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 import type { Reporter } from '../reporter.ts';
 import { openTarget, PortResolver } from '../session.ts';
@@ -18,7 +18,7 @@ export interface ForwardHandle {
 
 export async function startForwards(
   link: GatewayLink,
-  direct: DirectPaths | undefined,
+  direct: ClientDirectPaths | undefined,
   settings: Settings,
   specs: ForwardSpec[],
   reporter: Reporter,

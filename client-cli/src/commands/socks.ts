@@ -2,7 +2,7 @@
  * `narrowlink socks`: a local SOCKS5 proxy whose destinations are agents.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import type { DirectPaths, GatewayLink } from '@narrowlink/peer-link';
+import type { ClientDirectPaths, GatewayLink } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 import type { Reporter } from '../reporter.ts';
 import { openTarget, PortResolver } from '../session.ts';
@@ -23,7 +23,7 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export async function startSocks(
   link: GatewayLink,
-  direct: DirectPaths | undefined,
+  direct: ClientDirectPaths | undefined,
   settings: Settings,
   listen: { host: string; port: number },
   auth: SocksAuth | undefined,

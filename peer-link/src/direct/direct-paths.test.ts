@@ -1,5 +1,5 @@
 /**
- * DirectPaths on loopback: two real QUIC endpoints (client and agent) driven by the messages a gateway would send
+ * ClientDirectPaths and AgentDirectPaths on loopback: two real QUIC endpoints driven by the messages a gateway would send
  * (a fake link stands in for the session), so punching, the pinned handshake, stream opens with the agent's
  * policy check, revocation, refusals and failures run for real.
  */
@@ -25,10 +25,12 @@ import { bridgeDirect } from '../bridge.ts';
 import type { GatewayLink } from '../gateway-link.ts';
 import { DirectError, DirectErrorCode } from '../quic/errors.ts';
 import { generateIdentity } from '../quic/identity.ts';
-import { DIRECT_STREAM_REVOKED, type DirectPathStatus, DirectPaths } from './direct-paths.ts';
+import { AgentDirectPaths, DIRECT_STREAM_REVOKED } from './agent-paths.ts';
+import { ClientDirectPaths } from './client-paths.ts';
+import type { DirectPathStatus } from './path-attempt.ts';
 import { connect } from 'node:net';
 
-/** Stands in for a GatewayLink: records what DirectPaths sends, and delivers what the "gateway" says. */
+/** Stands in for a GatewayLink: records what the direct paths send, and delivers what the "gateway" says. */
 class FakeLink extends EventEmitter {
   state = 'open';
   stats: { helloOk: { version: string }; nat?: object } = { helloOk: { version: '1.2' } };
@@ -57,7 +59,7 @@ function noNat(port: number): NatClassification {
   return { type: 'no-nat', publicEndpoint: { address: '127.0.0.1', port }, filtering: 'endpoint-independent', destinations: 4 };
 }
 
-function waitPath(paths: DirectPaths, state: DirectPathStatus['state']): Promise<DirectPathStatus> {
+function waitPath(paths: ClientDirectPaths, state: DirectPathStatus['state']): Promise<DirectPathStatus> {
   return new Promise((resolve) => {
     const on = (status: DirectPathStatus): void => {
       if (status.state !== state) return;
@@ -68,7 +70,7 @@ function waitPath(paths: DirectPaths, state: DirectPathStatus['state']): Promise
   });
 }
 
-describe('DirectPaths (loopback, real QUIC)', () => {
+describe('ClientDirectPaths and AgentDirectPaths (loopback, real QUIC)', () => {
   let echo: Server;
   let echoPort: number;
   const echoSockets = new Set<import('node:net').Socket>();
@@ -90,13 +92,12 @@ describe('DirectPaths (loopback, real QUIC)', () => {
   async function pair(options: { budgetMs?: number; agentCandidatePort?: number } = {}) {
     const clientLink = new FakeLink();
     const agentLink = new FakeLink();
-    const client = (await DirectPaths.create({ role: 'client', identity: await generateIdentity(), host: '127.0.0.1', retryAfterMs: 60_000 })).attach(
+    const client = (await ClientDirectPaths.create({ identity: await generateIdentity(), host: '127.0.0.1', retryAfterMs: 60_000 })).attach(
       clientLink as unknown as GatewayLink,
     );
     const served: Array<{ target: DirectAllow; client: string }> = [];
     const agent = (
-      await DirectPaths.create({
-        role: 'agent',
+      await AgentDirectPaths.create({
         identity: await generateIdentity(),
         host: '127.0.0.1',
         serve: (request, stream, reply: (r: DirectOpenReply) => void) => {
@@ -333,7 +334,7 @@ describe('DirectPaths (loopback, real QUIC)', () => {
 
   test('a policy whose plan never comes (the path ended meanwhile) does not linger on the agent', async () => {
     const agentLink = new FakeLink();
-    const agent = (await DirectPaths.create({ role: 'agent', identity: await generateIdentity(), host: '127.0.0.1', planWaitMs: 50 })).attach(
+    const agent = (await AgentDirectPaths.create({ identity: await generateIdentity(), host: '127.0.0.1', planWaitMs: 50 })).attach(
       agentLink as unknown as GatewayLink,
     );
     try {
