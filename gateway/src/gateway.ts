@@ -36,7 +36,7 @@ import type { WebSocket } from 'ws';
 import { type AgentAttachment, AgentRegistry, normalizeAgentRef } from './agent-registry.ts';
 import { Authenticator } from './auth.ts';
 import { DirectPathBroker } from './direct-broker.ts';
-import { GatewayErrorCode } from './errors.ts';
+import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
@@ -377,21 +377,30 @@ export class Gateway {
   async #reauthenticate(session: PeerSession, token: string): Promise<void> {
     const identity = session.identity;
     const outcome = await this.#auth.reauthenticate(session.kind, identity, token);
-    if (outcome.result === 'renewed') {
-      identity.expiresAtMs = outcome.identity.expiresAtMs;
-      identity.groups = outcome.identity.groups;
-      // Group membership may have changed with the new token: the client's policy follows.
-      const role = this.#roles.get(session);
-      if (role?.kind === 'client') this.#recompile(role);
-      session.mux.sendControl({ type: 'reauth_ok', expiresAt: outcome.identity.expiresAtMs });
-      session.log.debug({ expiresAtMs: outcome.identity.expiresAtMs }, 'session re-authenticated');
-    } else if (outcome.result === 'deferred') {
+    if (outcome.result === 'deferred') {
       // The API server blinked (TokenReview unavailable): the current credential is still good, so
       // keep the session and its streams; the peer retries, and the sweep ends it at expiry if not.
       session.log.warn({ reason: outcome.error.reason }, 'could not re-authenticate now; keeping the session until its token expires');
-    } else {
-      session.mux.sendControl({ type: 'error', code: outcome.error.code, message: outcome.error.message });
-      session.close(4401, outcome.error.reason);
+      return;
+    }
+    let refusal = outcome.result === 'refused' ? outcome.error : undefined;
+    if (outcome.result === 'renewed') {
+      try {
+        identity.expiresAtMs = outcome.identity.expiresAtMs;
+        identity.groups = outcome.identity.groups;
+        // Group membership may have changed with the new token: the client's policy follows.
+        const role = this.#roles.get(session);
+        if (role?.kind === 'client') this.#recompile(role);
+        session.mux.sendControl({ type: 'reauth_ok', expiresAt: outcome.identity.expiresAtMs });
+        session.log.debug({ expiresAtMs: outcome.identity.expiresAtMs }, 'session re-authenticated');
+      } catch (error) {
+        // Nothing here is expected to throw; if it does, the session ends rather than the (un-awaited) promise rejecting.
+        refusal = new GatewayError(GatewayErrorCode.INTERNAL, 500, 'internal error', { cause: error });
+      }
+    }
+    if (refusal) {
+      session.mux.sendControl({ type: 'error', code: refusal.code, message: refusal.message });
+      session.close(4401, refusal.reason);
     }
   }
 
