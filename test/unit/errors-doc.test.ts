@@ -1,47 +1,76 @@
 /**
- * Keeps docs/errors.md and the code base in sync (CONVENTIONS.md §7): every `NL_ERR_*` code that appears as a
- * string literal in a package's sources, every stream wire code and its `NL_ERR_STREAM_<CODE>` form must be
- * documented, and the page must list nothing that no longer exists.
+ * Keeps docs/errors.md and the code base in sync (CONVENTIONS.md §7).
+ *
+ * The codes are read from the code objects each package exports (`GatewayErrorCode`, `LinkErrorCode`, …: every
+ * exported object whose values are all `NL_ERR_*` strings), not from a text scan, so a code is seen however it is
+ * written. Every code must be defined once, in one package, and documented in that package's section; every
+ * stream wire code is documented with its `NL_ERR_STREAM_<CODE>` form; the page lists nothing that no longer
+ * exists. And no `NL_ERR_*` may appear inside a string anywhere in the product sources outside an `errors.ts`:
+ * a code written as a literal elsewhere is a second definition the code objects cannot see.
  */
 import assert from 'node:assert/strict';
 import { globSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { StreamErrorCode } from '@narrowlink/protocol';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const DOC = join(ROOT, 'docs', 'errors.md');
+const PACKAGES = ['protocol', 'peer-link', 'kube', 'gateway', 'agent-sidecar', 'client-cli', 'operator'] as const;
 
-/** A whole string literal that is a code: 'NL_ERR_X', "NL_ERR_X" or `NL_ERR_X`. */
-const CODE_LITERAL = /(['"`])(NL_ERR_[A-Z0-9_]*[A-Z0-9])\1/g;
-/** A template literal that builds codes from a prefix: `NL_ERR_STREAM_${...}`. */
-const CODE_TEMPLATE = /`(NL_ERR_[A-Z0-9_]*_)\$\{/g;
-
-interface SourceScan {
-  /** code → packages (top-level directories) whose sources contain it */
-  codes: Map<string, Set<string>>;
-  /** prefixes of codes built at run time */
-  prefixes: Set<string>;
-  files: number;
+interface CodeObject {
+  pkg: string;
+  name: string;
+  codes: string[];
 }
 
-function scanSources(): SourceScan {
-  const files = globSync('*/src/**/*.ts', { cwd: ROOT }).filter((f) => !f.endsWith('.test.ts') && !f.split(/[\\/]/).includes('node_modules'));
-  const codes = new Map<string, Set<string>>();
-  const prefixes = new Set<string>();
-  for (const file of files) {
-    const text = readFileSync(join(ROOT, file), 'utf8');
-    const pkg = file.split(/[\\/]/)[0] as string;
-    for (const match of text.matchAll(CODE_LITERAL)) {
-      const code = match[2] as string;
-      const packages = codes.get(code) ?? new Set<string>();
-      packages.add(pkg);
-      codes.set(code, packages);
-    }
-    for (const match of text.matchAll(CODE_TEMPLATE)) prefixes.add(match[1] as string);
+/** Exported objects of a package's public module whose values are all `NL_ERR_*` strings. */
+async function codeObjectsOf(pkg: string): Promise<CodeObject[]> {
+  const exports = (await import(`@narrowlink/${pkg}`)) as Record<string, unknown>;
+  const out: CodeObject[] = [];
+  for (const [name, value] of Object.entries(exports)) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) continue;
+    const values = Object.values(value);
+    if (values.length > 0 && values.every((v) => typeof v === 'string' && v.startsWith('NL_ERR_'))) out.push({ pkg, name, codes: values as string[] });
   }
-  return { codes, prefixes, files: files.length };
+  return out;
+}
+
+const codeObjects = (await Promise.all(PACKAGES.map(codeObjectsOf))).flat();
+/** code → the packages whose code objects define it (more than one is a failure). */
+const definedIn = new Map<string, Set<string>>();
+for (const object of codeObjects) {
+  for (const code of object.codes) definedIn.set(code, (definedIn.get(code) ?? new Set()).add(object.pkg));
+}
+const streamCodes = Object.values(StreamErrorCode) as string[];
+for (const code of streamCodes) definedIn.set(`NL_ERR_STREAM_${code}`, new Set(['protocol']));
+
+/** A string literal on one line ('…', "…" or `…`), escapes allowed. */
+const STRING_LITERAL = /(['"`])((?:\\.|(?!\1)[^\\\n])*)\1/g;
+
+interface LiteralUse {
+  file: string;
+  line: number;
+  text: string;
+}
+
+/** `NL_ERR_` inside a string in product sources outside `errors.ts` (tests may name codes in assertions). */
+function literalCodesOutsideErrorsFiles(): { uses: LiteralUse[]; files: number } {
+  const files = globSync('*/src/**/*.ts', { cwd: ROOT }).filter((f) => !f.endsWith('.test.ts') && !f.split(/[\\/]/).includes('node_modules'));
+  const uses: LiteralUse[] = [];
+  for (const file of files) {
+    if (basename(file) === 'errors.ts') continue;
+    readFileSync(join(ROOT, file), 'utf8')
+      .split('\n')
+      .forEach((line, index) => {
+        if (/^\s*(\*|\/\/|\/\*)/.test(line)) return; // a comment line may name a code
+        for (const match of line.matchAll(STRING_LITERAL)) {
+          if ((match[2] as string).includes('NL_ERR_')) uses.push({ file, line: index + 1, text: match[0] });
+        }
+      });
+  }
+  return { uses, files: files.length };
 }
 
 interface DocRow {
@@ -75,46 +104,50 @@ function parseDoc(): DocRow[] {
   return rows;
 }
 
-const streamCodes = Object.values(StreamErrorCode);
-const source = scanSources();
 const rows = parseDoc();
 const documented = new Map<string, DocRow>();
 for (const row of rows) for (const code of row.codes) if (!documented.has(code)) documented.set(code, row);
 
 describe('docs/errors.md', () => {
-  test('the source scan finds the codes (guards against a vacuous pass)', () => {
-    assert.ok(source.files > 20, `scanned ${source.files} files`);
-    assert.ok(source.codes.size > 30, `found ${source.codes.size} codes`);
-    assert.ok(source.codes.has('NL_ERR_AUTH_INVALID_TOKEN'));
+  test('the code objects are found (guards against a vacuous pass)', () => {
+    assert.ok(definedIn.size > 60, `found ${definedIn.size} codes`);
+    for (const pkg of PACKAGES) assert.ok(codeObjects.some((o) => o.pkg === pkg), `no code object exported by @narrowlink/${pkg}`);
+    assert.ok(definedIn.get('NL_ERR_AUTH_INVALID_TOKEN')?.has('gateway'));
     assert.ok(streamCodes.includes('DENIED'));
   });
 
-  test('every code built from a prefix at run time is one the test knows how to enumerate', () => {
-    for (const prefix of source.prefixes) assert.equal(prefix, 'NL_ERR_STREAM_', `cannot enumerate codes built as ${prefix}\${...}`);
+  test('every code is defined by one package only', () => {
+    const twice = [...definedIn].filter(([, packages]) => packages.size > 1).map(([code, packages]) => `${code} (${[...packages].join(', ')})`);
+    assert.deepEqual(twice, [], `define each code once: ${twice.join('; ')}`);
   });
 
-  test('every NL_ERR_* code in the sources is documented', () => {
-    const missing = [...source.codes.keys()].filter((code) => !documented.has(code)).sort();
+  test('no NL_ERR_ code is written inside a string outside an errors.ts', () => {
+    const { uses, files } = literalCodesOutsideErrorsFiles();
+    assert.ok(files > 50, `scanned ${files} files`);
+    const listed = uses.map((u) => `${u.file}:${u.line} ${u.text}`);
+    assert.deepEqual(listed, [], `use the package's code object instead of these literals:\n${listed.join('\n')}`);
+  });
+
+  test('every code is documented', () => {
+    const missing = [...definedIn.keys()].filter((code) => !documented.has(code)).sort();
     assert.deepEqual(missing, [], `add these codes to docs/errors.md: ${missing.join(', ')}`);
   });
 
   test('every stream wire code is documented together with its NL_ERR_STREAM_<CODE> form', () => {
-    const usesStreamForm = source.prefixes.has('NL_ERR_STREAM_');
     for (const code of streamCodes) {
       const row = rows.find((r) => r.codes.includes(code));
       assert.ok(row, `stream code ${code} is not in docs/errors.md`);
-      if (usesStreamForm) assert.ok(row.codes.includes(`NL_ERR_STREAM_${code}`), `line ${row.line}: list NL_ERR_STREAM_${code} next to ${code}`);
+      assert.ok(row.codes.includes(`NL_ERR_STREAM_${code}`), `line ${row.line}: list NL_ERR_STREAM_${code} next to ${code}`);
     }
   });
 
   test('the page lists no code that no longer exists', () => {
-    const known = new Set<string>([...source.codes.keys(), ...streamCodes]);
-    if (source.prefixes.has('NL_ERR_STREAM_')) for (const code of streamCodes) known.add(`NL_ERR_STREAM_${code}`);
+    const known = new Set<string>([...definedIn.keys(), ...streamCodes]);
     const stale = [...documented.keys()].filter((code) => !known.has(code)).sort();
     assert.deepEqual(stale, [], `remove these codes from docs/errors.md (or restore them in the code): ${stale.join(', ')}`);
   });
 
-  test('each code is listed once, in the section of a package that uses it, with every column filled', () => {
+  test('each code is listed once, in the section of the package that defines it, with every column filled', () => {
     const seen = new Map<string, number>();
     for (const row of rows) {
       assert.ok(row.codes.length > 0, `line ${row.line}: the first cell names no code`);
@@ -123,8 +156,8 @@ describe('docs/errors.md', () => {
       for (const code of row.codes) {
         assert.equal(seen.get(code), undefined, `${code} listed twice (lines ${seen.get(code)} and ${row.line})`);
         seen.set(code, row.line);
-        const packages = source.codes.get(code) ?? new Set(['protocol']);
-        assert.ok(row.section && packages.has(row.section), `line ${row.line}: ${code} is under "${row.section}", but appears in ${[...packages].join(', ')}`);
+        const packages = definedIn.get(code) ?? new Set(streamCodes.includes(code) ? ['protocol'] : []);
+        assert.ok(row.section && packages.has(row.section), `line ${row.line}: ${code} is under "${row.section}", but is defined in ${[...packages].join(', ') || 'no package'}`);
       }
     }
   });
