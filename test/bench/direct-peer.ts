@@ -15,9 +15,7 @@
  *     (MB = 10^6 bytes; ms and CPU from the first stream open to the last reply) and exits.
  */
 import { createInterface } from 'node:readline';
-import { generateIdentity } from '../../peer-link/src/quic/identity.ts';
-import { QuicheEndpoint } from '../../peer-link/src/quic/quiche-loop.ts';
-import type { DirectStream } from '../../peer-link/src/quic/transport.ts';
+import { type DirectStream, generateIdentity, QuicheEndpoint } from '@narrowlink/peer-link';
 
 const MIB = 1024 * 1024;
 
