@@ -23,11 +23,13 @@ export interface AgentAttachment<S extends RegistryPeer = RegistryPeer> {
   readonly version: string;
 }
 
+/** Dependencies of an {@link AgentRegistry}. */
 export interface AgentRegistryOptions {
   /** The configuration in force (undefined before the first one). */
   config: () => GatewayConfig | undefined;
 }
 
+/** The attached agent instances by agent key (`namespace/name`); see the file header. */
 export class AgentRegistry<S extends RegistryPeer = RegistryPeer> {
   readonly #config: () => GatewayConfig | undefined;
   /** agentKey → attached instances */

@@ -11,6 +11,7 @@ import type { GatewayMetrics } from './metrics.ts';
 import type { SessionIdentity, SessionKind } from './peer-session.ts';
 import type { TokenReviewer } from './token-review.ts';
 
+/** Dependencies of an {@link Authenticator}. */
 export interface AuthenticatorOptions {
   /** The configuration in force (undefined before the first one: the gateway is not ready). */
   config: () => GatewayConfig | undefined;
@@ -33,6 +34,7 @@ export type ReauthOutcome =
   | { result: 'deferred'; error: GatewayError }
   | { result: 'refused'; error: GatewayError };
 
+/** Checks the credentials of upgrades and of `reauth` (see the file header). */
 export class Authenticator {
   readonly #config: () => GatewayConfig | undefined;
   readonly #shuttingDown: () => boolean;

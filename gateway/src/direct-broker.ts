@@ -93,6 +93,7 @@ export interface DirectBrokerHost {
   onPathsChanged(): void;
 }
 
+/** Dependencies of a {@link DirectPathBroker}. */
 export interface DirectBrokerOptions {
   host: DirectBrokerHost;
   metrics: GatewayMetrics;

@@ -23,6 +23,7 @@ export const MAX_NAT_REPORTS = 8;
 /** The part of the UDP probe server the registry uses (a fake in tests). */
 export type NatProbePorts = Pick<NatProbeServer, 'register' | 'unregister' | 'has' | 'observations'>;
 
+/** Dependencies of a {@link NatRegistry}. */
 export interface NatRegistryOptions {
   /** The UDP probe ports; absent: nobody is asked to probe and nothing is classified. */
   probe?: NatProbePorts | undefined;
@@ -35,6 +36,7 @@ interface NatRecord extends PeerNat {
   reprobes: number;
 }
 
+/** NAT classifications by session id, with the per-session report and reprobe budgets. */
 export class NatRegistry {
   readonly #probe: NatProbePorts | undefined;
   readonly #now: () => number;
