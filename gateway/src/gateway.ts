@@ -86,11 +86,8 @@ export class Gateway {
   readonly maxStreamsPerSession: number;
   readonly openTimeoutMs: number;
   readonly handshakeTimeoutMs: number;
-  /**
-   * Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. Set it
-   * with the `onAgentsChanged` option; it stays assignable for callers that swap it on a running gateway.
-   */
-  onAgentsChanged: (() => void) | undefined;
+  /** Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. */
+  readonly #onAgentsChanged: (() => void) | undefined;
   readonly #now: () => number;
   readonly #auth: Authenticator;
   readonly #nat: NatRegistry;
@@ -112,7 +109,7 @@ export class Gateway {
     this.maxStreamsPerSession = options.maxStreamsPerSession ?? 4096;
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
-    this.onAgentsChanged = options.onAgentsChanged;
+    this.#onAgentsChanged = options.onAgentsChanged;
     this.#now = options.now ?? Date.now;
     const config = (): GatewayConfig | undefined => this.#config;
     this.#auth = new Authenticator({
@@ -133,7 +130,7 @@ export class Gateway {
         instancesOf: (key) => this.#agents.instancesOf(key),
         findAgent: (key) => this.#agents.findAgent(key),
         natOf: (sessionId) => this.#nat.get(sessionId),
-        onPathsChanged: () => this.onAgentsChanged?.(),
+        onPathsChanged: () => this.#onAgentsChanged?.(),
       },
     });
     // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
@@ -265,7 +262,7 @@ export class Gateway {
     this.#direct.sessionClosed(session);
     if (role?.kind === 'agent') {
       this.#agents.detach(role);
-      this.onAgentsChanged?.();
+      this.#onAgentsChanged?.();
     }
     session.log.info('session closed');
   }
@@ -320,7 +317,7 @@ export class Gateway {
     this.#roles.set(session, role);
     session.transition('open');
     if (role.kind === 'agent') {
-      this.onAgentsChanged?.();
+      this.#onAgentsChanged?.();
       session.log.info({ agent: role.key, instance: role.instanceId, announced: message.agent?.expose.length }, 'agent attached');
     }
     this.metrics.sessions.inc({ kind: session.kind });
@@ -370,7 +367,7 @@ export class Gateway {
     this.metrics.natClassifications.inc({ type: classification.type });
     session.log.info({ natType: classification.type, filtering: classification.filtering, destinations: classification.destinations }, 'peer NAT classified');
     session.mux.sendControl(natStatusMessage(classification));
-    if (session.kind === 'agent') this.onAgentsChanged?.();
+    if (session.kind === 'agent') this.#onAgentsChanged?.();
   }
 
   /** Accepts a fresh credential for the same identity and extends the session; anything else closes it. */

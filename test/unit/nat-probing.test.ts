@@ -43,11 +43,13 @@ describe('NAT probing: gateway probe server + GatewayLink on loopback', () => {
   let url: string;
   let app: ReturnType<typeof buildApp>;
   const closers: Array<() => Promise<void> | void> = [];
+  /** What the gateway's onAgentsChanged option calls; a test swaps it to count notifications. */
+  let onAgentsChanged: () => void = () => {};
 
   before(async () => {
     metrics = createMetrics({ defaultMetrics: false });
     probe = await NatProbeServer.start({ address: '127.0.0.1', port: 0, onResult: (result) => metrics.natProbes.inc({ result }) });
-    gateway = new Gateway({ log, metrics, natProbe: probe });
+    gateway = new Gateway({ log, metrics, natProbe: probe, onAgentsChanged: () => onAgentsChanged() });
     gateway.applyConfig(
       validateGatewayConfig({
         apiVersion: 'narrowlink.io/v1alpha1',
@@ -121,7 +123,7 @@ describe('NAT probing: gateway probe server + GatewayLink on loopback', () => {
     const socket = await udpSocket();
     closers.push(() => void socket.close());
     let changes = 0;
-    gateway.onAgentsChanged = () => changes++;
+    onAgentsChanged = () => changes++;
     const agent = link('agent', socket).start();
     await agent.waitOpen(5000);
     await agent.ping();
@@ -132,7 +134,7 @@ describe('NAT probing: gateway probe server + GatewayLink on loopback', () => {
     assert.ok(changes >= 2, 'attach and classification both notify the status reporter');
     await agent.close();
     await until(() => gateway.attachedAgents()['default/web'] === undefined, 'the agent to leave');
-    gateway.onAgentsChanged = undefined;
+    onAgentsChanged = () => {};
   });
 
   test('reprobeNat: a fresh probe round (new key, the new socket port) replaces the classification; bounded per session', async () => {
