@@ -8,6 +8,7 @@ import type { Server as HttpsServer } from 'node:https';
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
+import { podNamespace } from '@narrowlink/kube';
 import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildApp } from './app.ts';
@@ -275,14 +276,6 @@ async function kubernetesSource(
     name: option(values, 'config-secret', DEFAULT_GATEWAY_CONFIG_SECRET_NAME) as string,
     log: log.child({ component: 'config-source' }),
   });
-}
-
-function podNamespace(): string | undefined {
-  try {
-    return readFileSync('/var/run/secrets/kubernetes.io/serviceaccount/namespace', 'utf8').trim();
-  } catch {
-    return process.env.POD_NAMESPACE;
-  }
 }
 
 main().catch((error: unknown) => {

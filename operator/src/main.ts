@@ -9,7 +9,7 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
-import { LeaderElector, RestKubeClient } from '@narrowlink/kube';
+import { LeaderElector, podNamespace, RestKubeClient } from '@narrowlink/kube';
 import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME } from '@narrowlink/protocol';
 import Fastify from 'fastify';
 import { pino } from 'pino';
@@ -47,14 +47,6 @@ Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --log-level LEVEL              (default info)
   -h, --help
 `;
-
-function podNamespace(): string | undefined {
-  try {
-    return readFileSync('/var/run/secrets/kubernetes.io/serviceaccount/namespace', 'utf8').trim();
-  } catch {
-    return process.env.POD_NAMESPACE;
-  }
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
