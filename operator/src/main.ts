@@ -4,7 +4,7 @@
  * cert-manager Certificates and agent token Secrets. Replicas campaign for a Lease; only the leader
  * runs the control loop, and a leader that loses the Lease exits so it can never write as a follower.
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
