@@ -32,6 +32,13 @@ export const StreamErrorCode = {
   RELAY_NOT_OFFERED: 'RELAY_NOT_OFFERED',
   /** Too many streams open on this session. */
   TOO_MANY_STREAMS: 'TOO_MANY_STREAMS',
+  /**
+   * The gateway refused a relayed OPEN because the client session, or its identity (token `sub`), already holds its
+   * share of that agent's streams (protocol 1.3; older clients get TOO_MANY_STREAMS).
+   */
+  SHARE_EXCEEDED: 'SHARE_EXCEEDED',
+  /** The gateway reset a relayed stream that carried no bytes either way for its idle timeout (protocol 1.3). */
+  IDLE_TIMEOUT: 'IDLE_TIMEOUT',
   /** Any other failure; details are masked. */
   INTERNAL: 'INTERNAL',
 } as const;

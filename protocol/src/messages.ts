@@ -5,12 +5,17 @@
 import { z } from 'zod';
 import { ErrorCode, ProtocolError, StreamErrorCode } from './errors.ts';
 
-export const PROTOCOL_VERSION = '1.2';
+export const PROTOCOL_VERSION = '1.3';
 export const PROTOCOL_MAJOR = 1;
 /** First minor version that understands the NAT probing messages (`nat_probe_info`, `nat_report`, `nat_status`). */
 export const NAT_PROBING_MINOR = 1;
 /** First minor version that understands the direct-path messages (`direct_request` … `direct_close`). */
 export const DIRECT_PATH_MINOR = 2;
+/**
+ * First minor version that understands the stream codes of the gateway's limits (`SHARE_EXCEEDED`, `IDLE_TIMEOUT`, …).
+ * Older peers would turn an unknown RESET code into a PROTOCOL_ERROR on that stream: send them the nearest older code.
+ */
+export const LIMITS_MINOR = 3;
 
 const portNumber = z.number().int().min(1).max(65535);
 const shortText = z.string().max(1024);
