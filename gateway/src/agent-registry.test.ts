@@ -95,6 +95,74 @@ describe('AgentRegistry', () => {
     assert.equal(registry.resolveVisible(policy, 'default/secret'), undefined);
   });
 
+  test('resolveVisible answers as the scan over visibleAgents() did, for every reference, on a generated configuration', () => {
+    // 120 agents over 6 namespaces (names repeat across namespaces), 90 policies; several identities.
+    const namespaces = ['default', 'prod', 'dev', 'ops', 'data', 'web'];
+    const agents = Array.from({ length: 120 }, (_, i) => ({
+      name: `svc-${i % 37}`,
+      namespace: namespaces[i % 6],
+      labels: { team: `t${i % 5}` },
+      expose: [{ name: 'a', port: 1000 + (i % 11) }, ...(i % 3 === 0 ? [{ name: 'b', port: 2000 + (i % 7) }] : [])],
+    })).filter((a, i, all) => all.findIndex((b) => b.name === a.name && b.namespace === a.namespace) === i);
+    const users = ['alice', 'bob', 'carol', 'dave'];
+    const policies = Array.from({ length: 90 }, (_, i) => ({
+      name: `p${i}`,
+      namespace: namespaces[(i * 5) % 6],
+      subjects: [i % 7 === 0 ? { kind: 'Group', name: 'ops' } : { kind: 'User', name: users[i % 4] }],
+      rules: [
+        i % 4 === 0 ? { action: 'Allow', agents: { selector: { matchLabels: { team: `t${i % 5}` } } } } : { action: 'Allow', agents: { names: [`svc-${(i * 3) % 37}`, `svc-${(i * 7) % 37}`] } },
+        ...(i % 9 === 0 ? [{ action: 'Deny', agents: { names: [`svc-${i % 37}`] }, ports: [1000 + (i % 11)] }] : []),
+        ...(i % 10 === 0 ? [{ action: 'Allow', ports: [2000 + (i % 7)], paths: ['Direct'] }] : []),
+      ],
+    }));
+    const refs = [...new Set(agents.flatMap((a) => [a.name, `${a.namespace}/${a.name}`]))];
+    refs.push('svc-99', 'nowhere/svc-1', 'svc-1/x', '', '/', 'prod/');
+    let resolved = 0;
+    let ambiguousOrHidden = 0;
+    for (const cross of [false, true]) {
+      const config = validateGatewayConfig({ apiVersion: 'narrowlink.io/v1alpha1', kind: 'GatewayConfig', signingPublicKeys: [keys.publicKeyPem], agents, policies, allowCrossNamespacePolicies: cross });
+      const registry = new AgentRegistry<Peer>({ config: () => config });
+      for (const identity of [...users.map((sub) => ({ sub, groups: [] })), { sub: 'eve', groups: ['ops'] }, { sub: 'mallory', groups: [] }]) {
+        const policy = compilePolicy(config, identity, NOW);
+        // The old path, verbatim: every visible agent, then a scan.
+        const visible = policy.visibleAgents().map((v) => v.agent);
+        const before = (ref: string) => {
+          if (ref.includes('/')) return visible.find((a) => `${a.namespace}/${a.name}` === ref);
+          const byName = visible.filter((a) => a.name === ref);
+          return byName.length === 1 ? byName[0] : undefined;
+        };
+        for (const ref of refs) {
+          const expected = before(ref);
+          assert.equal(registry.resolveVisible(policy, ref), expected, `${identity.sub} ${ref} cross=${cross}`);
+          if (expected) resolved++;
+          else if (config.agents.some((a) => a.name === ref || `${a.namespace}/${a.name}` === ref)) ambiguousOrHidden++;
+        }
+      }
+    }
+    assert.ok(resolved > 50 && ambiguousOrHidden > 50, `the table covers both answers (${resolved} resolved, ${ambiguousOrHidden} hidden or ambiguous)`);
+  });
+
+  test('resolveVisible evaluates only the ports of the agents of that name, not the whole configuration', () => {
+    const agents = Array.from({ length: 300 }, (_, i) => ({ name: `a${i}`, ...(i % 2 ? { namespace: 'prod' } : {}) }));
+    const { holder, registry } = setup([...agents, { name: 'web' }]);
+    const policy = compilePolicy(holder.config as GatewayConfig, { sub: 'alice', groups: [] }, NOW);
+    let evaluations = 0;
+    const evaluate = policy.evaluate.bind(policy);
+    policy.evaluate = (target) => {
+      evaluations++;
+      return evaluate(target);
+    };
+    assert.equal(registry.resolveVisible(policy, 'web')?.name, 'web');
+    assert.equal(registry.resolveVisible(policy, 'a8'), undefined, 'alice sees only db and web');
+    assert.equal(registry.resolveVisible(policy, 'prod/a7'), undefined);
+    assert.ok(evaluations <= 6, `${evaluations} evaluations for three references (one agent, one port, up to two paths each)`);
+    // Cached per compiled policy: asking again evaluates nothing.
+    const after = evaluations;
+    registry.resolveVisible(policy, 'web');
+    registry.resolveVisible(policy, 'prod/a7');
+    assert.equal(evaluations, after);
+  });
+
   test('summaries: the visible agents with their attached instances', () => {
     const { holder, registry } = setup();
     registry.attach(peer('w1'), 'default/web', 'i-1', '1.2');

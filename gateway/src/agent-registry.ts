@@ -99,13 +99,25 @@ export class AgentRegistry<S extends RegistryPeer = RegistryPeer> {
 
   /**
    * Resolves an agent reference (`name` or `namespace/name`) among the agents the policy lets the client see;
-   * a bare name that is ambiguous resolves to nothing.
+   * a bare name that is ambiguous among those resolves to nothing, and an agent the client may not see is
+   * absent (names do not leak). Looks the name up in the configuration's index and evaluates only the agents
+   * of that name ({@link CompiledPolicy.canSee}, cached per compiled policy): the cost of an OPEN does not grow
+   * with the number of agents or policies.
    */
   resolveVisible(policy: CompiledPolicy, ref: string): AgentConfig | undefined {
-    const visible = policy.visibleAgents().map((v) => v.agent);
-    if (ref.includes('/')) return visible.find((a) => agentKey(a.namespace, a.name) === ref);
-    const byName = visible.filter((a) => a.name === ref);
-    return byName.length === 1 ? byName[0] : undefined;
+    const index = agentIndex(this.#config());
+    if (!index) return undefined;
+    if (ref.includes('/')) {
+      const agent = index.byKey.get(ref);
+      return agent && policy.canSee(agent) ? agent : undefined;
+    }
+    let found: AgentConfig | undefined;
+    for (const agent of index.byName.get(ref) ?? []) {
+      if (!policy.canSee(agent)) continue;
+      if (found) return undefined;
+      found = agent;
+    }
+    return found;
   }
 
   /** The `agents` answer to a client's `list_agents`: what its policy lets it see, with attached instances. */
@@ -138,9 +150,38 @@ function* sessionIds(instances: Iterable<AgentAttachment<RegistryPeer>>): Genera
   for (const instance of instances) yield instance.session.id;
 }
 
-/** The agent `key` (`namespace/name`) of a configuration, if it is there. */
+/** A configuration's agents by key and by bare name, built once per configuration object. */
+interface AgentIndex {
+  /** `namespace/name` → the first agent with that key (config order, as a linear search would find it). */
+  readonly byKey: ReadonlyMap<string, AgentConfig>;
+  /** bare name → every agent with that name, in config order. */
+  readonly byName: ReadonlyMap<string, readonly AgentConfig[]>;
+}
+
+/** Configurations are immutable once installed, so the index is keyed by the object (a reload is a new one). */
+const indexes = new WeakMap<GatewayConfig, AgentIndex>();
+
+function agentIndex(config: GatewayConfig | undefined): AgentIndex | undefined {
+  if (!config) return undefined;
+  let index = indexes.get(config);
+  if (index) return index;
+  const byKey = new Map<string, AgentConfig>();
+  const byName = new Map<string, AgentConfig[]>();
+  for (const agent of config.agents) {
+    const key = agentKey(agent.namespace, agent.name);
+    if (!byKey.has(key)) byKey.set(key, agent);
+    const named = byName.get(agent.name);
+    if (named) named.push(agent);
+    else byName.set(agent.name, [agent]);
+  }
+  index = { byKey, byName };
+  indexes.set(config, index);
+  return index;
+}
+
+/** The agent `key` (`namespace/name`) of a configuration, if it is there (an index lookup). */
 export function findAgent(config: GatewayConfig | undefined, key: string): AgentConfig | undefined {
-  return config?.agents.find((a) => agentKey(a.namespace, a.name) === key);
+  return agentIndex(config)?.byKey.get(key);
 }
 
 /** Agent token subjects are `namespace/name`, or a bare name in the `default` namespace. */

@@ -443,6 +443,69 @@ describe('CompiledPolicy.visibleAgents', () => {
   });
 });
 
+describe('CompiledPolicy.canSee', () => {
+  it('answers exactly as visibleAgents, agent by agent, on a generated configuration', () => {
+    // 40 agents in 4 namespaces, labels and ports varied; 60 policies for users, groups and a ServiceAccount
+    // with Allow and Deny rules on names, selectors, port ranges, hosts and paths. Deterministic.
+    let seed = 7;
+    const rnd = (n: number): number => {
+      // mulberry32
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    const namespaces = ['a', 'b', 'c', 'd'];
+    const agents = Array.from({ length: 40 }, (_, i) => ({
+      name: `agent-${i % 13}`,
+      namespace: namespaces[i % 4],
+      labels: { tier: ['db', 'web', 'cache'][rnd(3)] as string },
+      expose: Array.from({ length: 1 + rnd(3) }, (_, j) => ({ name: `p${j}`, port: 1000 + 7 * j + rnd(7), ...(rnd(4) === 0 ? { host: `h${rnd(3)}.svc` } : {}) })),
+    })).filter((a, i, all) => all.findIndex((b) => b.name === a.name && b.namespace === a.namespace) === i);
+    const subjects = [{ kind: 'User', name: 'alice' }, { kind: 'Group', name: 'dev' }, { kind: 'User', name: 'bob' }, { kind: 'ServiceAccount', namespace: 'build', name: 'ci' }];
+    const policies = Array.from({ length: 60 }, (_, i) => ({
+      name: `p${i}`,
+      namespace: namespaces[rnd(4)],
+      subjects: [subjects[rnd(4)]],
+      rules: Array.from({ length: 1 + rnd(3) }, () => ({
+        // A Deny always names agents, or a few blanket Denies would hide everything.
+        ...(rnd(6) === 0 ? { action: 'Deny', agents: { names: [`agent-${rnd(13)}`] } } : { action: 'Allow' }),
+        ...(rnd(2) ? { agents: rnd(2) ? { names: [`agent-${rnd(13)}`] } : { selector: { matchLabels: { tier: ['db', 'web', 'cache'][rnd(3)] } } } } : {}),
+        ...(rnd(2) ? { ports: [`${1000 + rnd(10)}-${1010 + rnd(10)}`] } : {}),
+        ...(rnd(5) === 0 ? { hosts: ['*.svc'] } : {}),
+        ...(rnd(3) === 0 ? { paths: [rnd(2) ? 'Direct' : 'Relay'] } : {}),
+      })),
+    }));
+    for (const cross of [false, true]) {
+      const cfg = validateGatewayConfig({ apiVersion: 'narrowlink.io/v1alpha1', kind: 'GatewayConfig', signingPublicKeys: [KEY], agents, policies, allowCrossNamespacePolicies: cross });
+      let seen = 0;
+      for (const identity of [ALICE, BOB, CI_SA, { sub: 'nobody', groups: [] }]) {
+        const policy = compilePolicy(cfg, identity, NOW_MS);
+        const visible = new Set(policy.visibleAgents().map((v) => v.agent));
+        for (const a of cfg.agents) {
+          assert.equal(policy.canSee(a), visible.has(a), `${identity.sub} ${a.namespace}/${a.name} cross=${cross}`);
+          // Cached: the same answer again.
+          assert.equal(policy.canSee(a), visible.has(a));
+        }
+        seen += visible.size;
+      }
+      assert.ok(seen > 0 && seen < 4 * cfg.agents.length, `visible ${seen} of ${4 * cfg.agents.length}: the generated config has visible and invisible agents`);
+    }
+  });
+
+  it('a Deny on every port hides the agent; direct-only keeps it visible', () => {
+    const cfg = config([
+      pol(alice, [{ action: 'Allow' }, { action: 'Deny', agents: { names: ['redis'] } }], { name: 'all' }),
+      pol(alice, [{ action: 'Allow', agents: { names: ['frontend'] }, paths: ['Direct'] }], { name: 'fe', namespace: 'web' }),
+    ]);
+    const policy = compilePolicy(cfg, ALICE, NOW_MS);
+    assert.equal(policy.canSee(agent(cfg, 'data', 'postgres')), true);
+    assert.equal(policy.canSee(agent(cfg, 'data', 'redis')), false);
+    assert.equal(policy.canSee(agent(cfg, 'web', 'frontend')), true);
+    assert.equal(compilePolicy(cfg, BOB, NOW_MS).canSee(agent(cfg, 'data', 'postgres')), false);
+  });
+});
+
 describe('labelSelectorMatches', () => {
   it('does not treat inherited properties as labels', () => {
     assert.equal(labelSelectorMatches({ matchExpressions: [{ key: 'toString', operator: 'Exists' }] }, {}), false);

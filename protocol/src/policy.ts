@@ -180,6 +180,11 @@ export class CompiledPolicy {
   readonly #agents: readonly AgentConfig[];
   readonly #policies: readonly CompiledPolicyEntry[];
   readonly #crossNamespace: boolean;
+  /**
+   * {@link canSee} answers per agent object. Bounded by the agents of one configuration (a reload recompiles,
+   * dropping this cache with the policy); weak so an agent object of an older configuration is not kept.
+   */
+  readonly #canSee = new WeakMap<AgentConfig, boolean>();
 
   /** Prefer {@link compilePolicy}. */
   constructor(config: GatewayConfig, identity: Identity, nowMs: number) {
@@ -225,20 +230,37 @@ export class CompiledPolicy {
 
   /**
    * Agents of the config with at least one exposed port this identity may reach on some path (Relay or
-   * Direct), each with only those ports. Config order. For `narrowlink ls`.
+   * Direct), each with only those ports. Config order. For `narrowlink ls`. Costs every port of every agent
+   * against every kept rule: to decide one agent use {@link canSee}.
    */
   visibleAgents(): VisibleAgent[] {
     const out: VisibleAgent[] = [];
     if (this.#policies.length === 0) return out;
     for (const agent of this.#agents) {
-      const ports = agent.expose.filter((e) =>
-        (['Relay', 'Direct'] as const).some(
-          (path) => this.evaluate({ agent, host: e.host, port: e.port, path }).allowed,
-        ),
-      );
+      const ports = agent.expose.filter((e) => this.#portVisible(agent, e));
       if (ports.length > 0) out.push({ agent, ports });
     }
     return out;
+  }
+
+  /**
+   * Whether {@link visibleAgents} would list `agent`: at least one of its exposed ports is reachable on some
+   * path. Evaluates only this agent's ports (stopping at the first reachable one) and remembers the answer for
+   * this compiled policy, so a client's OPENs cost the same whatever the size of the configuration.
+   */
+  canSee(agent: AgentConfig): boolean {
+    const known = this.#canSee.get(agent);
+    if (known !== undefined) return known;
+    const visible = this.#policies.length > 0 && agent.expose.some((e) => this.#portVisible(agent, e));
+    this.#canSee.set(agent, visible);
+    return visible;
+  }
+
+  #portVisible(agent: AgentConfig, e: ExposedPort): boolean {
+    return (
+      this.evaluate({ agent, host: e.host, port: e.port, path: 'Relay' }).allowed ||
+      this.evaluate({ agent, host: e.host, port: e.port, path: 'Direct' }).allowed
+    );
   }
 }
 
