@@ -4,14 +4,19 @@
  * against that policy before `serve` sees it; a narrower policy resets the streams it no longer allows. Why the
  * gateway decides whether a path exists and the agent decides each stream: docs/adr/0005-direct-path-authority.md.
  */
+import { networkInterfaces } from 'node:os';
 import {
   type DirectAllow,
   type DirectOpenReply,
   type DirectPolicy,
   directOpenReader,
   encodeDirectOpenReply,
+  filterLanCandidates,
+  hasLoopback,
+  type LocalSubnet,
   type PunchPlanMessage,
   StreamErrorCode,
+  subnetsFromInterfaces,
 } from '@narrowlink/protocol';
 import type { QuicheEndpoint } from '../quic/endpoint.ts';
 import type { DirectStream, DirectTransport } from '../quic/transport.ts';
@@ -22,6 +27,12 @@ import { readHeader } from './read-header.ts';
 export interface AgentDirectPathsOptions extends DirectPathManagerOptions {
   /** How long a `direct_policy` waits for its `punch_plan` before the record is dropped. Default 30 000. */
   planWaitMs?: number;
+  /**
+   * This host's interface subnets, read at each plan: a `lan` punch candidate (an address the client reported
+   * about itself) is punched only when it is private or link-local and inside one of them (protocol lan-filter.ts).
+   * Default: `os.networkInterfaces()`.
+   */
+  localSubnets?: () => readonly LocalSubnet[];
   /**
    * Serve a direct stream the gateway's policy allows for this client. Call `reply({ok: true})` once the
    * target is connected (payload may flow then), or `reply({code, message})` to refuse; the stream is the caller's.
@@ -54,6 +65,7 @@ class AgentPath extends PathAttempt {
 export class AgentDirectPaths extends DirectPathManager<AgentPath> {
   declare readonly options: AgentDirectPathsOptions;
   #serve: AgentDirectPathsOptions['serve'];
+  #lanCandidatesDropped = 0;
 
   /** Binds the UDP socket (QUIC + probes + punches) and returns the agent's paths on it. */
   static create(options: AgentDirectPathsOptions): Promise<AgentDirectPaths> {
@@ -63,6 +75,11 @@ export class AgentDirectPaths extends DirectPathManager<AgentPath> {
   private constructor(endpoint: QuicheEndpoint, options: AgentDirectPathsOptions) {
     super(endpoint, options, AGENT_RETRY_AFTER_MS);
     this.#serve = options.serve;
+  }
+
+  /** LAN punch candidates dropped since start because they are not on this host's links (see `localSubnets`). */
+  get lanCandidatesDropped(): number {
+    return this.#lanCandidatesDropped;
   }
 
   /** Sets who serves allowed direct streams (see the `serve` option). */
@@ -110,7 +127,36 @@ export class AgentDirectPaths extends DirectPathManager<AgentPath> {
     if (!path || path.planned) return;
     clearTimeout(path.waitTimer);
     path.peer = plan.peer;
-    path.begin(plan);
+    path.begin(this.#onLinkOnly(plan));
+  }
+
+  /**
+   * The plan without the `lan` candidates this host must not send to: the client reports its LAN addresses itself,
+   * and the agent is the side a client could otherwise aim at any host and port (a UDP scanner or reflector).
+   * Loopback is kept only when this agent is on loopback itself (its socket, or the local endpoints it reported).
+   */
+  #onLinkOnly(plan: PunchPlanMessage): PunchPlanMessage {
+    if (!plan.candidates.some((c) => c.kind === 'lan')) return plan;
+    const subnets = this.options.localSubnets ? this.options.localSubnets() : subnetsFromInterfaces(networkInterfaces());
+    const own = [...(this.link?.stats.nat?.localEndpoints ?? [])];
+    try {
+      own.push(this.endpoint.socket.address());
+    } catch {
+      // not bound (closing): the reported endpoints decide
+    }
+    const { kept, dropped } = filterLanCandidates(plan.candidates, subnets, { allowLoopback: hasLoopback(own) });
+    if (dropped.length === 0) return plan;
+    this.#lanCandidatesDropped += dropped.length;
+    this.log.warn(
+      {
+        event: 'direct-candidates-dropped',
+        peer: plan.peer,
+        dropped: dropped.length,
+        candidates: dropped.slice(0, 4).map((d) => `${d.candidate.address}:${d.candidate.port} ${d.reason}`),
+      },
+      'dropping LAN punch candidates that are not on this host\'s links',
+    );
+    return { ...plan, candidates: kept };
   }
 
   protected pathById(pathId: string): AgentPath | undefined {

@@ -184,6 +184,36 @@ describe('planPunch', () => {
     assert.deepEqual(targets(plan, 'agent'), ['lan 10.1.0.2:50000']);
   });
 
+  test('same LAN: a public or loopback "local endpoint" a peer reports is never planned as a LAN candidate (issue 10)', () => {
+    const plan = viable(
+      planPunch({
+        client: clientAt(cone(ep('198.51.100.2', 50_000)), [ep('8.8.8.8', 53), ep('127.0.0.1', 6379), ep('10.1.0.2', 50_000), ep('224.0.0.251', 5353)]),
+        agent: agentAt(cone(ep('198.51.100.2', 50_001)), [ep('10.1.0.3', 50_000)]),
+        nowMs: NOW,
+        random: counter(),
+      }),
+    );
+    assert.deepEqual(targets(plan, 'agent'), ['lan 10.1.0.2:50000', 'public 198.51.100.2:50000']);
+    // Only public garbage left: no LAN, so a symmetric pair is not viable on it.
+    const none = planPunch({
+      client: clientAt(random(ep('198.51.100.2', 1234)), [ep('8.8.8.8', 53)]),
+      agent: agentAt(random(ep('198.51.100.2', 4321)), [ep('10.1.0.3', 50_000)]),
+      nowMs: NOW,
+      random: counter(),
+    });
+    assert.equal(none.viable, false);
+    // Loopback towards a peer that is itself on loopback (the local stack: every process on one host).
+    const local = viable(
+      planPunch({
+        client: clientAt(cone(ep('127.0.0.1', 50_000)), [ep('127.0.0.1', 50_000)]),
+        agent: agentAt(cone(ep('127.0.0.1', 50_001)), [ep('127.0.0.1', 50_001), ep('10.1.0.3', 50_001)]),
+        nowMs: NOW,
+        random: counter(),
+      }),
+    );
+    assert.deepEqual(targets(local, 'agent'), ['lan 127.0.0.1:50000']);
+  });
+
   test('invalid input is NL_ERR_NAT_INVALID_INPUT', () => {
     const invalid = (e: unknown) => e instanceof NatError && e.code === ErrorCode.NAT_INVALID_INPUT;
     const c = clientAt(cone(ep('198.51.100.2', 50_000)));

@@ -13,8 +13,8 @@
  * | stable / random | the random side sends to the stable endpoint from a port nobody can predict; the stable side first sends to the random side's address (opening an address-dependent filter) and answers whatever arrives. Needs the stable side's filtering to accept unknown ports of a known address: not viable when it is known to be address-and-port-dependent | `reach-stable` |
  * | random / random, random / predictable | not viable: `BothSymmetric` | |
  *
- * When both peers show the same public address they share a LAN (or at least a NAT): their local endpoints come
- * first, and the plan is viable on those alone even when the internet pair is not (`lan`).
+ * When both peers show the same public address they share a LAN (or at least a NAT): their private and link-local
+ * local endpoints come first, and the plan is viable on those alone even when the internet pair is not (`lan`).
  *
  * The gateway forwards only certificate fingerprints (sha256 hex of the DER certificate each peer generated for
  * itself); each side must check the other's fingerprint during the QUIC handshake.
@@ -24,6 +24,7 @@ import { ErrorCode, NatError } from '../errors.ts';
 import type { PunchPlanMessage } from '../messages.ts';
 import type { NatClassification } from './classify.ts';
 import { type AddressFamily, addressFamily, type Endpoint, endpoint, formatEndpoint, isValidPort } from './endpoint.ts';
+import { hasLoopback, lanAddressClass } from './lan-filter.ts';
 import { ATTEMPT_ID_BYTES, type PeerRole } from './probe-codec.ts';
 
 export interface PeerNatInfo {
@@ -184,6 +185,15 @@ function checkPeer(peer: PeerNatInfo, role: PeerRole): PeerNatInfo {
   return { ...peer, localEndpoints: peer.localEndpoints.map((e) => endpoint(e.address, e.port)) };
 }
 
+/** `target`'s local endpoints that `sender` may punch at as LAN candidates (by address class; see lan-filter.ts). */
+function lanTargets(sender: PeerNatInfo, target: PeerNatInfo): Endpoint[] {
+  const allowLoopback = hasLoopback(sender.localEndpoints);
+  return target.localEndpoints.filter((e) => {
+    const cls = lanAddressClass(e.address);
+    return cls === 'private' || cls === 'link-local' || (cls === 'loopback' && allowLoopback);
+  });
+}
+
 function publicFamily(nat: NatClassification): AddressFamily | undefined {
   return nat.publicEndpoint ? addressFamily(nat.publicEndpoint.address) : undefined;
 }
@@ -204,10 +214,13 @@ export function planPunch(input: PlanPunchInput): PunchPlanResult {
   const agent = checkPeer(input.agent, 'agent');
 
   // Same public address: both behind one NAT (or both on the gateway's network): LAN candidates work without
-  // hairpinning, whatever the NAT type.
+  // hairpinning, whatever the NAT type. A peer reports its local endpoints itself, so only private and link-local
+  // ones are planned (loopback only towards a peer that is on loopback itself): never a public host to punch
+  // at. Each peer checks its candidates against its own subnets again (lan-filter.ts); the gateway cannot.
   const clientPublic = client.nat.publicEndpoint?.address;
-  const sameLan =
-    clientPublic !== undefined && clientPublic === agent.nat.publicEndpoint?.address && client.localEndpoints.length > 0 && agent.localEndpoints.length > 0;
+  const agentLan = lanTargets(client, agent);
+  const clientLan = lanTargets(agent, client);
+  const sameLan = clientPublic !== undefined && clientPublic === agent.nat.publicEndpoint?.address && clientLan.length > 0 && agentLan.length > 0;
 
   const ck = sideKind(client.nat);
   const ak = sideKind(agent.nat);
@@ -250,7 +263,7 @@ export function planPunch(input: PlanPunchInput): PunchPlanResult {
     const family = publicFamily(self.nat) ?? (self.localEndpoints[0] ? addressFamily(self.localEndpoints[0].address) : undefined);
     const list: PunchCandidate[] = [];
     if (sameLan) {
-      for (const e of other.localEndpoints) if (family === undefined || addressFamily(e.address) === family) list.push({ endpoint: e, kind: 'lan' });
+      for (const e of lanTargets(self, other)) if (family === undefined || addressFamily(e.address) === family) list.push({ endpoint: e, kind: 'lan' });
     }
     if (!failure && otherKind !== undefined && selfKind !== undefined) list.push(...internetCandidates(other.nat, otherKind, maxPredicted));
     const seen = new Set<string>();
