@@ -2,10 +2,11 @@
  * One peer's WebSocket bound to a Mux. Owns the explicit session state
  * (handshaking → open → closing → closed; see docs/lifecycle/gateway-session.md).
  */
-import { type ControlMessage, type Identity, Mux, type MuxHandlers, StreamErrorCode } from '@narrowlink/protocol';
+import { type ControlMessage, ErrorCode, type Identity, Mux, type MuxHandlers, type ProtocolError, StreamErrorCode } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import type { BrokerPeer } from './direct-broker.ts';
+import { GatewayErrorCode } from './errors.ts';
 
 export type SessionKind = 'agent' | 'client';
 export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
@@ -16,7 +17,20 @@ export interface SessionIdentity extends Identity {
   expiresAtMs: number;
   /** The agent authenticated with a ServiceAccount token naming itself (re-authentication must too). */
   viaServiceAccount?: boolean;
+  /** `jti` of the Narrowlink token that authenticated the session (absent for ServiceAccount tokens): the denylist matches it. */
+  jti?: string;
 }
+
+/**
+ * WebSocket close codes of a gateway session besides the protocol's 4400/4401/4403/4408 (see
+ * docs/lifecycle/gateway-session.md).
+ */
+export const SessionCloseCode = {
+  /** The session used all of its stream ids; the peer reconnects. */
+  STREAM_IDS_EXHAUSTED: 4409,
+  /** A handler threw while processing this session's input: only this session ends. */
+  INTERNAL_ERROR: 1011,
+} as const;
 
 export class PeerSession implements BrokerPeer {
   readonly id: string;
@@ -30,6 +44,8 @@ export class PeerSession implements BrokerPeer {
   lastReceivedAt: number;
   lastSentAt: number;
   readonly #onClosed: (session: PeerSession) => void;
+  /** A handler threw on this session's input: what else arrives is dropped (the session is closing). */
+  #failed = false;
 
   constructor(options: {
     id: string;
@@ -41,6 +57,8 @@ export class PeerSession implements BrokerPeer {
     maxStreams: number;
     handlers: MuxHandlers;
     onClosed: (session: PeerSession) => void;
+    /** Test only: the first stream id the gateway opens on this session (see MuxOptions.firstLocalId). */
+    firstLocalId?: number;
   }) {
     this.id = options.id;
     this.kind = options.kind;
@@ -54,19 +72,27 @@ export class PeerSession implements BrokerPeer {
       role: 'acceptor',
       localWindow: options.localWindow,
       maxStreams: options.maxStreams,
-      handlers: options.handlers,
+      ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
+      handlers: { onStreamIdsExhausted: (error) => this.#idsExhausted(error), ...options.handlers },
       send: (bytes) => {
         this.lastSentAt = performance.now();
         ws.send(bytes, { binary: true });
       },
     });
+    // The handler boundary: anything thrown while handling this session's input (a bug, an unexpected state)
+    // ends this session with 1011, never the process and every other tenant's sessions with it.
     ws.on('message', (data, isBinary) => {
+      if (this.#failed) return;
       this.lastReceivedAt = performance.now();
-      if (!isBinary) {
-        this.close(4400, 'text messages are not part of the protocol');
-        return;
+      try {
+        if (!isBinary) {
+          this.close(4400, 'text messages are not part of the protocol');
+          return;
+        }
+        this.mux.receive(data as Buffer);
+      } catch (error) {
+        this.#handlerFailed(error);
       }
-      this.mux.receive(data as Buffer);
     });
     ws.on('close', () => this.#closed());
     ws.on('error', (err) => {
@@ -112,10 +138,40 @@ export class PeerSession implements BrokerPeer {
     this.#closed();
   }
 
+  /** Logs once, tells the peer (masked) and closes this session only. */
+  #handlerFailed(error: unknown): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.log.error({ err: error }, 'handler failed on session input; closing this session');
+    try {
+      this.mux.sendControl({ type: 'error', code: GatewayErrorCode.INTERNAL, message: 'internal gateway error' });
+    } catch {
+      // The socket may be gone already; the close below still ends the session.
+    }
+    this.close(SessionCloseCode.INTERNAL_ERROR, GatewayErrorCode.INTERNAL);
+  }
+
+  /** The gateway opened its last stream id towards this peer: end the session so the peer reconnects afresh. */
+  #idsExhausted(error: ProtocolError): void {
+    this.log.warn({ code: error.code }, 'session used all of its stream ids; closing it so the peer reconnects');
+    this.mux.sendControl({ type: 'error', code: ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED, message: error.message });
+    this.close(SessionCloseCode.STREAM_IDS_EXHAUSTED, ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED);
+  }
+
   #closed(): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    this.mux.close(StreamErrorCode.PEER_GONE, `${this.kind} session closed`);
-    this.#onClosed(this);
+    try {
+      this.mux.close(StreamErrorCode.PEER_GONE, `${this.kind} session closed`);
+    } catch (error) {
+      // A stream's clean-up threw: every stream was still reset (Mux.close); the session's books must close too.
+      this.log.error({ err: error }, 'stream clean-up failed while closing the session');
+    }
+    // Runs from the socket's close/error events: a throw here would be uncaught.
+    try {
+      this.#onClosed(this);
+    } catch (error) {
+      this.log.error({ err: error }, 'session clean-up failed');
+    }
   }
 }

@@ -244,3 +244,26 @@ describe('GatewayLink', () => {
     assert.equal(gw.attempts.length, 1);
   });
 });
+
+describe('GatewayLink handler boundary', () => {
+  test('a handler that throws on gateway input ends that session with 1011 and the link reconnects; the process lives', async () => {
+    const gw = await fakeGateway(() => ({ kind: 'accept' }));
+    const l = link({ url: gw.url }).start();
+    let opens = 0;
+    l.on('open', () => opens++);
+    let throws = 0;
+    l.on('direct', () => {
+      throws++;
+      throw new TypeError('a bug in a direct-path handler');
+    });
+    await l.waitOpen(2000);
+    const first = gw.attempts[0];
+    const closed = new Promise<number>((resolve) => first?.ws?.once('close', (code: number) => resolve(code)));
+    // Before the boundary this throw escaped the WebSocket's message event: an uncaught exception.
+    first?.mux?.sendControl({ type: 'direct_close', pathId: 'p1', reason: 'test' });
+    first?.mux?.sendControl({ type: 'direct_close', pathId: 'p2', reason: 'test' });
+    assert.equal(await closed, 1011);
+    assert.equal(throws, 1, 'what arrives after the failure is dropped');
+    await until(() => opens === 2, 'the link reconnects');
+  });
+});

@@ -236,11 +236,26 @@ export class GatewayLink extends EventEmitter {
           this.#log.warn({ code: error.code, msg: error.message }, 'gateway broke the protocol; reconnecting');
           ws.terminate();
         },
+        // 2^30 streams opened on this session: a new session starts its ids afresh (open() throws typed meanwhile).
+        onStreamIdsExhausted: (error) => {
+          this.#log.info({ code: error.code }, 'session used all of its stream ids; reconnecting');
+          ws.close(4409, error.code);
+        },
       },
     });
+    // The handler boundary: a throw while handling the gateway's input (a bug in a control or stream handler)
+    // costs this session (closed 1011, logged once, then the link reconnects), never the process.
+    let failed = false;
     ws.on('message', (data, isBinary) => {
+      if (failed) return;
       this.#lastReceivedAt = performance.now();
-      if (isBinary) mux.receive(data as Buffer);
+      try {
+        if (isBinary) mux.receive(data as Buffer);
+      } catch (error) {
+        failed = true;
+        this.#log.warn({ err: error }, 'handler failed on gateway input; closing this session');
+        ws.close(1011, 'internal error');
+      }
     });
     this.mux = mux;
     return mux;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ErrorCode, FrameError, ProtocolError, StreamErrorCode } from './errors.ts';
-import { decodeFrame, encodeData, encodeFrame, FRAME_HEADER_BYTES, type Frame } from './frame-codec.ts';
+import { decodeFrame, encodeData, encodeFrame, FRAME_HEADER_BYTES, type Frame, MAX_STREAM_ID } from './frame-codec.ts';
 import type { OpenPayload, ResetPayload } from './messages.ts';
 import { Mux, type MuxHandlers, type MuxOptions, type MuxStream } from './mux.ts';
 
@@ -581,5 +581,67 @@ describe('Mux: session', () => {
     back.flush();
     assert.equal(outbound.server.text(), 'through the relay');
     assert.equal(outbound.client.stream.bytesOut, 'through the relay'.length);
+  });
+});
+
+describe('stream id exhaustion', () => {
+  test('the side that uses its last id is told once, and every later open() throws a typed error', () => {
+    for (const role of ['initiator', 'acceptor'] as const) {
+      const exhausted: ProtocolError[] = [];
+      const sent: Buffer[] = [];
+      // The last id of the role's parity minus one step: two opens to go.
+      const last = role === 'initiator' ? MAX_STREAM_ID : MAX_STREAM_ID - 1;
+      const mux = new Mux({ role, send: (b) => sent.push(b), firstLocalId: last - 2, handlers: { onStreamIdsExhausted: (e) => exhausted.push(e) } });
+      assert.equal(mux.open(target).id, last - 2);
+      assert.equal(exhausted.length, 0);
+      assert.equal(mux.canOpen, true);
+      const lastStream = mux.open(target);
+      assert.equal(lastStream.id, last);
+      assert.equal(lastStream.state, 'opening', 'the last id still opens its stream');
+      assert.equal(sent.length, 2);
+      assert.deepEqual(
+        exhausted.map((e) => e.code),
+        [ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED],
+        `${role}: told when the last id went`,
+      );
+      assert.equal(mux.canOpen, false);
+      for (let i = 0; i < 2; i++) {
+        assert.throws(
+          () => mux.open(target),
+          (e: unknown) => e instanceof ProtocolError && e.code === ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED,
+        );
+      }
+      assert.equal(exhausted.length, 1, 'told once');
+      assert.equal(sent.length, 2, 'nothing sent for refused opens');
+    }
+  });
+
+  test('firstLocalId must have the role parity', () => {
+    assert.throws(() => new Mux({ role: 'initiator', send: () => {}, firstLocalId: 2 }), RangeError);
+    assert.throws(() => new Mux({ role: 'acceptor', send: () => {}, firstLocalId: 1 }), RangeError);
+  });
+
+  test('the last id reaches the peer as a normal OPEN', () => {
+    const p = pair({ initiator: { firstLocalId: MAX_STREAM_ID } });
+    const stream = p.initiator.open(target);
+    p.toA();
+    assert.equal(p.accepted[0]?.stream.id, MAX_STREAM_ID);
+    assert.equal(stream.state, 'opening');
+    assert.equal(p.sessionErrors.length, 0);
+  });
+
+  test('close() terminates every stream even when one stream handler throws, then rethrows the first error', () => {
+    const mux = new Mux({ role: 'initiator', send: () => {} });
+    const closed: number[] = [];
+    const a = mux.open(target, {
+      onClose: () => {
+        throw new Error('boom');
+      },
+    });
+    const b = mux.open(target, { onClose: () => closed.push(b.id) });
+    assert.throws(() => mux.close(), /boom/);
+    assert.equal(a.state, 'closed');
+    assert.deepEqual(closed, [b.id]);
+    assert.equal(mux.streamCount, 0);
   });
 });

@@ -8,7 +8,16 @@
  * and never stalls the other streams of the session.
  */
 import { ErrorCode, FrameError, ProtocolError, StreamErrorCode } from './errors.ts';
-import { decodeFrame, encodeData, encodeFrame, type Frame, MAX_STREAM_ID } from './frame-codec.ts';
+import {
+  type ControlLimits,
+  decodeFrame,
+  encodeData,
+  encodeFrame,
+  type Frame,
+  GATEWAY_CONTROL_LIMITS,
+  MAX_STREAM_ID,
+  PEER_CONTROL_LIMITS,
+} from './frame-codec.ts';
 import type { ControlMessage, OpenOk, OpenPayload, ResetPayload } from './messages.ts';
 
 /** Default bytes a stream may have in flight towards a receiver before it must wait for credit. */
@@ -30,6 +39,12 @@ export interface MuxHandlers {
   onPong?(rttMs: number | undefined): void;
   /** The peer broke session-level framing; the adapter must close the transport. */
   onSessionError?(error: FrameError | ProtocolError): void;
+  /**
+   * `open()` just used the last stream id of this side's parity (2^30 opens on one session): every further
+   * `open()` throws ProtocolError(NL_ERR_PROTOCOL_STREAM_IDS_EXHAUSTED). Called once; the adapter should end the
+   * session (a new session starts its ids afresh).
+   */
+  onStreamIdsExhausted?(error: ProtocolError): void;
 }
 
 export interface MuxOptions {
@@ -43,6 +58,13 @@ export interface MuxOptions {
   maxStreams?: number;
   maxDataFrame?: number;
   maxFramePayload?: number;
+  /**
+   * Largest CONTROL payload by message type. Default by role: a gateway (`acceptor`) takes what peers send
+   * ({@link GATEWAY_CONTROL_LIMITS}), a peer (`initiator`) what gateways send ({@link PEER_CONTROL_LIMITS}).
+   */
+  controlLimits?: ControlLimits;
+  /** Test only: the first stream id this side opens (must have the role's parity). Default 1 or 2. */
+  firstLocalId?: number;
   /** Monotonic clock in milliseconds, used only to measure heartbeat round trips. */
   now?: () => number;
   handlers?: MuxHandlers;
@@ -212,6 +234,10 @@ export class MuxStream {
   }
 }
 
+function idsExhausted(): ProtocolError {
+  return new ProtocolError(ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED, 'this session has used all of its stream ids; open a new session');
+}
+
 /** One multiplexed session: the stream table, id allocation, PING/PONG and control dispatch. */
 export class Mux {
   readonly role: MuxRole;
@@ -220,6 +246,7 @@ export class Mux {
   readonly maxStreams: number;
   readonly maxDataFrame: number;
   readonly maxFramePayload: number;
+  readonly controlLimits: ControlLimits;
   handlers: MuxHandlers;
   readonly #send: (bytes: Buffer) => void;
   readonly #now: () => number;
@@ -241,9 +268,16 @@ export class Mux {
     this.maxStreams = options.maxStreams ?? 4096;
     this.maxDataFrame = options.maxDataFrame ?? DEFAULT_MAX_DATA_FRAME;
     this.maxFramePayload = options.maxFramePayload ?? 1024 * 1024;
+    this.controlLimits = options.controlLimits ?? (this.role === 'acceptor' ? GATEWAY_CONTROL_LIMITS : PEER_CONTROL_LIMITS);
     this.#now = options.now ?? (() => performance.now());
     this.handlers = options.handlers ?? {};
     this.#nextLocalId = this.role === 'initiator' ? 1 : 2;
+    if (options.firstLocalId !== undefined) {
+      if (!Number.isInteger(options.firstLocalId) || options.firstLocalId < 1 || options.firstLocalId % 2 !== this.#nextLocalId % 2) {
+        throw new RangeError(`firstLocalId must be a positive integer of the ${this.role}'s parity`);
+      }
+      this.#nextLocalId = options.firstLocalId;
+    }
   }
 
   get streamCount(): number {
@@ -262,16 +296,28 @@ export class Mux {
     return this.#streams.get(id);
   }
 
-  /** Opens a stream towards the peer; the answer arrives as `onOpenOk` or `onReset`. */
+  /** False once this side has used every stream id of its parity (see `onStreamIdsExhausted`). */
+  get canOpen(): boolean {
+    return !this.#closed && this.#nextLocalId <= MAX_STREAM_ID;
+  }
+
+  /**
+   * Opens a stream towards the peer; the answer arrives as `onOpenOk` or `onReset`. Throws ProtocolError:
+   * NL_ERR_PROTOCOL_UNEXPECTED when the session is closed, NL_ERR_PROTOCOL_STREAM_IDS_EXHAUSTED when this side
+   * has used all of its 2^30 stream ids (a new session is needed; `onStreamIdsExhausted` said so already).
+   */
   open(payload: OpenPayload, handlers: StreamHandlers = {}): MuxStream {
     if (this.#closed) throw new ProtocolError(ErrorCode.PROTOCOL_UNEXPECTED, 'session is closed');
     const id = this.#nextLocalId;
-    if (id > MAX_STREAM_ID) throw new ProtocolError(ErrorCode.PROTOCOL_UNEXPECTED, 'stream ids exhausted; reconnect');
+    if (id > MAX_STREAM_ID) throw idsExhausted();
     this.#nextLocalId += 2;
     const stream = new MuxStream(this, id, 'opening', this.peerWindow, this.localWindow);
     stream.handlers = handlers;
     this.#streams.set(id, stream);
     this._send(encodeFrame({ type: 'open', streamId: id, payload }));
+    // Told as soon as the last id is gone, not at the next open: the adapter ends the session before any caller
+    // (a relay choosing this session for its next stream) has to meet the refusal.
+    if (this.#nextLocalId > MAX_STREAM_ID) this.handlers.onStreamIdsExhausted?.(idsExhausted());
     return stream;
   }
 
@@ -295,7 +341,7 @@ export class Mux {
     this.bytesReceived += message.length;
     let frame: Frame;
     try {
-      frame = decodeFrame(message, this.maxFramePayload);
+      frame = decodeFrame(message, this.maxFramePayload, this.controlLimits);
     } catch (err) {
       const error = err instanceof FrameError ? err : new FrameError(ErrorCode.FRAME_BAD_PAYLOAD, 'undecodable frame', { cause: err });
       const stream = error.streamId === 0 ? undefined : this.#streams.get(error.streamId);
@@ -347,11 +393,24 @@ export class Mux {
    */
   lastRawData: Uint8Array | undefined;
 
-  /** Resets every stream locally (the transport is gone) and refuses further use. */
+  /**
+   * Resets every stream locally (the transport is gone) and refuses further use. A stream handler that throws
+   * does not keep the other streams open: every stream is terminated, then the first error is rethrown.
+   */
   close(code: StreamErrorCode = StreamErrorCode.PEER_GONE, message = 'session closed'): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const stream of [...this.#streams.values()]) stream._terminate({ code, message }, false);
+    let failed = false;
+    let failure: unknown;
+    for (const stream of [...this.#streams.values()]) {
+      try {
+        stream._terminate({ code, message }, false);
+      } catch (error) {
+        if (!failed) failure = error;
+        failed = true;
+      }
+    }
+    if (failed) throw failure;
   }
 
   /** Resets every stream, telling the peer, without closing the session. */
