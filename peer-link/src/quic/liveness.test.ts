@@ -159,13 +159,15 @@ const cases: Case[] = [
     ],
   },
   {
-    name: 'the busy clock starts at 0: within 20 s of the clock origin, silence is probed even on a path never busy (as found)',
+    name: 'a path never busy is not probed near the clock origin either: idle silence only gets the keep-alive',
     openedAtMs: 1000,
     packetsAtOpen: 0,
     steps: [
       [2000, 1, 1500, 'none'],
-      [3000, 1, 1500, 'probe'],
-      [6500, 1, 1500, 'dead'],
+      [3000, 1, 1500, 'none'],
+      [6500, 1, 1500, 'none'],
+      [15_999, 1, 1500, 'none'],
+      [16_000, 1, 1500, 'keep-alive'],
     ],
   },
 ];

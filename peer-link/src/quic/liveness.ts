@@ -46,10 +46,12 @@ export class LivenessMonitor {
   readonly tickMs: number;
   #lastPingAtMs: number;
   /**
-   * The last busy tick. It starts at 0, the clock's origin, as the timer-driven code always did: with
-   * `performance.now()` (process uptime) that makes any silence probed during a process's first 20 s.
+   * The last busy tick; never, until one is. (It used to start at 0, the clock's origin: with `performance.now()`
+   * as the clock, a path that was never busy counted as recently busy during the process's first 20 s and was
+   * probed every second of idle silence instead of once per keep-alive. The live peer answered each probe, so
+   * nothing broke, but an idle path sent 15 times the PINGs it needed.)
    */
-  #busyAtMs = 0;
+  #busyAtMs = Number.NEGATIVE_INFINITY;
   #packetsBefore: number;
 
   constructor(options: LivenessOptions) {
