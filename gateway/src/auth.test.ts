@@ -1,8 +1,22 @@
 /** The Authenticator without a WebSocket: plain config, clock, reviewer and a counting authFailures. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ErrorCode, type GatewayConfig, generateSigningKeyPair, signToken, validateGatewayConfig } from '@narrowlink/protocol';
+import { EventEmitter } from 'node:events';
+import {
+  type ControlMessage,
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+  decodeFrame,
+  ErrorCode,
+  type GatewayConfig,
+  generateSigningKeyPair,
+  signToken,
+  validateGatewayConfig,
+} from '@narrowlink/protocol';
+import { pino } from 'pino';
+import type { WebSocket } from 'ws';
 import { Authenticator } from './auth.ts';
+import { Gateway } from './gateway.ts';
+import { createMetrics } from './metrics.ts';
 import { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
 import type { SessionIdentity } from './peer-session.ts';
 import type { ReviewResult, TokenReviewer } from './token-review.ts';
@@ -50,8 +64,15 @@ function setup(options: { reviewer?: TokenReviewer; config?: GatewayConfig | und
   return { auth, state, failures };
 }
 
-const token = (typ: 'agent' | 'client', sub: string, options: { ttlSeconds?: number; groups?: string[]; nowMs?: number } = {}): Promise<string> =>
-  signToken(keys.privateKeyPem, { typ, sub, ttlSeconds: options.ttlSeconds ?? 600, groups: options.groups ?? [], nowMs: options.nowMs ?? T0 });
+const token = (typ: 'agent' | 'client', sub: string, options: { ttlSeconds?: number; groups?: string[]; nowMs?: number; jti?: string } = {}): Promise<string> =>
+  signToken(keys.privateKeyPem, {
+    typ,
+    sub,
+    ttlSeconds: options.ttlSeconds ?? 600,
+    groups: options.groups ?? [],
+    nowMs: options.nowMs ?? T0,
+    ...(options.jti === undefined ? {} : { jti: options.jti }),
+  });
 
 /** Runs `fn`, which must reject with a GatewayError; returns its status, code and reason. */
 async function refusal(fn: () => Promise<unknown>): Promise<{ status: number; code: string; reason: string }> {
@@ -67,8 +88,8 @@ async function refusal(fn: () => Promise<unknown>): Promise<{ status: number; co
 describe('Authenticator.authenticate', () => {
   test('a client token yields the identity with its expiry', async () => {
     const { auth, failures } = setup();
-    const identity = await auth.authenticate('client', `Bearer ${await token('client', 'alice', { groups: ['dev'] })}`);
-    assert.deepEqual(identity, { sub: 'alice', groups: ['dev'], typ: 'client', expiresAtMs: T0 + 600_000 });
+    const identity = await auth.authenticate('client', `Bearer ${await token('client', 'alice', { groups: ['dev'], jti: 'j-1' })}`);
+    assert.deepEqual(identity, { sub: 'alice', groups: ['dev'], typ: 'client', expiresAtMs: T0 + 600_000, jti: 'j-1' });
     assert.deepEqual(failures, []);
   });
 
@@ -205,8 +226,8 @@ describe('Authenticator.reauthenticate', () => {
   test('a fresh token for the same subject renews, with its expiry and groups', async () => {
     const { auth, state } = setup();
     state.now = T0 + 30_000;
-    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice', { nowMs: state.now, groups: ['admins'] }));
-    assert.deepEqual(outcome, { result: 'renewed', identity: { sub: 'alice', groups: ['admins'], typ: 'client', expiresAtMs: T0 + 630_000 } });
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice', { nowMs: state.now, groups: ['admins'], jti: 'j-2' }));
+    assert.deepEqual(outcome, { result: 'renewed', identity: { sub: 'alice', groups: ['admins'], typ: 'client', expiresAtMs: T0 + 630_000, jti: 'j-2' } });
   });
 
   test('another subject is refused with AUTH_IDENTITY_CHANGED (not counted as an upgrade failure)', async () => {
@@ -250,3 +271,143 @@ describe('Authenticator.reauthenticate', () => {
     assert.equal(outcome.error.code, GatewayErrorCode.SHUTTING_DOWN);
   });
 });
+
+const DAY = 24 * 3600;
+
+/** `config` with a `tokens` section. */
+function withTokens(tokens: unknown): GatewayConfig {
+  return validateGatewayConfig({ ...config, tokens });
+}
+
+describe('maximum token lifetime (exp - iat)', () => {
+  test('defaults: client tokens up to 30 days, agent tokens up to 90 days; one second more is TOKEN_LIFETIME_TOO_LONG, counted', async () => {
+    const { auth, failures } = setup();
+    assert.equal(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS.client, 30 * DAY);
+    assert.equal(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS.agent, 90 * DAY);
+    await auth.authenticate('client', `Bearer ${await token('client', 'alice', { ttlSeconds: 30 * DAY })}`);
+    await auth.authenticate('agent', `Bearer ${await token('agent', 'web', { ttlSeconds: 90 * DAY })}`);
+    assert.deepEqual(await refusal(async () => auth.authenticate('client', `Bearer ${await token('client', 'alice', { ttlSeconds: 30 * DAY + 1 })}`)), {
+      status: 401,
+      code: GatewayErrorCode.AUTH_INVALID_TOKEN,
+      reason: ErrorCode.TOKEN_LIFETIME_TOO_LONG,
+    });
+    assert.equal((await refusal(async () => auth.authenticate('agent', `Bearer ${await token('agent', 'web', { ttlSeconds: 90 * DAY + 1 })}`))).reason, ErrorCode.TOKEN_LIFETIME_TOO_LONG);
+    assert.deepEqual(failures, [ErrorCode.TOKEN_LIFETIME_TOO_LONG, ErrorCode.TOKEN_LIFETIME_TOO_LONG]);
+  });
+
+  test('tokens.maxLifetimeSeconds sets it per type and takes effect with the configuration in force', async () => {
+    const s = setup({ config: withTokens({ maxLifetimeSeconds: { client: 3600 } }) });
+    const twoHours = await token('client', 'alice', { ttlSeconds: 7200 });
+    assert.equal((await refusal(() => s.auth.authenticate('client', `Bearer ${twoHours}`))).reason, ErrorCode.TOKEN_LIFETIME_TOO_LONG);
+    await s.auth.authenticate('client', `Bearer ${await token('client', 'alice', { ttlSeconds: 3600 })}`);
+    // The agent limit keeps its default.
+    await s.auth.authenticate('agent', `Bearer ${await token('agent', 'web', { ttlSeconds: 90 * DAY })}`);
+    s.state.config = withTokens({ maxLifetimeSeconds: { client: 7200 } });
+    await s.auth.authenticate('client', `Bearer ${twoHours}`);
+  });
+
+  test('a reauth with a token that lives too long is refused with its reason', async () => {
+    const { auth } = setup({ config: withTokens({ maxLifetimeSeconds: { client: 3600 } }) });
+    const alice: SessionIdentity = { sub: 'alice', groups: [], typ: 'client', expiresAtMs: T0 + 60_000 };
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice', { ttlSeconds: 3601 }));
+    assert.equal(outcome.result, 'refused');
+    assert.equal(outcome.error.reason, ErrorCode.TOKEN_LIFETIME_TOO_LONG);
+  });
+
+  test('ServiceAccount tokens are not subject to it (the TokenReview speaks for them)', async () => {
+    const { auth } = setup({ reviewer, config: withTokens({ maxLifetimeSeconds: { agent: 60 } }) });
+    assert.equal((await auth.authenticate('agent', 'Bearer sa-orders', 'shop/orders')).sub, 'shop/orders');
+  });
+
+  test('the schema bounds the setting', () => {
+    assert.throws(() => withTokens({ maxLifetimeSeconds: { client: 0 } }), { code: ErrorCode.CONFIG_INVALID });
+    assert.throws(() => withTokens({ maxLifetimeSeconds: { user: 60 } }), { code: ErrorCode.CONFIG_INVALID });
+  });
+});
+
+describe('token denylist (tokens.deny)', () => {
+  test('a denied jti or subject is refused at authentication with TOKEN_REVOKED, after the signature checked', async () => {
+    const { auth, failures } = setup({ config: withTokens({ deny: { jti: ['leaked-1'], sub: ['mallory', 'default/web'] } }) });
+    const want = { status: 401, code: GatewayErrorCode.AUTH_INVALID_TOKEN, reason: ErrorCode.TOKEN_REVOKED };
+    assert.deepEqual(await refusal(async () => auth.authenticate('client', `Bearer ${await token('client', 'alice', { jti: 'leaked-1' })}`)), want);
+    assert.deepEqual(await refusal(async () => auth.authenticate('client', `Bearer ${await token('client', 'mallory')}`)), want);
+    assert.deepEqual(await refusal(async () => auth.authenticate('agent', `Bearer ${await token('agent', 'default/web')}`)), want);
+    // Another token of alice's still works.
+    assert.equal((await auth.authenticate('client', `Bearer ${await token('client', 'alice', { jti: 'fresh-2' })}`)).jti, 'fresh-2');
+    // A forged token naming a denied jti is a bad signature, not a revocation.
+    const other = await generateSigningKeyPair();
+    const forged = await signToken(other.privateKeyPem, { typ: 'client', sub: 'alice', ttlSeconds: 600, nowMs: T0, jti: 'leaked-1' });
+    assert.equal((await refusal(() => auth.authenticate('client', `Bearer ${forged}`))).reason, ErrorCode.TOKEN_BAD_SIGNATURE);
+    assert.deepEqual(failures, [ErrorCode.TOKEN_REVOKED, ErrorCode.TOKEN_REVOKED, ErrorCode.TOKEN_REVOKED, ErrorCode.TOKEN_BAD_SIGNATURE]);
+  });
+
+  test('a ServiceAccount agent is denied by its namespace/name', async () => {
+    const { auth } = setup({ reviewer, config: withTokens({ deny: { sub: ['shop/orders'] } }) });
+    assert.equal((await refusal(() => auth.authenticate('agent', 'Bearer sa-orders', 'shop/orders'))).reason, ErrorCode.TOKEN_REVOKED);
+  });
+
+  test('a reauth with a denied token, or by a denied subject, is refused', async () => {
+    const { auth } = setup({ config: withTokens({ deny: { jti: ['leaked-1'] } }) });
+    const alice: SessionIdentity = { sub: 'alice', groups: [], typ: 'client', expiresAtMs: T0 + 60_000, jti: 'a-1' };
+    const outcome = await auth.reauthenticate('client', alice, await token('client', 'alice', { jti: 'leaked-1' }));
+    assert.equal(outcome.result, 'refused');
+    assert.equal(outcome.error.reason, ErrorCode.TOKEN_REVOKED);
+  });
+
+  test('a reload that denies a live session’s token or subject closes that session (4401, TOKEN_REVOKED) and no other', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const gateway = new Gateway({ log: pino({ level: 'silent' }), metrics, now: () => T0 });
+    try {
+      gateway.applyConfig(config);
+      const attach = async (sub: string, jti: string): Promise<FakeSocket> => {
+        const ws = new FakeSocket();
+        const identity = await gateway.authenticate('client', `Bearer ${await token('client', sub, { jti })}`);
+        gateway.attach('client', identity, ws as unknown as WebSocket);
+        return ws;
+      };
+      const alice = await attach('alice', 'a-1');
+      const bob = await attach('bob', 'b-1');
+      const carol = await attach('carol', 'c-1');
+      // A reload that denies nothing live closes nothing.
+      gateway.applyConfig(withTokens({ deny: { jti: ['unrelated'] } }));
+      assert.deepEqual([alice.closes, bob.closes, carol.closes], [[], [], []]);
+      gateway.applyConfig(withTokens({ deny: { jti: ['a-1'], sub: ['carol'] } }));
+      for (const ws of [alice, carol]) {
+        assert.deepEqual(ws.closes, [{ code: 4401, reason: ErrorCode.TOKEN_REVOKED }]);
+        assert.deepEqual(
+          ws.controls().map((m) => (m.type === 'error' ? m.code : m.type)),
+          [ErrorCode.TOKEN_REVOKED],
+        );
+      }
+      assert.deepEqual(bob.closes, []);
+      assert.equal((await metrics.sessionsRevoked.get()).values[0]?.value, 2);
+      // A further reload does not close them twice.
+      gateway.applyConfig(withTokens({ deny: { jti: ['a-1'], sub: ['carol'] } }));
+      assert.equal(alice.closes.length, 1);
+    } finally {
+      await gateway.shutdown(0);
+    }
+  });
+});
+
+/** A WebSocket stand-in: records frames sent and closes (PeerSession needs nothing else here). */
+class FakeSocket extends EventEmitter {
+  readonly sent: Buffer[] = [];
+  readonly closes: { code: number; reason: string }[] = [];
+  send(bytes: Buffer): void {
+    this.sent.push(bytes);
+  }
+  close(code: number, reason: string): void {
+    this.closes.push({ code, reason });
+    this.emit('close');
+  }
+  terminate(): void {
+    this.emit('close');
+  }
+  controls(): ControlMessage[] {
+    return this.sent.flatMap((b) => {
+      const frame = decodeFrame(b);
+      return frame.type === 'control' ? [frame.message] : [];
+    });
+  }
+}

@@ -4,11 +4,11 @@
  * tokens checked by a TokenReview. Failures are `GatewayError`s carrying the HTTP status to answer and a
  * `reason`, counted by reason. The token is never logged.
  */
-import { ErrorCode, type GatewayConfig, TokenError, verifyToken } from '@narrowlink/protocol';
+import { DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, ErrorCode, type GatewayConfig, TokenError, verifyToken } from '@narrowlink/protocol';
 import { findAgent, normalizeAgentRef } from './agent-registry.ts';
 import { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
-import type { SessionIdentity, SessionKind } from './peer-session.ts';
+import type { PeerSession, SessionIdentity, SessionKind } from './peer-session.ts';
 import type { TokenReviewer } from './token-review.ts';
 
 /** Dependencies of an {@link Authenticator}. */
@@ -33,6 +33,36 @@ export type ReauthOutcome =
   | { result: 'renewed'; identity: SessionIdentity }
   | { result: 'deferred'; error: GatewayError }
   | { result: 'refused'; error: GatewayError };
+
+/** The configuration's `tokens.deny` as sets, built once per configuration object (a reload brings a new one). */
+const denylists = new WeakMap<GatewayConfig, { jti: ReadonlySet<string>; sub: ReadonlySet<string> }>();
+
+function denylistOf(config: GatewayConfig): { jti: ReadonlySet<string>; sub: ReadonlySet<string> } {
+  let lists = denylists.get(config);
+  if (!lists) {
+    lists = { jti: new Set(config.tokens?.deny?.jti), sub: new Set(config.tokens?.deny?.sub) };
+    denylists.set(config, lists);
+  }
+  return lists;
+}
+
+/**
+ * Whether `config`'s `tokens.deny` revokes a credential with this subject and token id (ServiceAccount tokens
+ * have no `jti`; their subject is the agent's `namespace/name`).
+ */
+export function isDenied(config: GatewayConfig, identity: { sub: string; jti?: string | undefined }): boolean {
+  const lists = denylistOf(config);
+  return lists.sub.has(identity.sub) || (identity.jti !== undefined && lists.jti.has(identity.jti));
+}
+
+/** The longest `exp - iat` accepted for `kind`'s Narrowlink tokens under `config`, seconds. */
+export function maxTokenLifetimeSeconds(config: GatewayConfig, kind: SessionKind): number {
+  return config.tokens?.maxLifetimeSeconds?.[kind] ?? DEFAULT_MAX_TOKEN_LIFETIME_SECONDS[kind];
+}
+
+function revoked(): GatewayError {
+  return new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: token has been revoked', { reason: ErrorCode.TOKEN_REVOKED });
+}
 
 /** Checks the credentials of upgrades and of `reauth` (see the file header). */
 export class Authenticator {
@@ -70,6 +100,7 @@ export class Authenticator {
           audience: config.audience,
           expectedType: kind,
           nowMs: this.#now(),
+          maxLifetimeSeconds: maxTokenLifetimeSeconds(config, kind),
         });
       } catch (error) {
         if (!(error instanceof TokenError)) throw error;
@@ -86,11 +117,14 @@ export class Authenticator {
       if (claims.exp * 1000 <= this.#now()) {
         throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: token has expired', { reason: ErrorCode.TOKEN_EXPIRED });
       }
-      // The configuration of now, not of before the await: a reload may have removed the agent meanwhile.
-      if (kind === 'agent' && !findAgent(this.#config(), normalizeAgentRef(claims.sub))) {
+      // The configuration of now, not of before the await: a reload may have removed the agent (or denied the
+      // token) meanwhile.
+      const current = this.#config() ?? config;
+      if (isDenied(current, claims)) throw revoked();
+      if (kind === 'agent' && !findAgent(current, normalizeAgentRef(claims.sub))) {
         throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${claims.sub}" is not configured on this gateway`);
       }
-      return { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000 };
+      return { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000, jti: claims.jti };
     } catch (error) {
       const gatewayError = asGatewayError(error);
       this.#authFailures.inc({ reason: gatewayError.reason });
@@ -116,6 +150,7 @@ export class Authenticator {
     if (!result.authenticated) throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'ServiceAccount token rejected by the TokenReview', { reason: result.reason });
     // Only an authenticated caller learns whether the agent exists (no name oracle before authentication).
     const key = normalizeAgentRef(agentRef);
+    if (isDenied(this.#config() ?? config, { sub: key })) throw revoked();
     const agent = findAgent(this.#config(), key);
     if (!agent) throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${agentRef}" is not configured on this gateway`);
     if (result.namespace !== agent.namespace || !agent.serviceAccounts.includes(result.serviceAccount)) {
@@ -149,6 +184,22 @@ export class Authenticator {
       return { result: 'refused', error: e };
     }
   }
+}
+
+/**
+ * Closes every live session whose credential `config` denies (`tokens.deny`): the peer hears NL_ERR_TOKEN_REVOKED
+ * and the session closes with 4401. Sessions already closing are left alone. Returns how many were closed.
+ */
+export function closeRevokedSessions(config: GatewayConfig, sessions: Iterable<PeerSession>): number {
+  let closed = 0;
+  for (const session of sessions) {
+    if (session.state === 'closing' || session.state === 'closed' || !isDenied(config, session.identity)) continue;
+    session.log.info({ code: ErrorCode.TOKEN_REVOKED }, 'the configuration revokes this session\'s token; closing it');
+    session.mux.sendControl({ type: 'error', code: ErrorCode.TOKEN_REVOKED, message: 'token revoked by the gateway configuration; reconnect with another token' });
+    session.close(4401, ErrorCode.TOKEN_REVOKED);
+    closed++;
+  }
+  return closed;
 }
 
 /** Anything unexpected becomes a masked 500. */

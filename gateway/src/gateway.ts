@@ -34,7 +34,7 @@ import {
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { type AgentAttachment, AgentRegistry, normalizeAgentRef } from './agent-registry.ts';
-import { Authenticator } from './auth.ts';
+import { Authenticator, closeRevokedSessions } from './auth.ts';
 import { DirectPathBroker } from './direct-broker.ts';
 import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -182,6 +182,9 @@ export class Gateway {
     const first = this.#config === undefined;
     this.#config = config;
     if (first) return;
+    // Tokens and subjects the configuration now denies (tokens.deny) lose their sessions at once.
+    const revoked = closeRevokedSessions(config, this.#sessions);
+    if (revoked > 0) this.metrics.sessionsRevoked.inc(revoked);
     // Agents removed from the configuration lose their sessions; the rest pick up new settings.
     for (const removed of this.#agents.reconfigure()) removed.session.close(4403, 'agent removed from configuration');
     for (const role of this.#roles.values()) if (role.kind === 'client') this.#recompile(role);
@@ -384,6 +387,7 @@ export class Gateway {
     if (outcome.result === 'renewed') {
       try {
         identity.expiresAtMs = outcome.identity.expiresAtMs;
+        identity.jti = outcome.identity.jti;
         identity.groups = outcome.identity.groups;
         // Group membership may have changed with the new token: the client's policy follows.
         const role = this.#roles.get(session);

@@ -23,6 +23,7 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_relay_bytes_total',
       'narrowlink_gateway_relay_queued_bytes',
       'narrowlink_gateway_sessions',
+      'narrowlink_gateway_sessions_revoked_total',
       'narrowlink_gateway_stream_open_seconds',
       'narrowlink_gateway_streams_open',
       'narrowlink_gateway_streams_total',

@@ -15,6 +15,7 @@ export interface GatewayMetrics {
   authFailures: Counter<'reason'>;
   configReloads: Counter<'result'>;
   policyResets: Counter;
+  sessionsRevoked: Counter;
   natProbes: Counter<'result'>;
   natClassifications: Counter<'type'>;
   directRequests: Counter<'result'>;
@@ -69,6 +70,11 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     policyResets: new Counter({
       name: 'narrowlink_gateway_policy_resets_total',
       help: 'Open streams reset because a configuration change revoked access.',
+      registers,
+    }),
+    sessionsRevoked: new Counter({
+      name: 'narrowlink_gateway_sessions_revoked_total',
+      help: 'Live sessions closed (4401, token revoked) because a reloaded configuration denies their token or subject (tokens.deny).',
       registers,
     }),
     natProbes: new Counter({

@@ -202,6 +202,52 @@ const policySchema = z
   })
   .strict();
 
+/** Longest token lifetime (`exp - iat`) the gateway accepts when `tokens.maxLifetimeSeconds` does not say, seconds. */
+export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = {
+  /**
+   * 30 days: client tokens are bearer secrets on laptops and CI systems and, without `narrowlink login` yet, are
+   * minted by hand; a month bounds what a leaked one is worth without sending users to re-mint every day.
+   */
+  client: 30 * 24 * 60 * 60,
+  /**
+   * 90 days: the operator mints agent tokens for exactly 90 days (and renews them at 80 %). Injected sidecars use
+   * ServiceAccount tokens instead, which the kubelet rotates hourly and which this limit does not apply to.
+   */
+  agent: 90 * 24 * 60 * 60,
+} as const;
+
+/** Most entries in each of `tokens.deny.jti` and `tokens.deny.sub`. */
+export const MAX_TOKEN_DENY_ENTRIES = 10_000;
+
+/**
+ * Token rules beyond the signature, all optional (absent: the defaults, nothing denied). The operator does not
+ * render this section yet; write it into the document by hand (or with a tool of your own) to use it.
+ */
+const tokenRulesSchema = z
+  .object({
+    /** Longest `exp - iat` accepted per token type, seconds; default {@link DEFAULT_MAX_TOKEN_LIFETIME_SECONDS}. */
+    maxLifetimeSeconds: z
+      .object({
+        client: z.int().min(60).max(10 * 365 * 24 * 60 * 60).optional(),
+        agent: z.int().min(60).max(10 * 365 * 24 * 60 * 60).optional(),
+      })
+      .strict()
+      .optional(),
+    /**
+     * Revoked tokens (`jti`) and subjects (`sub`, as the gateway reports it: a user name, or an agent's
+     * `namespace/name`). Refused at authentication and `reauth`; a reload that adds an entry closes the live
+     * sessions it matches (close 4401, NL_ERR_TOKEN_REVOKED).
+     */
+    deny: z
+      .object({
+        jti: z.array(z.string().min(1).max(256)).max(MAX_TOKEN_DENY_ENTRIES).optional(),
+        sub: z.array(z.string().min(1).max(1024)).max(MAX_TOKEN_DENY_ENTRIES).optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
 /** Zod schema of the gateway configuration document. */
 export const gatewayConfigSchema = z
   .object({
@@ -215,6 +261,8 @@ export const gatewayConfigSchema = z
     allowCrossNamespacePolicies: z.boolean().default(false),
     agents: z.array(agentSchema).default([]),
     policies: z.array(policySchema).default([]),
+    /** Token lifetime limits and the denylist (see `tokenRulesSchema`); absent: defaults, nothing denied. */
+    tokens: tokenRulesSchema.optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {

@@ -157,6 +157,31 @@ describe('verifyToken time checks', () => {
   });
 });
 
+describe('verifyToken lifetime limit', () => {
+  it('accepts exp - iat up to maxLifetimeSeconds and refuses one second more with TOKEN_LIFETIME_TOO_LONG', async () => {
+    const day = 24 * 3600;
+    const atLimit = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'a', ttlSeconds: 30 * day, nowMs: NOW_MS });
+    assert.equal((await verifyToken(atLimit, verifyOpts({ maxLifetimeSeconds: 30 * day }))).sub, 'a');
+    const over = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'a', ttlSeconds: 30 * day + 1, nowMs: NOW_MS });
+    const err = await expectCode(verifyToken(over, verifyOpts({ maxLifetimeSeconds: 30 * day })), ErrorCode.TOKEN_LIFETIME_TOO_LONG);
+    assert.ok(!err.message.includes(over), 'the token never appears in the message');
+    // Without a limit (the default) any lifetime verifies, as before.
+    const decade = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'a', ttlSeconds: 3650 * day, nowMs: NOW_MS });
+    await verifyToken(decade, verifyOpts());
+  });
+
+  it('judges the lifetime the token claims, not what is left of it', async () => {
+    // Issued long ago with a long life: only an hour left, still refused.
+    const token = craftSigned({ alg: 'EdDSA' }, validPayload({ iat: NOW_S - 365 * 24 * 3600, exp: NOW_S + 3600 }), keyA.privateKeyPem);
+    await expectCode(verifyToken(token, verifyOpts({ maxLifetimeSeconds: 90 * 24 * 3600 })), ErrorCode.TOKEN_LIFETIME_TOO_LONG);
+  });
+
+  it('an expired token reports TOKEN_EXPIRED first', async () => {
+    const token = craftSigned({ alg: 'EdDSA' }, validPayload({ iat: NOW_S - 400 * 24 * 3600, exp: NOW_S - 3600 }), keyA.privateKeyPem);
+    await expectCode(verifyToken(token, verifyOpts({ maxLifetimeSeconds: 60 })), ErrorCode.TOKEN_EXPIRED);
+  });
+});
+
 describe('verifyToken claim checks', () => {
   it('rejects the wrong audience', async () => {
     const token = await signToken(keyA.privateKeyPem, {

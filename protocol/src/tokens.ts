@@ -4,7 +4,8 @@
  * Verification is done in a fixed order so that every failure maps to exactly one public code:
  * shape (TOKEN_MALFORMED) → header `alg` (TOKEN_ALG_NOT_ALLOWED, checked by us before any crypto so `none`
  * and HMAC confusion never reach a verifier) → signature against each configured key (TOKEN_BAD_SIGNATURE)
- * → claim types (TOKEN_MISSING_CLAIM) → time (TOKEN_EXPIRED / TOKEN_NOT_YET_VALID) → audience
+ * → claim types (TOKEN_MISSING_CLAIM) → time (TOKEN_EXPIRED / TOKEN_NOT_YET_VALID) → lifetime, when the caller
+ * sets a maximum (TOKEN_LIFETIME_TOO_LONG) → audience
  * (TOKEN_BAD_AUDIENCE) → token type (TOKEN_WRONG_TYPE). Claims are only interpreted after the signature
  * verified, so an attacker learns nothing from which claim error they get.
  *
@@ -105,6 +106,8 @@ export interface VerifyTokenOptions {
   nowMs?: number;
   /** Accepted clock skew; default {@link DEFAULT_CLOCK_TOLERANCE_SECONDS}. */
   clockToleranceSeconds?: number;
+  /** Longest accepted `exp - iat`, seconds (TOKEN_LIFETIME_TOO_LONG beyond it); default: no limit. */
+  maxLifetimeSeconds?: number;
 }
 
 /**
@@ -229,6 +232,10 @@ function checkClaims(p: Record<string, unknown>, opts: VerifyTokenOptions): Toke
   }
   if (iat > nowSeconds + tolerance) {
     throw new TokenError(ErrorCode.TOKEN_NOT_YET_VALID, 'token is not valid yet (iat in the future)');
+  }
+  // A token minted to live for years is worth as much to whoever copies it: the issuer's word is not enough.
+  if (opts.maxLifetimeSeconds !== undefined && exp - iat > opts.maxLifetimeSeconds) {
+    throw new TokenError(ErrorCode.TOKEN_LIFETIME_TOO_LONG, `token lifetime (exp - iat) exceeds the maximum of ${opts.maxLifetimeSeconds} s`);
   }
 
   // 3. Audience: a string, or an array that contains ours (RFC 7519 §4.1.3).
