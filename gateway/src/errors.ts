@@ -17,6 +17,8 @@ export const GatewayErrorCode = {
   INSECURE_LISTEN: 'NL_ERR_GATEWAY_INSECURE_LISTEN',
   NAT_PROBE_UNAVAILABLE: 'NL_ERR_GATEWAY_NAT_PROBE_UNAVAILABLE',
   INTERNAL: 'NL_ERR_GATEWAY_INTERNAL',
+  /** A session's request (`list_agents`, `reauth`) over its rate limit, or a session closed (4429) for going on. */
+  RATE_LIMITED: 'NL_ERR_GATEWAY_RATE_LIMITED',
   /** Bad command line at startup (exit 2); never sent to a peer. */
   USAGE: 'NL_ERR_GATEWAY_USAGE',
 } as const;

@@ -39,6 +39,11 @@ export const StreamErrorCode = {
   SHARE_EXCEEDED: 'SHARE_EXCEEDED',
   /** The gateway reset a relayed stream that carried no bytes either way for its idle timeout (protocol 1.3). */
   IDLE_TIMEOUT: 'IDLE_TIMEOUT',
+  /**
+   * The gateway refused an OPEN because the client session opens streams faster than its rate limit allows
+   * (protocol 1.3; older clients get TOO_MANY_STREAMS). Retry after a short pause.
+   */
+  RATE_LIMITED: 'RATE_LIMITED',
   /** Any other failure; details are masked. */
   INTERNAL: 'INTERNAL',
 } as const;

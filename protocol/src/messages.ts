@@ -182,6 +182,8 @@ export const directRefusalReasons = [
   'Denied',
   /** This client already has the maximum of direct-path attempts in flight. */
   'TooManyAttempts',
+  /** This client sends `direct_request` faster than the gateway's rate limit (protocol 1.3; older: TooManyAttempts). */
+  'RateLimited',
 ] as const;
 export type DirectRefusalReason = (typeof directRefusalReasons)[number];
 
