@@ -106,10 +106,7 @@ export type RateDecision = 'allowed' | 'refused' | 'abusive';
 export class SessionRateLimiter {
   readonly #limits: RateLimits;
   readonly #now: () => number;
-  #open: TokenBucket | undefined;
-  #listAgents: TokenBucket | undefined;
-  #directRequest: TokenBucket | undefined;
-  #reauth: TokenBucket | undefined;
+  readonly #buckets = new Map<RateLimitKind, TokenBucket>();
   #abuse: TokenBucket | undefined;
 
   constructor(limits: RateLimits, now: () => number) {
@@ -132,16 +129,25 @@ export class SessionRateLimiter {
   }
 
   #bucket(kind: RateLimitKind, nowMs: number): TokenBucket {
-    switch (kind) {
-      case 'open':
-        return (this.#open ??= new TokenBucket(this.#limits.open, nowMs));
-      case 'list_agents':
-        return (this.#listAgents ??= new TokenBucket(this.#limits.listAgents, nowMs));
-      case 'direct_request':
-        return (this.#directRequest ??= new TokenBucket(this.#limits.directRequest, nowMs));
-      case 'reauth':
-        return (this.#reauth ??= new TokenBucket(this.#limits.reauth, nowMs));
+    let bucket = this.#buckets.get(kind);
+    if (!bucket) {
+      bucket = new TokenBucket(limitOf(this.#limits, kind), nowMs);
+      this.#buckets.set(kind, bucket);
     }
+    return bucket;
+  }
+}
+
+function limitOf(limits: RateLimits, kind: RateLimitKind): RateLimit {
+  switch (kind) {
+    case 'open':
+      return limits.open;
+    case 'list_agents':
+      return limits.listAgents;
+    case 'direct_request':
+      return limits.directRequest;
+    case 'reauth':
+      return limits.reauth;
   }
 }
 
