@@ -78,6 +78,9 @@ interface CompiledPolicyEntry {
 
 const SA_PREFIX = 'system:serviceaccount:';
 
+/** Bound of {@link CompiledPolicy}'s decision cache per agent (an agent exposes at most 256 ports, two paths each). */
+const MAX_CACHED_TARGETS_PER_AGENT = 1024;
+
 /** True when `subject` names this identity. */
 export function subjectMatches(subject: Subject, identity: Identity): boolean {
   switch (subject.kind) {
@@ -185,6 +188,12 @@ export class CompiledPolicy {
    * dropping this cache with the policy); weak so an agent object of an older configuration is not kept.
    */
   readonly #canSee = new WeakMap<AgentConfig, boolean>();
+  /**
+   * {@link evaluate} answers per agent object and `path port host`: a client opening the same target again (every
+   * connection of a forward) costs a map lookup, not a walk over every rule of every policy it is in. At most
+   * {@link MAX_CACHED_TARGETS_PER_AGENT} targets per agent are kept.
+   */
+  readonly #decisions = new WeakMap<AgentConfig, Map<string, Decision>>();
 
   /** Prefer {@link compilePolicy}. */
   constructor(config: GatewayConfig, identity: Identity, nowMs: number) {
@@ -212,6 +221,20 @@ export class CompiledPolicy {
   /** Decides one stream. Deny wins; otherwise the first matching Allow (in config order) is reported. */
   evaluate(target: StreamTarget): Decision {
     const host = normalizeHost(target.host);
+    const key = `${target.path} ${target.port} ${host}`;
+    let decisions = this.#decisions.get(target.agent);
+    const known = decisions?.get(key);
+    if (known !== undefined) return known;
+    const decision = Object.freeze(this.#decide(target, host));
+    if (!decisions) {
+      decisions = new Map();
+      this.#decisions.set(target.agent, decisions);
+    }
+    if (decisions.size < MAX_CACHED_TARGETS_PER_AGENT) decisions.set(key, decision);
+    return decision;
+  }
+
+  #decide(target: StreamTarget, host: string): Decision {
     const exposed = target.agent.expose.some((e) => e.port === target.port && normalizeHost(e.host) === host);
     if (!exposed) return { allowed: false, reason: 'PortNotExposed' };
 
