@@ -29,6 +29,7 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   peerSupportsMinor,
+  LIMITS_MINOR,
   StreamErrorCode,
 } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
@@ -41,6 +42,7 @@ import type { GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
 import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
+import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
 import { splice } from './relay.ts';
 import { decideRelayOpen } from './relay-open.ts';
 import type { TokenReviewer } from './token-review.ts';
@@ -63,6 +65,8 @@ export interface GatewayOptions {
   natProbe?: NatProbeServer;
   /** Called whenever what {@link Gateway.attachedAgents} reports may have changed (the status reporter listens). */
   onAgentsChanged?: () => void;
+  /** Per-session rate limits of OPEN, list_agents, direct_request and reauth; default DEFAULT_RATE_LIMITS. */
+  rateLimits?: Partial<RateLimits>;
 }
 
 /** The client-side role of a session. */
@@ -86,6 +90,9 @@ export class Gateway {
   readonly maxStreamsPerSession: number;
   readonly openTimeoutMs: number;
   readonly handshakeTimeoutMs: number;
+  readonly rateLimits: RateLimits;
+  /** Each session's rate-limit buckets, created on its first limited request. */
+  readonly #limiters = new WeakMap<PeerSession, SessionRateLimiter>();
   /** Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. */
   readonly #onAgentsChanged: (() => void) | undefined;
   readonly #now: () => number;
@@ -109,6 +116,7 @@ export class Gateway {
     this.maxStreamsPerSession = options.maxStreamsPerSession ?? 4096;
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...options.rateLimits };
     this.#onAgentsChanged = options.onAgentsChanged;
     this.#now = options.now ?? Date.now;
     const config = (): GatewayConfig | undefined => this.#config;
@@ -275,9 +283,13 @@ export class Gateway {
     if (session.state !== 'open') return this.#protocolViolation(session, `${message.type} before hello`);
     const role = this.#roles.get(session);
     switch (message.type) {
-      case 'reauth':
-        void this.#reauthenticate(session, message.token);
+      case 'reauth': {
+        // Over the limit the session keeps its current credential (as when the check is deferred); the peer resends.
+        const limited = this.#rateLimit(session, 'reauth');
+        if (limited === 'refused') this.#sendRateLimited(session, 'reauth');
+        else if (limited === 'allowed') void this.#reauthenticate(session, message.token);
         return;
+      }
       case 'nat_report':
         return this.#onNatReport(session, message);
       case 'nat_reprobe': {
@@ -285,19 +297,58 @@ export class Gateway {
         if (info) session.mux.sendControl(info);
         return;
       }
-      case 'direct_request':
+      case 'direct_request': {
         if (session.kind !== 'client') break;
-        if (role?.kind === 'client') this.#direct.request(role, message);
+        const limited = this.#rateLimit(session, 'direct_request');
+        if (limited === 'refused' && role?.kind === 'client') {
+          const reason = peerSupportsMinor(role.version, LIMITS_MINOR) ? 'RateLimited' : 'TooManyAttempts';
+          const retryMs = this.#limiters.get(session)?.retryAfterMs('direct_request') ?? 0;
+          session.mux.sendControl({ type: 'direct_refused', requestId: message.requestId, reason, message: `direct_request rate limit; retry in ${retryMs} ms` });
+        } else if (limited === 'allowed' && role?.kind === 'client') this.#direct.request(role, message);
         return;
+      }
       // Both sides report what became of a path; a report for a path they are not part of is ignored there.
       case 'direct_state':
         return this.#direct.state(session, message);
-      case 'list_agents':
+      case 'list_agents': {
         if (session.kind !== 'client') break;
-        if (role?.kind === 'client') session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#agents.summaries(role.policy) });
+        const limited = this.#rateLimit(session, 'list_agents');
+        if (limited === 'refused') this.#sendRateLimited(session, 'list_agents');
+        else if (limited === 'allowed' && role?.kind === 'client') session.mux.sendControl({ type: 'agents', requestId: message.requestId, agents: this.#agents.summaries(role.policy) });
         return;
+      }
     }
     return this.#protocolViolation(session, `unexpected ${message.type} message from a ${session.kind}`);
+  }
+
+  /**
+   * Counts one request against the session's rate limit (rate-limit.ts). `refused`: the caller answers with its
+   * typed refusal, the session stays. `closed`: the session kept going past its limits and is being closed with
+   * 4429 and NL_ERR_GATEWAY_RATE_LIMITED; nothing more is sent.
+   */
+  #rateLimit(session: PeerSession, kind: RateLimitKind): 'allowed' | 'refused' | 'closed' {
+    let limiter = this.#limiters.get(session);
+    if (!limiter) {
+      limiter = new SessionRateLimiter(this.rateLimits, this.#now);
+      this.#limiters.set(session, limiter);
+    }
+    const decision = limiter.check(kind);
+    if (decision === 'allowed') return 'allowed';
+    this.metrics.rateLimited.inc({ kind });
+    if (decision === 'refused') return 'refused';
+    if (session.state === 'open') {
+      this.metrics.rateLimitCloses.inc();
+      session.log.warn({ kind }, 'peer keeps going past its rate limits; closing session');
+      session.mux.sendControl({ type: 'error', code: GatewayErrorCode.RATE_LIMITED, message: `too many ${kind} requests for too long; reconnect and slow down` });
+      session.close(RATE_LIMIT_CLOSE_CODE, GatewayErrorCode.RATE_LIMITED);
+    }
+    return 'closed';
+  }
+
+  /** The typed refusal of a `list_agents` or `reauth` over the limit: a session error that does not end the session. */
+  #sendRateLimited(session: PeerSession, kind: RateLimitKind): void {
+    const retryMs = this.#limiters.get(session)?.retryAfterMs(kind) ?? 0;
+    session.mux.sendControl({ type: 'error', code: GatewayErrorCode.RATE_LIMITED, message: `${kind} rate limit; retry in ${retryMs} ms` });
   }
 
   #onHello(session: PeerSession, message: Hello): void {
@@ -388,10 +439,12 @@ export class Gateway {
       try {
         identity.expiresAtMs = outcome.identity.expiresAtMs;
         identity.jti = outcome.identity.jti;
+        // Group membership may have changed with the new token: the client's policy follows (only then: the
+        // same identity under the same configuration compiles to the same policy).
+        const groupsChanged = outcome.identity.groups.length !== identity.groups.length || outcome.identity.groups.some((g, i) => g !== identity.groups[i]);
         identity.groups = outcome.identity.groups;
-        // Group membership may have changed with the new token: the client's policy follows.
         const role = this.#roles.get(session);
-        if (role?.kind === 'client') this.#recompile(role);
+        if (role?.kind === 'client' && groupsChanged) this.#recompile(role);
         session.mux.sendControl({ type: 'reauth_ok', expiresAt: outcome.identity.expiresAtMs });
         session.log.debug({ expiresAtMs: outcome.identity.expiresAtMs }, 'session re-authenticated');
       } catch (error) {
@@ -417,6 +470,10 @@ export class Gateway {
       stream.reset(code, message);
     };
     if (this.#shuttingDown) return fail(StreamErrorCode.GATEWAY_SHUTTING_DOWN, 'gateway is shutting down; retry on reconnect');
+    if (this.#rateLimit(client.session, 'open') !== 'allowed') {
+      const code = peerSupportsMinor(client.version, LIMITS_MINOR) ? StreamErrorCode.RATE_LIMITED : StreamErrorCode.TOO_MANY_STREAMS;
+      return fail(code, 'stream open rate limit; retry shortly');
+    }
     if (!('agent' in payload)) return fail(StreamErrorCode.PROTOCOL_ERROR, 'client OPEN needs agent and port');
     const request = payload as ClientOpen;
     // An agent the client may not see at all is reported as absent, so names do not leak.

@@ -22,6 +22,7 @@ import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
 import { NatProbeServer } from './nat-probe.ts';
+import { DEFAULT_RATE_LIMITS, parseRateLimit, type RateLimit, type RateLimits } from './rate-limit.ts';
 
 const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and agents
 
@@ -44,6 +45,13 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
   --stream-window N    per-stream flow-control window in bytes (default 4194304)
+  --rate-limit-open R:B  per client session: OPENs per second R, bursts of B (default 1000:2000);
+                       over it the OPEN is reset RATE_LIMITED. Each --rate-limit-* takes R:B, or 0 (off)
+  --rate-limit-list-agents R:B  per session: list_agents requests (default 5:20)
+  --rate-limit-direct-request R:B  per session: direct_request messages (default 10:50)
+  --rate-limit-reauth R:B  per session: reauth messages (default 0.2:10)
+  --rate-limit-abuse R:B  refusals a session may collect (B, refilled at R per second) before it
+                       is closed with 4429 NL_ERR_GATEWAY_RATE_LIMITED (default 100:1000)
   --nat-probe-address IP  address of the UDP NAT probe ports (direct path); must be a specific
                        address (default: the --listen host when it is one; else probing is off)
   --nat-probe-port N   first of the two UDP probe ports N, N+1 (default 3478; 0 disables probing)
@@ -85,6 +93,11 @@ async function main(): Promise<void> {
       'tls-key': { type: 'string' },
       'drain-ms': { type: 'string' },
       'stream-window': { type: 'string' },
+      'rate-limit-open': { type: 'string' },
+      'rate-limit-list-agents': { type: 'string' },
+      'rate-limit-direct-request': { type: 'string' },
+      'rate-limit-reauth': { type: 'string' },
+      'rate-limit-abuse': { type: 'string' },
       'nat-probe-address': { type: 'string' },
       'nat-probe-port': { type: 'string' },
       'nat-probe-second-address': { type: 'string' },
@@ -125,6 +138,18 @@ async function main(): Promise<void> {
   }
   const drainMs = Number(option(values, 'drain-ms', '10000'));
   const streamWindow = Number(option(values, 'stream-window', String(DEFAULT_STREAM_WINDOW)));
+  const rateLimit = (name: string, fallback: RateLimit): RateLimit => {
+    const text = option(values, name);
+    if (text === undefined) return fallback;
+    return parseRateLimit(text) ?? fail(GatewayErrorCode.USAGE, `--${name} wants PER_SECOND:BURST (e.g. 10:50) or 0 (off), got "${text}"`);
+  };
+  const rateLimits: RateLimits = {
+    open: rateLimit('rate-limit-open', DEFAULT_RATE_LIMITS.open),
+    listAgents: rateLimit('rate-limit-list-agents', DEFAULT_RATE_LIMITS.listAgents),
+    directRequest: rateLimit('rate-limit-direct-request', DEFAULT_RATE_LIMITS.directRequest),
+    reauth: rateLimit('rate-limit-reauth', DEFAULT_RATE_LIMITS.reauth),
+    abuse: rateLimit('rate-limit-abuse', DEFAULT_RATE_LIMITS.abuse),
+  };
 
   const metrics = createMetrics();
   const natProbe = await startNatProbe(values, host, metrics, log, fail);
@@ -136,6 +161,7 @@ async function main(): Promise<void> {
     log,
     metrics,
     streamWindow,
+    rateLimits,
     ...(tokenReviewer ? { tokenReviewer } : {}),
     ...(natProbe ? { natProbe } : {}),
     onAgentsChanged: () => reporter?.changed(),

@@ -20,6 +20,8 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_nat_classifications_total',
       'narrowlink_gateway_nat_probes_total',
       'narrowlink_gateway_policy_resets_total',
+      'narrowlink_gateway_rate_limit_closes_total',
+      'narrowlink_gateway_rate_limited_total',
       'narrowlink_gateway_relay_bytes_total',
       'narrowlink_gateway_relay_queued_bytes',
       'narrowlink_gateway_sessions',
@@ -64,6 +66,7 @@ describe('gateway metrics', () => {
         narrowlink_gateway_nat_classifications_total: ['type'],
         narrowlink_gateway_direct_requests_total: ['result'],
         narrowlink_gateway_direct_paths_total: ['result'],
+        narrowlink_gateway_rate_limited_total: ['kind'],
       },
     );
     for (const metric of all) {

@@ -22,6 +22,8 @@ export interface GatewayMetrics {
   directPaths: Counter<'result'>;
   directPathsUp: Gauge;
   directReadySeconds: Histogram;
+  rateLimited: Counter<'kind'>;
+  rateLimitCloses: Counter;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
@@ -106,6 +108,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
       name: 'narrowlink_gateway_direct_ready_seconds',
       help: 'Time from the punch plan reaching the client to its direct QUIC connection being verified, as the client reports it.',
       buckets: [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30],
+      registers,
+    }),
+    rateLimited: new Counter({
+      name: 'narrowlink_gateway_rate_limited_total',
+      help: "Requests refused by a session's rate limit, by kind (open, list_agents, direct_request, reauth).",
+      labelNames: ['kind'],
+      registers,
+    }),
+    rateLimitCloses: new Counter({
+      name: 'narrowlink_gateway_rate_limit_closes_total',
+      help: 'Sessions closed (code 4429) for going on past their rate limits.',
       registers,
     }),
   };

@@ -11,6 +11,8 @@
  *   direct ready     NAT lab (root): 20 fresh clients through two MASQUERADE routers, time to a verified path
  *   stream open      OPEN → OPEN_OK over a live session (client → gateway → agent → target dial)
  *   idle sessions    gateway RSS growth per idle agent session at 1,000 sessions (TLS)
+ *   OPEN cost        CPU per OPEN through an in-process gateway at 50 + 50 and 500 + 500 agents + policies
+ *                    (./open-cost.ts)
  *   reconcile        the operator on a real kube-apiserver: 500 agents + 500 policies into the config Secret,
  *                    then one policy edit (./reconcile.ts; `--skip-reconcile` to leave it out, skipped with
  *                    the reason where the apiserver tier cannot run)
@@ -35,6 +37,7 @@ import { makeTestCertificate } from '../helpers/tls.ts';
 import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
 import { measureDirect } from './direct.ts';
 import { measureDirectReady } from './natlab-ready.ts';
+import { measureOpenCostFlatness } from './open-cost.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
 const MIB = 1024 * 1024;
@@ -367,6 +370,10 @@ async function main(): Promise<void> {
   await stopAll();
 
   // After the relay processes are gone, so they do not compete for the CPU.
+  log('OPEN cost (CPU per OPEN through an in-process gateway, 50+50 and 500+500)…');
+  const openCost = await measureOpenCostFlatness();
+  log(`  ${openCost.small.cpuUsPerOpen.toFixed(1)} µs at 50+50, ${openCost.large.cpuUsPerOpen.toFixed(1)} µs at 500+500`);
+
   let reconcile: ReconcileOutcome;
   if (values['skip-reconcile'] || values['only-relay']) reconcile = { skipped: values['skip-reconcile'] ? '--skip-reconcile' : '--only-relay' };
   else {
@@ -411,6 +418,9 @@ async function main(): Promise<void> {
     stream_open_p99_ms: Math.round(open.p99 * 1000) / 1000,
     idle_sessions: idle.sessions,
     idle_session_bytes: Math.round(idle.bytesPerSession),
+    open_cost_us_50x50: round2(openCost.small.cpuUsPerOpen),
+    open_cost_us_500x500: round2(openCost.large.cpuUsPerOpen),
+    open_cost_flatness: round2(openCost.flatness),
     ...('skipped' in reconcile
       ? {
           reconcile_seconds: null,
@@ -454,6 +464,11 @@ async function main(): Promise<void> {
     ['direct, 16 streams', direct16 === undefined ? 'skipped' : `${result.direct_x16_mbps} MB/s`, `${result.direct_x16_vs_relay_x16 ?? '-'} × relay x16`],
     ['stream open p50 / p99', `${result.stream_open_p50_ms} / ${result.stream_open_p99_ms} ms`, 'target p50 ≤ 1 ms'],
     [`gateway RSS per idle session (${idle.sessions})`, `${(result.idle_session_bytes / 1024).toFixed(1)} KiB`, 'target ≤ 64 KiB'],
+    [
+      'CPU per OPEN, 500 agents + 500 policies',
+      `${result.open_cost_us_500x500} µs`,
+      `target ≤ 100 µs; ${result.open_cost_us_50x50} µs at 50+50 (flatness ${result.open_cost_flatness}, target ≈ 1)`,
+    ],
     'skipped' in reconcile
       ? ['operator reconcile', `skipped (${reconcile.skipped})`, '']
       : [

@@ -1,0 +1,218 @@
+/**
+ * The per-session rate limits driven through a real Gateway: client and agent sessions over in-memory sockets
+ * (every frame waits in a queue until `flush()`), an injected clock for the buckets. Each kind gets its typed
+ * refusal, the session survives a burst, a session that keeps going is closed with 4429, and the other sessions
+ * never notice.
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
+import { describe, test } from 'node:test';
+import {
+  type ControlMessage,
+  DEFAULT_STREAM_WINDOW,
+  type GatewayConfig,
+  generateSigningKeyPair,
+  Mux,
+  type MuxStream,
+  PROTOCOL_VERSION,
+  type ResetPayload,
+  signToken,
+  validateGatewayConfig,
+} from '@narrowlink/protocol';
+import { pino } from 'pino';
+import type { WebSocket } from 'ws';
+import { GatewayErrorCode } from './errors.ts';
+import { Gateway } from './gateway.ts';
+import { createMetrics, type GatewayMetrics } from './metrics.ts';
+import type { RateLimits } from './rate-limit.ts';
+
+const keys = await generateSigningKeyPair();
+const T0 = Date.parse('2030-01-01T00:00:00Z');
+
+const config: GatewayConfig = validateGatewayConfig({
+  apiVersion: 'narrowlink.io/v1alpha1',
+  kind: 'GatewayConfig',
+  signingPublicKeys: [keys.publicKeyPem],
+  agents: [{ name: 'db', expose: [{ name: 'pg', port: 5432 }] }],
+  policies: [{ name: 'all', subjects: [{ kind: 'Group', name: 'dev' }], rules: [{ action: 'Allow' }] }],
+});
+
+/** The gateway's end of an in-memory WebSocket: what it sends is queued for the peer. */
+class MemorySocket extends EventEmitter {
+  readonly toPeer: Buffer[] = [];
+  closed: { code: number; reason: string } | undefined;
+  send(bytes: Uint8Array): void {
+    if (!this.closed) this.toPeer.push(Buffer.from(bytes));
+  }
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = { code, reason };
+    this.emit('close', code, Buffer.from(reason));
+  }
+  terminate(): void {
+    this.close(1006, '');
+  }
+}
+
+class MemoryPeer {
+  readonly socket = new MemorySocket();
+  readonly toGateway: Buffer[] = [];
+  readonly controls: ControlMessage[] = [];
+  readonly mux: Mux;
+  constructor(role: 'agent' | 'client') {
+    this.mux = new Mux({
+      role: 'initiator',
+      send: (bytes) => this.toGateway.push(Buffer.from(bytes)),
+      handlers: {
+        onControl: (message) => this.controls.push(message),
+        // Agents accept every OPEN.
+        onOpen: (stream) => (role === 'agent' ? stream.accept({ path: 'relay' }) : stream.reset('PROTOCOL_ERROR', 'clients accept no streams')),
+      },
+    });
+  }
+  errors(): string[] {
+    return this.controls.flatMap((c) => (c.type === 'error' ? [c.code] : []));
+  }
+}
+
+function setup(rateLimits: Partial<RateLimits>) {
+  const clock = { now: T0 };
+  const metrics = createMetrics({ defaultMetrics: false });
+  const gateway = new Gateway({ log: pino({ level: 'silent' }), metrics, now: () => clock.now, rateLimits });
+  gateway.applyConfig(config);
+  const peers: MemoryPeer[] = [];
+  function flush(): void {
+    for (let moved = true; moved; ) {
+      moved = false;
+      for (const peer of peers) {
+        for (let b = peer.socket.toPeer.shift(); b; b = peer.socket.toPeer.shift(), moved = true) peer.mux.receive(b);
+        for (let b = peer.toGateway.shift(); b; b = peer.toGateway.shift(), moved = true) if (!peer.socket.closed) peer.socket.emit('message', b, true);
+      }
+    }
+  }
+  function connect(role: 'agent' | 'client', options: { sub?: string; version?: string } = {}): MemoryPeer {
+    const peer = new MemoryPeer(role);
+    peers.push(peer);
+    const sub = options.sub ?? (role === 'agent' ? 'default/db' : 'alice');
+    gateway.attach(role, { sub, groups: ['dev'], typ: role, expiresAtMs: T0 + 3_600_000 }, peer.socket as unknown as WebSocket);
+    peer.mux.sendControl({
+      type: 'hello',
+      version: options.version ?? PROTOCOL_VERSION,
+      role,
+      streamWindow: DEFAULT_STREAM_WINDOW,
+      ...(role === 'agent' ? { agent: { instanceId: `i-${peers.length}`, expose: [{ name: 'pg', port: 5432 }] } } : {}),
+    });
+    flush();
+    assert.ok(peer.controls.some((c) => c.type === 'hello_ok'), `${role} hello_ok`);
+    return peer;
+  }
+  function open(peer: MemoryPeer): { stream: MuxStream; ok: boolean; reset: ResetPayload | undefined } {
+    const result: { stream: MuxStream; ok: boolean; reset: ResetPayload | undefined } = { stream: undefined as unknown as MuxStream, ok: false, reset: undefined };
+    result.stream = peer.mux.open({ agent: 'db', port: 5432 }, { onOpenOk: () => (result.ok = true), onReset: (reset) => (result.reset = reset) });
+    flush();
+    return result;
+  }
+  return { gateway, metrics, clock, flush, connect, open };
+}
+
+async function counter(metrics: GatewayMetrics, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const metric = metrics.registry.getSingleMetric(name);
+  assert.ok(metric, name);
+  const { values } = await metric.get();
+  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
+}
+
+describe('per-session rate limits through the gateway', () => {
+  test('OPEN: a burst, then RATE_LIMITED (TOO_MANY_STREAMS for 1.2 clients); refilled by time; a flood is closed 4429; others unaffected', async () => {
+    const { metrics, clock, connect, open, gateway } = setup({ open: { perSecond: 2, burst: 3 }, abuse: { perSecond: 1, burst: 3 } });
+    connect('agent');
+    const abuser = connect('client');
+    const old = connect('client', { sub: 'bob', version: '1.2' });
+    const victim = connect('client', { sub: 'carol' });
+    assert.deepEqual([1, 2, 3].map(() => open(abuser).ok), [true, true, true]);
+    assert.equal(open(abuser).reset?.code, 'RATE_LIMITED');
+    assert.deepEqual([1, 2, 3].map(() => open(old).ok), [true, true, true]);
+    assert.equal(open(old).reset?.code, 'TOO_MANY_STREAMS', 'an older client gets the nearest code it knows');
+    // Half a second refills one token.
+    clock.now += 500;
+    assert.equal(open(abuser).ok, true);
+    assert.equal(open(abuser).reset?.code, 'RATE_LIMITED');
+    assert.equal(abuser.socket.closed, undefined, 'refusals within the tolerance keep the session');
+    // Going on: the tolerated refusals run out and the session is closed.
+    let closedAfter = 0;
+    while (!abuser.socket.closed && closedAfter < 10) {
+      open(abuser);
+      closedAfter++;
+    }
+    assert.deepEqual(abuser.socket.closed, { code: 4429, reason: GatewayErrorCode.RATE_LIMITED });
+    assert.ok(abuser.errors().includes(GatewayErrorCode.RATE_LIMITED));
+    // The victim's session has its own buckets.
+    assert.deepEqual([1, 2, 3].map(() => open(victim).ok), [true, true, true]);
+    assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'open' }), 2 + 1 + closedAfter);
+    assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limit_closes_total'), 1);
+    assert.equal(await counter(metrics, 'narrowlink_gateway_streams_total', { result: 'RATE_LIMITED' }), 2 + closedAfter);
+    await gateway.shutdown(0);
+  });
+
+  test('list_agents: over the limit a typed error, the session stays; the next token answers again', async () => {
+    const { metrics, clock, connect, flush, gateway } = setup({ listAgents: { perSecond: 1, burst: 2 } });
+    const client = connect('client');
+    for (const requestId of [1, 2, 3]) client.mux.sendControl({ type: 'list_agents', requestId });
+    flush();
+    assert.deepEqual(
+      client.controls.flatMap((c) => (c.type === 'agents' ? [c.requestId] : [])),
+      [1, 2],
+    );
+    assert.deepEqual(client.errors(), [GatewayErrorCode.RATE_LIMITED]);
+    assert.equal(client.socket.closed, undefined);
+    clock.now += 1000;
+    client.mux.sendControl({ type: 'list_agents', requestId: 4 });
+    flush();
+    assert.ok(client.controls.some((c) => c.type === 'agents' && c.requestId === 4));
+    assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'list_agents' }), 1);
+    await gateway.shutdown(0);
+  });
+
+  test('direct_request: over the limit direct_refused RateLimited (TooManyAttempts for 1.2 clients)', async () => {
+    const { connect, flush, gateway } = setup({ directRequest: { perSecond: 1, burst: 1 } });
+    connect('agent');
+    for (const [sub, version, expected] of [
+      ['alice', PROTOCOL_VERSION, 'RateLimited'],
+      ['bob', '1.2', 'TooManyAttempts'],
+    ] as const) {
+      const client = connect('client', { sub, version });
+      client.mux.sendControl({ type: 'direct_request', requestId: 1, agent: 'db' });
+      client.mux.sendControl({ type: 'direct_request', requestId: 2, agent: 'db' });
+      flush();
+      const refusals = client.controls.flatMap((c) => (c.type === 'direct_refused' ? [[c.requestId, c.reason]] : []));
+      // The first goes to the broker (no probe ports here: ProbingDisabled), the second is rate-limited.
+      assert.deepEqual(refusals, [
+        [1, 'ProbingDisabled'],
+        [2, expected],
+      ]);
+      assert.equal(client.socket.closed, undefined);
+    }
+    await gateway.shutdown(0);
+  });
+
+  test('reauth: over the limit a typed error and the current credential stays; the session is not closed', async () => {
+    const { metrics, connect, flush, gateway } = setup({ reauth: { perSecond: 0.1, burst: 1 } });
+    const client = connect('client');
+    const fresh = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'alice', groups: ['dev'], ttlSeconds: 7200, nowMs: T0 });
+    client.mux.sendControl({ type: 'reauth', token: fresh });
+    flush();
+    // Authentication is asynchronous (signature check): let it finish.
+    for (let i = 0; i < 50 && !client.controls.some((c) => c.type === 'reauth_ok'); i++) {
+      await new Promise((r) => setImmediate(r));
+      flush();
+    }
+    assert.ok(client.controls.some((c) => c.type === 'reauth_ok'));
+    client.mux.sendControl({ type: 'reauth', token: fresh });
+    flush();
+    assert.deepEqual(client.errors(), [GatewayErrorCode.RATE_LIMITED]);
+    assert.equal(client.controls.filter((c) => c.type === 'reauth_ok').length, 1);
+    assert.equal(client.socket.closed, undefined);
+    assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'reauth' }), 1);
+    await gateway.shutdown(0);
+  });
+});
