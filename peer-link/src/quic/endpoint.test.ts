@@ -342,4 +342,30 @@ describe('quiche loop', () => {
     await toB.close();
     await fromC.close();
   });
+
+  test('a throw while handling a datagram drops that datagram and nothing else: the process and the endpoint live on', async () => {
+    const [ea, eb] = await Promise.all([
+      endpoint(idA, {
+        onRawDatagram: () => {
+          throw new Error('a raw-datagram handler with a bug');
+        },
+      }),
+      endpoint(idB),
+    ]);
+    const sender = createSocket('udp4');
+    await new Promise<void>((resolve) => sender.bind(0, HOST, () => resolve()));
+    for (let i = 0; i < 3; i++) sender.send(Buffer.from([0x00, 1, 2, 3]), ea.port, HOST);
+    await sleep(200);
+    sender.close();
+    assert.equal(ea.handlerErrors, 3);
+    const [server, client] = await Promise.all([
+      eb.accept({ expectedFingerprint: idA.fingerprint, timeoutMs: 3000 }),
+      ea.connect({ address: HOST, port: eb.port, expectedFingerprint: idB.fingerprint, timeoutMs: 3000 }),
+    ]);
+    const accepted = nextStream(server);
+    const s = await client.openStream();
+    s.end('after the throws');
+    assert.equal((await receiveAll(await accepted)).bytes, 16);
+    await client.close();
+  });
 });

@@ -70,6 +70,11 @@ export class QuicheEndpoint {
   #closed = false;
   /** Datagrams that were neither raw nor routable (stray, or for a connection already gone). */
   dropped = 0;
+  /**
+   * Datagrams whose handling threw (a raw-datagram callback, or a bug on a connection's receive path). Each is
+   * dropped and counted: datagrams come from anyone, and a throw in a socket handler would end the process.
+   */
+  handlerErrors = 0;
 
   private constructor(socket: Socket, options: QuicheEndpointOptions) {
     this.socket = socket;
@@ -86,7 +91,14 @@ export class QuicheEndpoint {
       scheduleFlush: this.#scheduleFlush,
       unregister: (conn) => this.#unregister(conn),
     };
-    socket.on('message', (msg, rinfo) => this.#onMessage(msg, rinfo));
+    socket.on('message', (msg, rinfo) => {
+      try {
+        this.#onMessage(msg, rinfo);
+      } catch {
+        this.dropped++;
+        this.handlerErrors++;
+      }
+    });
     socket.once('close', () => {
       this.#host.socketClosed = true;
     });
