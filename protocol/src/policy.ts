@@ -279,10 +279,15 @@ export class CompiledPolicy {
     return visible;
   }
 
+  /**
+   * Bypasses the decision cache: `visibleAgents()` (every `narrowlink ls`) walks every port of every agent, and
+   * caching all of that would cost each client session memory in proportion to the whole configuration.
+   */
   #portVisible(agent: AgentConfig, e: ExposedPort): boolean {
+    const host = normalizeHost(e.host);
     return (
-      this.evaluate({ agent, host: e.host, port: e.port, path: 'Relay' }).allowed ||
-      this.evaluate({ agent, host: e.host, port: e.port, path: 'Direct' }).allowed
+      this.#decide({ agent, host: e.host, port: e.port, path: 'Relay' }, host).allowed ||
+      this.#decide({ agent, host: e.host, port: e.port, path: 'Direct' }, host).allowed
     );
   }
 }
