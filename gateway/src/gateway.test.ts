@@ -32,6 +32,8 @@ interface ConfigOptions {
   alicePorts?: number[];
   /** Leave the db agent out of the config. */
   withoutDb?: boolean;
+  /** When alice's policy lapses (RFC 3339). */
+  aliceExpiresAt?: string;
 }
 
 function makeConfig(options: ConfigOptions = {}): GatewayConfig {
@@ -57,7 +59,10 @@ function makeConfig(options: ConfigOptions = {}): GatewayConfig {
         name: 'alice-dev',
         subjects: [{ kind: 'User', name: 'alice' }],
         rules: [{ action: 'Allow', agents: { names: ['db', 'web'] }, ports: options.alicePorts ?? [5432, 8080] }],
+        ...(options.aliceExpiresAt ? { expiresAt: options.aliceExpiresAt } : {}),
       },
+      // A user allowed one port of one agent (the stream-share tests' abuser).
+      { name: 'mallory-pg', subjects: [{ kind: 'User', name: 'mallory' }], rules: [{ action: 'Allow', agents: { names: ['db'] }, ports: [5432] }] },
     ],
   });
 }
@@ -115,13 +120,19 @@ class Peer {
   closeInfo: { code: number; reason: string } | undefined;
   /** Agents: accept every OPEN and echo back what arrives. */
   autoAccept = false;
+  /** While set, frames this peer sends wait here instead of going out (a message held in flight). */
+  held: Buffer[] | undefined;
 
-  constructor(ws: WebSocket, role: 'agent' | 'client') {
+  constructor(ws: WebSocket, role: 'agent' | 'client', options: { maxStreams?: number } = {}) {
     this.ws = ws;
     this.role = role;
     this.mux = new Mux({
       role: 'initiator',
-      send: (bytes) => ws.send(bytes, { binary: true }),
+      ...(options.maxStreams ? { maxStreams: options.maxStreams } : {}),
+      send: (bytes) => {
+        if (this.held) this.held.push(bytes);
+        else ws.send(bytes, { binary: true });
+      },
       handlers: {
         onControl: (message) => this.controls.push(message),
         onOpen: (stream, payload) => {
@@ -149,9 +160,16 @@ class Peer {
     ws.on('error', () => undefined);
   }
 
-  static async connect(url: string, role: 'agent' | 'client', bearer: string): Promise<Peer> {
+  /** Sends what was held, in order, and stops holding. */
+  release(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const bytes of held) this.ws.send(bytes, { binary: true });
+  }
+
+  static async connect(url: string, role: 'agent' | 'client', bearer: string, options: { maxStreams?: number } = {}): Promise<Peer> {
     const ws = new WebSocket(`${url}/v1/${role}`, { headers: { authorization: `Bearer ${bearer}` }, perMessageDeflate: false });
-    const peer = new Peer(ws, role);
+    const peer = new Peer(ws, role, options);
     stops.push(async () => {
       ws.terminate();
     });
@@ -218,14 +236,14 @@ class Peer {
   }
 }
 
-async function client(url: string, sub = 'alice'): Promise<Peer> {
-  const peer = await Peer.connect(url, 'client', await token('client', sub));
-  await peer.hello();
+async function client(url: string, sub = 'alice', options: { version?: string; nowMs?: number } = {}): Promise<Peer> {
+  const peer = await Peer.connect(url, 'client', await token('client', sub, options.nowMs ? { nowMs: options.nowMs } : {}));
+  await peer.hello(options.version ? { version: options.version } : {});
   return peer;
 }
 
-async function agent(url: string, name = 'db', instanceId = 'i-1'): Promise<Peer> {
-  const peer = await Peer.connect(url, 'agent', await token('agent', `default/${name}`));
+async function agent(url: string, name = 'db', instanceId = 'i-1', options: { maxStreams?: number; nowMs?: number } = {}): Promise<Peer> {
+  const peer = await Peer.connect(url, 'agent', await token('agent', `default/${name}`, options.nowMs ? { nowMs: options.nowMs } : {}), options);
   peer.autoAccept = true;
   await peer.hello({ instanceId });
   return peer;
@@ -695,5 +713,131 @@ describe('Gateway ServiceAccount agents (TokenReview) and reauth', { concurrency
     assert.equal(opened.reset?.code, StreamErrorCode.DENIED);
     assert.deepEqual((await alice.listAgents(3)).map((a) => a.name), ['orders']);
     assert.equal(alice.closeInfo, undefined);
+  });
+});
+
+describe('Gateway stream shares, pending opens and idle streams', () => {
+  const T0 = Date.parse('2030-01-01T00:00:00Z');
+
+  test('one client cannot lock the others out of an agent: past its share it gets SHARE_EXCEEDED and the victim still opens', async () => {
+    // The agent takes 8 streams (its mux limit; 4096 in production); shares: 3 per session, 5 per identity.
+    const gw = await startGateway({ streamShares: { perSession: 3, perIdentity: 5 } });
+    const db = await agent(gw.url, 'db', 'i-1', { maxStreams: 8 });
+    const mallory = [await client(gw.url, 'mallory'), await client(gw.url, 'mallory'), await client(gw.url, 'mallory')];
+    // The abuser, allowed one port, opens idle streams in each of its sessions until refused.
+    const held: Awaited<ReturnType<Peer['open']>>[] = [];
+    const refused: Array<string | undefined> = [];
+    for (const session of mallory) {
+      for (let i = 0; i < 9; i++) {
+        const opened = await session.open({ agent: 'db', port: 5432 });
+        if (!opened.ok) {
+          refused.push(opened.reset?.code);
+          break;
+        }
+        held.push(opened);
+      }
+    }
+
+    // The victim's OPENs to the same agent go through while the abuser holds everything it may.
+    const alice = await client(gw.url, 'alice');
+    for (let i = 0; i < 3; i++) {
+      const opened = await alice.open({ agent: 'db', port: 5432 });
+      assert.deepEqual(opened.ok, { path: 'relay' }, `victim open ${i} refused with ${opened.reset?.code}`);
+    }
+    assert.equal(held.length, 5, 'the identity holds its whole share');
+    assert.deepEqual(refused, [StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.SHARE_EXCEEDED]);
+    assert.equal(db.opens.length, 8, 'refused OPENs never reach the agent');
+    assert.equal(gw.gateway.openStreams, 8);
+
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_share_refusals_total', { kind: 'session' }), 1);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_share_refusals_total', { kind: 'identity' }), 2);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_streams_total', { result: StreamErrorCode.SHARE_EXCEEDED }), 3);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_shares_full', { kind: 'session' }), 2, "mallory's first session and alice's");
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_shares_full', { kind: 'identity' }), 1);
+
+    // A stream that ends gives its place back; sessions that end give back all of theirs.
+    held[0]?.stream.reset(StreamErrorCode.CANCELLED, 'done');
+    await until(() => gw.gateway.openStreams === 7, 'the stream closed');
+    assert.ok((await mallory[2]?.open({ agent: 'db', port: 5432 }))?.ok, 'room again after a close');
+    for (const session of mallory) session.ws.close(1000);
+    await until(() => gw.gateway.openStreams === 3, "mallory's streams gone");
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_shares_full', { kind: 'identity' }), 0);
+    const again = await client(gw.url, 'mallory');
+    for (let i = 0; i < 3; i++) assert.ok((await again.open({ agent: 'db', port: 5432 })).ok, `a fresh session has its share, open ${i}`);
+  });
+
+  test('a client older than protocol 1.3 is refused with TOO_MANY_STREAMS instead', async () => {
+    const gw = await startGateway({ streamShares: { perSession: 1 } });
+    await agent(gw.url, 'db');
+    const old = await client(gw.url, 'alice', { version: '1.2' });
+    assert.ok((await old.open({ agent: 'db', port: 5432 })).ok);
+    assert.equal((await old.open({ agent: 'db', port: 5432 })).reset?.code, StreamErrorCode.TOO_MANY_STREAMS);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_share_refusals_total', { kind: 'session' }), 1);
+  });
+
+  test("a reload that revokes access while the agent's OPEN_OK is in flight ends the open DENIED and resets the agent leg", async () => {
+    const gw = await startGateway({ streamShares: { perSession: 1 } });
+    const db = await agent(gw.url, 'db');
+    const alice = await client(gw.url, 'alice');
+    db.held = [];
+    const pending = alice.open({ agent: 'db', port: 5432 });
+    await until(() => (db.held?.length ?? 0) > 0, 'the agent accepted; its OPEN_OK is held');
+    gw.gateway.applyConfig(makeConfig({ alicePorts: [8080] }));
+    db.release();
+    const answer = await pending;
+    assert.equal(answer.ok, undefined, 'the stream never opens');
+    assert.equal(answer.reset?.code, StreamErrorCode.DENIED);
+    await until(() => (db.opens[0]?.resets.length ?? 0) > 0, 'agent leg reset');
+    assert.equal(db.opens[0]?.resets[0]?.code, StreamErrorCode.PEER_GONE);
+    assert.equal(gw.gateway.openStreams, 0);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_policy_resets_total'), 1);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_streams_total', { result: StreamErrorCode.DENIED }), 1);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_streams_total', { result: 'ok' }), 0);
+    // The pending open's share (1 per session here) went back with it.
+    gw.gateway.applyConfig(makeConfig());
+    assert.deepEqual((await alice.open({ agent: 'db', port: 5432 })).ok, { path: 'relay' });
+  });
+
+  test("a policy expiring while the agent's OPEN_OK is held revokes the pending open", async () => {
+    let clock = T0;
+    const gw = await startGateway({ now: () => clock }, makeConfig({ aliceExpiresAt: new Date(T0 + 30_000).toISOString() }));
+    const db = await agent(gw.url, 'db', 'i-1', { nowMs: T0 });
+    const alice = await client(gw.url, 'alice', { nowMs: T0 });
+    db.held = [];
+    const pending = alice.open({ agent: 'db', port: 5432 });
+    await until(() => (db.held?.length ?? 0) > 0, 'the agent accepted; its OPEN_OK is held');
+    clock = T0 + 31_000;
+    const answer = await pending;
+    assert.equal(answer.reset?.code, StreamErrorCode.DENIED, 'the sweep revokes the pending open');
+    db.release();
+    await until(() => (db.opens[0]?.resets.length ?? 0) > 0, 'agent leg reset');
+    assert.equal(db.opens[0]?.resets[0]?.code, StreamErrorCode.PEER_GONE);
+    assert.equal(gw.gateway.openStreams, 0);
+  });
+
+  test('a relayed stream without a byte either way for the idle timeout is reset IDLE_TIMEOUT on both legs; an active one stays', async () => {
+    let clock = T0;
+    const gw = await startGateway({ now: () => clock, streamIdleTimeoutMs: 60_000 });
+    const db = await agent(gw.url, 'db', 'i-1', { nowMs: T0 });
+    const alice = await client(gw.url, 'alice', { nowMs: T0 });
+    const old = await client(gw.url, 'alice', { version: '1.2', nowMs: T0 });
+    const idle = await alice.open({ agent: 'db', port: 5432 });
+    const idleOld = await old.open({ agent: 'db', port: 5432 });
+    const active = await alice.open({ agent: 'db', port: 5432 });
+    assert.ok(idle.ok && idleOld.ok && active.ok);
+    active.stream.write(Buffer.from('ping'));
+    await until(() => Buffer.concat(active.data).toString() === 'ping', 'echo on the active stream');
+
+    clock = T0 + 61_000;
+    await until(() => idle.reset !== undefined && idleOld.reset !== undefined, 'idle streams reset');
+    assert.equal(idle.reset?.code, StreamErrorCode.IDLE_TIMEOUT);
+    assert.equal(idleOld.reset?.code, StreamErrorCode.TIMEOUT, 'a 1.2 client gets the nearest older code');
+    await until(() => (db.opens[0]?.resets.length ?? 0) > 0 && (db.opens[1]?.resets.length ?? 0) > 0, 'agent legs reset');
+    assert.equal(db.opens[0]?.resets[0]?.code, StreamErrorCode.IDLE_TIMEOUT);
+    assert.equal(db.opens[1]?.resets[0]?.code, StreamErrorCode.IDLE_TIMEOUT);
+    await alice.listAgents(9); // a round trip: anything the same scan sent alice has arrived
+    assert.equal(active.reset, undefined, 'the stream that carried bytes stays open');
+    assert.equal(gw.gateway.openStreams, 1);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_idle_resets_total'), 2);
   });
 });

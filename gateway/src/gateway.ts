@@ -43,8 +43,19 @@ import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
 import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
 import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
-import { splice } from './relay.ts';
+import { resetLegs, splice } from './relay.ts';
 import { decideRelayOpen } from './relay-open.ts';
+import {
+  checkIdle,
+  DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+  type IdleState,
+  idleScanIntervalMs,
+  isShareRefusal,
+  limitCode,
+  type ShareLease,
+  type StreamShareLimits,
+  StreamShares,
+} from './stream-shares.ts';
 import type { TokenReviewer } from './token-review.ts';
 
 export interface GatewayOptions {
@@ -55,6 +66,10 @@ export interface GatewayOptions {
   maxStreamsPerSession?: number;
   /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
   openTimeoutMs?: number;
+  /** Shares of each agent's relayed streams per client session and per identity. Default 256 and 1024. */
+  streamShares?: Partial<StreamShareLimits>;
+  /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0 turns it off. Default 4 h. */
+  streamIdleTimeoutMs?: number;
   /** How long a new session has to send its hello. Default 10 s. */
   handshakeTimeoutMs?: number;
   /** Wall clock, ms since epoch (token expiry, policy expiry). */
@@ -76,8 +91,22 @@ interface ClientState {
   /** Protocol version from the client's hello. */
   readonly version: string;
   policy: CompiledPolicy;
-  /** Open relayed streams with the target they were allowed for, re-checked on reload. */
-  readonly streams: Map<MuxStream, { agent: AgentConfig; host: string; port: number; agentStream: MuxStream }>;
+  /** Relayed streams, opening or open, with the target they were allowed for, re-checked on reload. */
+  readonly streams: Map<MuxStream, RelayedStream>;
+}
+
+/** One relayed stream of a client, from the OPEN sent to the agent until both legs closed. */
+interface RelayedStream extends IdleState {
+  readonly agent: AgentConfig;
+  readonly host: string;
+  readonly port: number;
+  readonly agentStream: MuxStream;
+  /** Protocol version of the agent instance (which stream codes it knows). */
+  readonly agentVersion: string;
+  /** `opening` until the agent's OPEN_OK, then `open` (spliced). */
+  phase: 'opening' | 'open';
+  /** The stream's place in the agent's shares, released once when it ends. */
+  readonly lease: ShareLease;
 }
 
 /** What a session is once its hello succeeded. */
@@ -93,6 +122,11 @@ export class Gateway {
   readonly rateLimits: RateLimits;
   /** Each session's rate-limit buckets, created on its first limited request. */
   readonly #limiters = new WeakMap<PeerSession, SessionRateLimiter>();
+  readonly streamIdleTimeoutMs: number;
+  /** Per-agent shares of relayed streams (per client session, per identity). */
+  readonly #shares: StreamShares;
+  /** Wall-clock time of the last idle scan. */
+  #lastIdleScanAt: number;
   /** Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. */
   readonly #onAgentsChanged: (() => void) | undefined;
   readonly #now: () => number;
@@ -119,6 +153,12 @@ export class Gateway {
     this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...options.rateLimits };
     this.#onAgentsChanged = options.onAgentsChanged;
     this.#now = options.now ?? Date.now;
+    this.streamIdleTimeoutMs = options.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    this.#lastIdleScanAt = this.#now();
+    this.#shares = new StreamShares({
+      ...(options.streamShares ? { limits: options.streamShares } : {}),
+      onFullChanged: (kind, delta) => this.metrics.streamSharesFull.inc({ kind }, delta),
+    });
     const config = (): GatewayConfig | undefined => this.#config;
     this.#auth = new Authenticator({
       config,
@@ -207,7 +247,10 @@ export class Gateway {
       const decision = agent ? client.policy.evaluate({ agent, host: target.host, port: target.port, path: 'Relay' }) : undefined;
       if (!decision?.allowed) {
         this.metrics.policyResets.inc();
-        client.session.log.info({ agent: target.agent.name, port: target.port }, 'access revoked; resetting stream');
+        // An OPEN still waiting for the agent is revoked too: it was allowed by the policy this one replaces. Its
+        // client stream ends DENIED (counted as that open's result) and its handler resets the agent leg.
+        if (target.phase === 'opening') this.metrics.streamsTotal.inc({ result: StreamErrorCode.DENIED });
+        client.session.log.info({ agent: target.agent.name, port: target.port, phase: target.phase }, 'access revoked; resetting stream');
         stream.reset(StreamErrorCode.DENIED, 'access revoked by a policy change');
       }
     }
@@ -481,38 +524,73 @@ export class Gateway {
     const decision = decideRelayOpen(client.policy, agent, request);
     if (!('exposed' in decision)) return fail(decision.code, decision.message);
     const { exposed } = decision;
-    const instance = this.#agents.leastLoaded(agentKey(decision.agent.namespace, decision.agent.name));
+    const key = agentKey(decision.agent.namespace, decision.agent.name);
+    const instance = this.#agents.leastLoaded(key);
     if (!instance) return fail(StreamErrorCode.NO_AGENT, `agent "${decision.agent.name}" has no connected instance`);
-
-    const target = { agent: decision.agent, host: exposed.host, port: exposed.port };
+    // The agent's streams are shared by every client: one session, or one identity over all its sessions, may hold
+    // only its share of them, opening or open, so that nobody can lock the others out of the agent.
+    const lease = this.#shares.acquire(key, client.session.id, client.session.identity.sub);
+    if (isShareRefusal(lease)) {
+      this.metrics.streamShareRefusals.inc({ kind: lease.refused });
+      const holder = lease.refused === 'session' ? 'this session' : `identity "${client.session.identity.sub}"`;
+      return fail(
+        limitCode(client.version, StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.TOO_MANY_STREAMS),
+        `${holder} already holds its share of ${lease.limit} streams to agent "${decision.agent.name}"; close some first`,
+      );
+    }
 
     const agentStream = instance.session.mux.open({ host: exposed.host, port: exposed.port, client: client.session.identity.sub });
+    const relayed: RelayedStream = {
+      agent: decision.agent,
+      host: exposed.host,
+      port: exposed.port,
+      agentStream,
+      agentVersion: instance.version,
+      phase: 'opening',
+      lease,
+      lastBytes: 0,
+      lastActiveAt: 0,
+    };
+    // Pending opens are in the client's books too, so a policy change before the agent's OPEN_OK revokes them.
+    client.streams.set(stream, relayed);
     const timer = setTimeout(() => {
       // Detach first: the agent leg's onReset would otherwise fail the client stream (and count it) a second time.
       agentStream.handlers = {};
       agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
       fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.openTimeoutMs} ms`);
     }, this.openTimeoutMs);
-    // While the agent dials, a client reset must cancel the agent leg.
+    /** Out of the books, whichever way the relayed stream ended; safe to call more than once. */
+    const ended = (): void => {
+      clearTimeout(timer);
+      client.streams.delete(stream);
+      lease.release();
+    };
+    // While the agent dials, the client stream ending (the client cancelled, or this gateway refused it: timeout,
+    // revocation) must end the agent leg; a no-op when the agent leg ended first.
     stream.handlers = {
-      onReset: () => {
-        clearTimeout(timer);
-        agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
+      onReset: (reset, local) => {
+        ended();
+        if (local) agentStream.reset(StreamErrorCode.PEER_GONE, `gateway: ${reset.message}`);
+        else agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
       },
     };
     agentStream.handlers = {
       onReset: (reset) => {
-        clearTimeout(timer);
+        ended();
         if (stream.state !== 'closed') fail(reset.code, reset.message);
       },
       onOpenOk: () => {
         clearTimeout(timer);
-        if (stream.state === 'closed') return agentStream.reset(StreamErrorCode.CANCELLED, 'client went away');
+        if (stream.state === 'closed') {
+          ended();
+          return agentStream.reset(StreamErrorCode.CANCELLED, 'client went away');
+        }
         this.metrics.streamOpenSeconds.observe((performance.now() - startedAt) / 1000);
         this.metrics.streamsTotal.inc({ result: 'ok' });
         this.metrics.streamsOpen.inc();
         this.#openStreams++;
-        client.streams.set(stream, { ...target, agentStream });
+        relayed.phase = 'open';
+        relayed.lastActiveAt = this.#now();
         stream.accept({ path: 'relay' });
         splice(stream, agentStream, {
           onBytes: (direction, bytes) => this.metrics.relayBytes.inc({ direction }, bytes),
@@ -520,11 +598,40 @@ export class Gateway {
           onClosed: () => {
             this.metrics.streamsOpen.dec();
             this.#openStreams--;
-            client.streams.delete(stream);
+            ended();
           },
         });
       },
     };
+  }
+
+  /**
+   * Resets every relayed stream that carried no byte either way for the idle timeout, both legs with
+   * IDLE_TIMEOUT (older peers: TIMEOUT to the client, CANCELLED to the agent). Runs from the sweep, at most every
+   * {@link idleScanIntervalMs}: the relay's per-frame path keeps no timestamps.
+   */
+  #resetIdleStreams(wall: number): void {
+    if (this.streamIdleTimeoutMs <= 0 || wall - this.#lastIdleScanAt < idleScanIntervalMs(this.streamIdleTimeoutMs)) return;
+    this.#lastIdleScanAt = wall;
+    for (const role of this.#roles.values()) {
+      if (role.kind !== 'client') continue;
+      for (const [stream, relayed] of role.streams) {
+        if (relayed.phase !== 'open') continue;
+        const agentStream = relayed.agentStream;
+        const bytes = stream.bytesIn + stream.bytesOut + agentStream.bytesIn + agentStream.bytesOut;
+        if (!checkIdle(relayed, bytes, wall, this.streamIdleTimeoutMs)) continue;
+        this.metrics.streamIdleResets.inc();
+        role.session.log.info({ agent: relayed.agent.name, port: relayed.port, idleMs: wall - relayed.lastActiveAt }, 'relayed stream idle; resetting it');
+        const message = `no bytes either way for ${this.streamIdleTimeoutMs} ms`;
+        resetLegs(
+          stream,
+          agentStream,
+          limitCode(role.version, StreamErrorCode.IDLE_TIMEOUT, StreamErrorCode.TIMEOUT),
+          limitCode(relayed.agentVersion, StreamErrorCode.IDLE_TIMEOUT, StreamErrorCode.CANCELLED),
+          message,
+        );
+      }
+    }
   }
 
   #sweep(): void {
@@ -548,6 +655,7 @@ export class Gateway {
       const due = role.policy.nextExpiryMs;
       if (due !== undefined && due <= wall) this.#recompile(role);
     }
+    this.#resetIdleStreams(wall);
     this.#direct.sweep();
   }
 

@@ -26,7 +26,10 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_relay_queued_bytes',
       'narrowlink_gateway_sessions',
       'narrowlink_gateway_sessions_revoked_total',
+      'narrowlink_gateway_stream_idle_resets_total',
       'narrowlink_gateway_stream_open_seconds',
+      'narrowlink_gateway_stream_share_refusals_total',
+      'narrowlink_gateway_stream_shares_full',
       'narrowlink_gateway_streams_open',
       'narrowlink_gateway_streams_total',
     ]);
@@ -67,6 +70,8 @@ describe('gateway metrics', () => {
         narrowlink_gateway_direct_requests_total: ['result'],
         narrowlink_gateway_direct_paths_total: ['result'],
         narrowlink_gateway_rate_limited_total: ['kind'],
+        narrowlink_gateway_stream_share_refusals_total: ['kind'],
+        narrowlink_gateway_stream_shares_full: ['kind'],
       },
     );
     for (const metric of all) {

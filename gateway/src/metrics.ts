@@ -16,6 +16,9 @@ export interface GatewayMetrics {
   configReloads: Counter<'result'>;
   policyResets: Counter;
   sessionsRevoked: Counter;
+  streamShareRefusals: Counter<'kind'>;
+  streamSharesFull: Gauge<'kind'>;
+  streamIdleResets: Counter;
   natProbes: Counter<'result'>;
   natClassifications: Counter<'type'>;
   directRequests: Counter<'result'>;
@@ -77,6 +80,23 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     sessionsRevoked: new Counter({
       name: 'narrowlink_gateway_sessions_revoked_total',
       help: 'Live sessions closed (4401, token revoked) because a reloaded configuration denies their token or subject (tokens.deny).',
+      registers,
+    }),
+    streamShareRefusals: new Counter({
+      name: 'narrowlink_gateway_stream_share_refusals_total',
+      help: 'Relayed OPENs refused with SHARE_EXCEEDED, by the share that was full (kind: session, identity).',
+      labelNames: ['kind'],
+      registers,
+    }),
+    streamSharesFull: new Gauge({
+      name: 'narrowlink_gateway_stream_shares_full',
+      help: "Client sessions (kind session) and identities (kind identity) holding their whole share of one agent's streams right now.",
+      labelNames: ['kind'],
+      registers,
+    }),
+    streamIdleResets: new Counter({
+      name: 'narrowlink_gateway_stream_idle_resets_total',
+      help: 'Relayed streams reset with IDLE_TIMEOUT after carrying no bytes either way for the idle timeout.',
       registers,
     }),
     natProbes: new Counter({

@@ -112,3 +112,15 @@ export function splice(client: MuxStream, agent: MuxStream, counters: SpliceCoun
   };
   return { up, down };
 }
+
+/**
+ * Ends both legs of a splice with a code of the gateway's own choosing for each (an idle timeout, say), instead of
+ * the code one leg's reset would forward to the other: the client leg's reset handler is dropped first, its close
+ * still counts for the splice.
+ */
+export function resetLegs(client: MuxStream, agent: MuxStream, clientCode: StreamErrorCode, agentCode: StreamErrorCode, message: string): void {
+  const onClose = client.handlers.onClose;
+  client.handlers = onClose ? { onClose } : {};
+  client.reset(clientCode, message);
+  agent.reset(agentCode, message);
+}
