@@ -86,8 +86,21 @@ export interface OpenCost {
 
 /** Measures CPU per OPEN through a real Gateway at `agents` + `policies`. */
 export async function measureOpenCost(options: { agents: number; policies: number; opens?: number; rounds?: number }): Promise<OpenCost> {
-  const opensPerRound = options.opens ?? 2000;
-  const rounds = options.rounds ?? 5;
+  const bench = openCostBench(options.agents, options.policies);
+  const perRound: number[] = [];
+  for (let r = 0; r < (options.rounds ?? 5); r++) perRound.push(bench.round(options.opens ?? 2000));
+  await bench.close();
+  return summary(options.agents, options.policies, perRound, options.opens ?? 2000);
+}
+
+function summary(agents: number, policies: number, perRound: number[], opensPerRound: number): OpenCost {
+  const sorted = [...perRound].sort((a, b) => a - b);
+  return { agents, policies, cpuUsPerOpen: sorted[Math.floor(sorted.length / 2)] as number, opens: opensPerRound * perRound.length };
+}
+
+/** A gateway at `agents` + `policies` with its two sessions, warmed up; `round(n)` is µs of CPU per OPEN over n. */
+function openCostBench(agents: number, policies: number): { round(opens: number): number; close(): Promise<void> } {
+  const options = { agents, policies };
   const batch = 100;
   const config = benchConfig(options.agents, options.policies);
   const gateway = new Gateway({
@@ -169,27 +182,34 @@ export async function measureOpenCost(options: { agents: number; policies: numbe
 
   // Warm-up: JIT, the policy cache, the agent's first streams.
   for (let i = 0; i < 20; i++) closeAll(openBatch(batch));
-  const perRound: number[] = [];
-  for (let r = 0; r < rounds; r++) {
-    let cpuUs = 0;
-    for (let done = 0; done < opensPerRound; done += batch) {
-      const before = process.cpuUsage();
-      const streams = openBatch(batch);
-      const used = process.cpuUsage(before);
-      cpuUs += used.user + used.system;
-      closeAll(streams);
-    }
-    perRound.push(cpuUs / opensPerRound);
-  }
-  await gateway.shutdown(0);
-  perRound.sort((a, b) => a - b);
-  return { agents: options.agents, policies: options.policies, cpuUsPerOpen: perRound[Math.floor(perRound.length / 2)] as number, opens: opensPerRound * rounds };
+  return {
+    round: (opens) => {
+      let cpuUs = 0;
+      for (let done = 0; done < opens; done += batch) {
+        const before = process.cpuUsage();
+        const streams = openBatch(batch);
+        const used = process.cpuUsage(before);
+        cpuUs += used.user + used.system;
+        closeAll(streams);
+      }
+      return cpuUs / opens;
+    },
+    close: () => gateway.shutdown(0),
+  };
 }
 
-/** The two sizes `npm run bench` reports, and their ratio (1 = flat). */
+/**
+ * The two sizes `npm run bench` reports, and their ratio (1 = flat). Rounds alternate between the two gateways so
+ * that a noisy neighbour or a late JIT tier hits both alike.
+ */
 export async function measureOpenCostFlatness(options: { opens?: number; rounds?: number } = {}): Promise<{ small: OpenCost; large: OpenCost; flatness: number }> {
-  const small = await measureOpenCost({ agents: 50, policies: 50, ...options });
-  const large = await measureOpenCost({ agents: 500, policies: 500, ...options });
+  const opens = options.opens ?? 2000;
+  const benches = [openCostBench(50, 50), openCostBench(500, 500)] as const;
+  const rounds: [number[], number[]] = [[], []];
+  for (let r = 0; r < (options.rounds ?? 5); r++) for (const i of [0, 1] as const) rounds[i].push(benches[i].round(opens));
+  await Promise.all(benches.map((b) => b.close()));
+  const small = summary(50, 50, rounds[0], opens);
+  const large = summary(500, 500, rounds[1], opens);
   return { small, large, flatness: large.cpuUsPerOpen / small.cpuUsPerOpen };
 }
 
