@@ -4,7 +4,7 @@ import { after, describe, test } from 'node:test';
 import { type GatewayConfig, generateSigningKeyPair, signToken, validateGatewayConfig } from '@narrowlink/protocol';
 import { pino } from 'pino';
 import WebSocket from 'ws';
-import { buildApp } from './app.ts';
+import { buildAdminApp, buildApp } from './app.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics } from './metrics.ts';
 
@@ -31,11 +31,13 @@ function setup(options: { configured?: boolean; now?: () => number } = {}) {
   const gateway = new Gateway({ log, metrics, ...(options.now ? { now: options.now } : {}) });
   if (options.configured ?? true) gateway.applyConfig(config());
   const app = buildApp({ gateway, log });
+  const admin = buildAdminApp({ gateway, log });
   cleanups.push(async () => {
     await gateway.shutdown(0);
     await app.close();
+    await admin.close();
   });
-  return { gateway, app, metrics };
+  return { gateway, app, admin, metrics };
 }
 
 /** Attempts a WebSocket upgrade and returns the HTTP refusal (status and JSON body), or 101. */
@@ -59,35 +61,35 @@ async function upgrade(url: string, headers: Record<string, string>): Promise<{ 
   });
 }
 
-describe('gateway HTTP app', () => {
+describe('gateway admin app', () => {
   test('/healthz answers 200 always', async () => {
-    const { app } = setup({ configured: false });
-    const response = await app.inject({ method: 'GET', url: '/healthz' });
+    const { admin } = setup({ configured: false });
+    const response = await admin.inject({ method: 'GET', url: '/healthz' });
     assert.equal(response.statusCode, 200);
     assert.deepEqual(response.json(), { status: 'ok' });
   });
 
   test('/readyz is 503 before the first configuration, 200 after, 503 while shutting down', async () => {
-    const { app, gateway } = setup({ configured: false });
-    const before = await app.inject({ method: 'GET', url: '/readyz' });
+    const { admin, gateway } = setup({ configured: false });
+    const before = await admin.inject({ method: 'GET', url: '/readyz' });
     assert.equal(before.statusCode, 503);
     assert.deepEqual(before.json(), { status: 'not ready' });
 
     gateway.applyConfig(config());
-    const ready = await app.inject({ method: 'GET', url: '/readyz' });
+    const ready = await admin.inject({ method: 'GET', url: '/readyz' });
     assert.equal(ready.statusCode, 200);
     assert.deepEqual(ready.json(), { status: 'ready', sessions: 0, streams: 0 });
 
     await gateway.shutdown(0);
-    const draining = await app.inject({ method: 'GET', url: '/readyz' });
+    const draining = await admin.inject({ method: 'GET', url: '/readyz' });
     assert.equal(draining.statusCode, 503);
     assert.deepEqual(draining.json(), { status: 'draining' });
   });
 
   test('/metrics serves the Prometheus text format with the gateway metrics', async () => {
-    const { app, metrics } = setup();
+    const { admin, metrics } = setup();
     metrics.configReloads.inc({ result: 'ok' });
-    const response = await app.inject({ method: 'GET', url: '/metrics' });
+    const response = await admin.inject({ method: 'GET', url: '/metrics' });
     assert.equal(response.statusCode, 200);
     assert.match(String(response.headers['content-type']), /^text\/plain; version=0\.0\.4/);
     for (const name of [
@@ -105,9 +107,45 @@ describe('gateway HTTP app', () => {
     assert.match(response.body, /^narrowlink_gateway_config_reloads_total\{result="ok"\} 1$/m);
   });
 
-  test('an unknown path is 404', async () => {
+  test('an unknown path is a coded 404', async () => {
+    const { admin } = setup();
+    const response = await admin.inject({ method: 'GET', url: '/nope' });
+    assert.equal(response.statusCode, 404);
+    assert.equal(response.json().code, 'NL_ERR_GATEWAY_NOT_FOUND');
+  });
+});
+
+describe('gateway public app', () => {
+  test('serves no health, readiness or metrics: every plain HTTP request is a coded 404 (issue 10)', async () => {
     const { app } = setup();
-    assert.equal((await app.inject({ method: 'GET', url: '/nope' })).statusCode, 404);
+    for (const [method, url] of [
+      ['GET', '/metrics'],
+      ['GET', '/readyz'],
+      ['GET', '/healthz'],
+      ['GET', '/'],
+      ['GET', '/v1/client'],
+      ['POST', '/v1/agent'],
+      ['GET', '/metrics?x=1'],
+    ] as const) {
+      const response = await app.inject({ method, url });
+      assert.equal(response.statusCode, 404, `${method} ${url}`);
+      assert.equal(response.json().code, 'NL_ERR_GATEWAY_NOT_FOUND', `${method} ${url}`);
+      assert.doesNotMatch(response.body, /narrowlink_gateway_|sessions/, `${method} ${url}`);
+    }
+  });
+
+  test('a real listener: /metrics is 404 on the public port, 200 on the admin port', async () => {
+    const { app, admin } = setup();
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    await admin.listen({ host: '127.0.0.1', port: 0 });
+    const publicPort = (app.server.address() as AddressInfo).port;
+    const adminPort = (admin.server.address() as AddressInfo).port;
+    const publicResponse = await fetch(`http://127.0.0.1:${publicPort}/metrics`);
+    assert.equal(publicResponse.status, 404);
+    assert.equal(((await publicResponse.json()) as { code: string }).code, 'NL_ERR_GATEWAY_NOT_FOUND');
+    const adminResponse = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
+    assert.equal(adminResponse.status, 200);
+    assert.match(await adminResponse.text(), /^# TYPE narrowlink_gateway_sessions /m);
   });
 });
 

@@ -1,7 +1,12 @@
 /**
- * The gateway's HTTP surface as a fastify app: health, readiness, metrics, and the two WebSocket
- * endpoints. Upgrades are authenticated on the raw `upgrade` event, before any WebSocket exists,
- * and refused with a plain HTTP status and a coded JSON body. `buildApp` never listens.
+ * The gateway's HTTP surfaces as fastify apps; neither listens (main.ts does).
+ *
+ * - `buildApp`, the public listener (behind the LoadBalancer): the two WebSocket endpoints and nothing else.
+ *   Upgrades are authenticated on the raw `upgrade` event, before any WebSocket exists, and refused with a plain
+ *   HTTP status and a coded JSON body; every plain HTTP request is a coded 404.
+ * - `buildAdminApp`, the admin listener (`--admin-listen`, loopback by default; the pod network in the chart):
+ *   `/healthz`, `/readyz` and `/metrics`. Metrics tell session counts, policy outcomes and load, and readiness
+ *   tells when a replica drains: nothing for whoever can reach the public port (issue 10).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -37,12 +42,26 @@ export function tlsServerOptions(tls: { key: string; cert: string }) {
   };
 }
 
-export function buildApp(options: AppOptions): FastifyInstance {
+export interface AdminAppOptions {
+  gateway: Gateway;
+  log: Logger;
+}
+
+/** A coded 404 for anything not served (the same body shape as an upgrade refusal). */
+function notFound(app: FastifyInstance, message: (path: string) => string): void {
+  app.setNotFoundHandler((request, reply) => {
+    const path = (request.url ?? '').split('?')[0] ?? '';
+    const error = new GatewayError(GatewayErrorCode.NOT_FOUND, 404, message(path.slice(0, 200)));
+    return reply.code(404).send(error.toJSON());
+  });
+}
+
+/** The admin listener: health, readiness and Prometheus metrics, plain HTTP. Never listens. */
+export function buildAdminApp(options: AdminAppOptions): FastifyInstance {
   const { gateway } = options;
   const app = Fastify({
     // Request lines at info would drown the log (health probes, metrics scrapes): keep warnings and up.
-    loggerInstance: options.log.child({ component: 'http' }, { level: 'warn' }),
-    ...(options.tls ? { https: tlsServerOptions(options.tls) } : {}),
+    loggerInstance: options.log.child({ component: 'admin-http' }, { level: 'warn' }),
   }) as unknown as FastifyInstance;
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -54,6 +73,18 @@ export function buildApp(options: AppOptions): FastifyInstance {
     reply.header('content-type', gateway.metrics.registry.contentType);
     return gateway.metrics.registry.metrics();
   });
+  notFound(app, (path) => `nothing at ${path}; the admin listener serves /healthz, /readyz and /metrics`);
+  return app;
+}
+
+/** The public listener: the WebSocket endpoints only. Never listens. */
+export function buildApp(options: AppOptions): FastifyInstance {
+  const { gateway } = options;
+  const app = Fastify({
+    loggerInstance: options.log.child({ component: 'http' }, { level: 'warn' }),
+    ...(options.tls ? { https: tlsServerOptions(options.tls) } : {}),
+  }) as unknown as FastifyInstance;
+  notFound(app, (path) => `no HTTP endpoint at ${path}: this listener serves WebSocket upgrades to /v1/agent and /v1/client only`);
 
   const wss = new WebSocketServer({
     noServer: true,

@@ -1,4 +1,4 @@
-export { type AppOptions, buildApp } from './app.ts';
+export { type AdminAppOptions, type AppOptions, buildAdminApp, buildApp } from './app.ts';
 export { type ConfigSource, FileConfigSource, StaticConfigSource } from './config-source.ts';
 export { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
 export { normalizeAgentRef } from './agent-registry.ts';

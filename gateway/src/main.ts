@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { podNamespace } from '@narrowlink/kube';
 import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
-import { buildApp } from './app.ts';
+import { buildAdminApp, buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
 import { type ConfigSource, FileConfigSource } from './config-source.ts';
 import { KubeSecretConfigSource } from './kube-config-source.ts';
@@ -21,6 +21,7 @@ import { KubeTokenReviewer } from './token-review.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
+import { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_STREAM_SHARES } from './stream-shares.ts';
 import { NatProbeServer } from './nat-probe.ts';
 import { DEFAULT_RATE_LIMITS, parseRateLimit, type RateLimit, type RateLimits } from './rate-limit.ts';
 
@@ -41,10 +42,19 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --identity NAME      this replica's name in that Lease (default: $POD_NAME or the hostname)
   --status-period-ms N how often that Lease is renewed, ms; it lasts three periods (default 10000)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
+  --admin-listen HOST:PORT  plain-HTTP address of /healthz, /readyz and /metrics, which the
+                       --listen address does not serve (default 127.0.0.1:9090; when that default
+                       port is taken the gateway runs without it; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
   --stream-window N    per-stream flow-control window in bytes (default 4194304)
+  --agent-streams-per-session N  relayed streams (opening or open) one client session may hold
+                       to one agent; beyond it OPENs get SHARE_EXCEEDED (default 256)
+  --agent-streams-per-identity N  the same for one identity (token sub) over all its sessions
+                       (default 1024; an agent takes 4096 streams in all)
+  --stream-idle-timeout-ms N  reset a relayed stream that carried no bytes either way for N ms
+                       with IDLE_TIMEOUT (default 14400000, 4 h; 0 turns it off)
   --rate-limit-open R:B  per client session: OPENs per second R, bursts of B (default 1000:2000);
                        over it the OPEN is reset RATE_LIMITED. Each --rate-limit-* takes R:B, or 0 (off)
   --rate-limit-list-agents R:B  per session: list_agents requests (default 5:20)
@@ -89,10 +99,14 @@ async function main(): Promise<void> {
       identity: { type: 'string' },
       'status-period-ms': { type: 'string' },
       listen: { type: 'string' },
+      'admin-listen': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'drain-ms': { type: 'string' },
       'stream-window': { type: 'string' },
+      'agent-streams-per-session': { type: 'string' },
+      'agent-streams-per-identity': { type: 'string' },
+      'stream-idle-timeout-ms': { type: 'string' },
       'rate-limit-open': { type: 'string' },
       'rate-limit-list-agents': { type: 'string' },
       'rate-limit-direct-request': { type: 'string' },
@@ -130,6 +144,9 @@ async function main(): Promise<void> {
   const host = listen.slice(0, split).replace(/^\[|\]$/g, '');
   const port = Number(listen.slice(split + 1));
   if (split < 0 || !Number.isInteger(port) || port < 0 || port > 65535) fail(GatewayErrorCode.USAGE, `--listen wants HOST:PORT, got "${listen}"`);
+  const adminListen = option(values, 'admin-listen');
+  const admin = parseHostPort(adminListen ?? DEFAULT_ADMIN_LISTEN);
+  if (!admin) fail(GatewayErrorCode.USAGE, `--admin-listen wants HOST:PORT, got "${adminListen}"`);
   const certFile = option(values, 'tls-cert');
   const keyFile = option(values, 'tls-key');
   if (Boolean(certFile) !== Boolean(keyFile)) fail(GatewayErrorCode.USAGE, '--tls-cert and --tls-key go together');
@@ -138,6 +155,17 @@ async function main(): Promise<void> {
   }
   const drainMs = Number(option(values, 'drain-ms', '10000'));
   const streamWindow = Number(option(values, 'stream-window', String(DEFAULT_STREAM_WINDOW)));
+  const integerOption = (name: string, fallback: number, min: number): number => {
+    const text = option(values, name, String(fallback)) as string;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < min) fail(GatewayErrorCode.USAGE, `--${name} wants an integer >= ${min}, got "${text}"`);
+    return value;
+  };
+  const streamShares = {
+    perSession: integerOption('agent-streams-per-session', DEFAULT_STREAM_SHARES.perSession, 1),
+    perIdentity: integerOption('agent-streams-per-identity', DEFAULT_STREAM_SHARES.perIdentity, 1),
+  };
+  const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
   const rateLimit = (name: string, fallback: RateLimit): RateLimit => {
     const text = option(values, name);
     if (text === undefined) return fallback;
@@ -162,6 +190,8 @@ async function main(): Promise<void> {
     metrics,
     streamWindow,
     rateLimits,
+    streamShares,
+    streamIdleTimeoutMs,
     ...(tokenReviewer ? { tokenReviewer } : {}),
     ...(natProbe ? { natProbe } : {}),
     onAgentsChanged: () => reporter?.changed(),
@@ -199,11 +229,17 @@ async function main(): Promise<void> {
   // Lifecycle events are printed whatever the log level: supervisors and tests wait for them.
   const events = log.child({}, { level: 'info' });
   const url = `${scheme}://${urlHost}:${boundPort}`;
-  events.info({ event: 'listening', url, port: boundPort, pid: process.pid }, 'gateway listening');
+  const adminApp = await listenAdmin(gateway, log, admin as HostPort, adminListen !== undefined, fail);
+  const adminAddress = adminApp?.server.address();
+  const adminFields =
+    adminApp && typeof adminAddress === 'object' && adminAddress
+      ? { adminUrl: `http://${admin?.host.includes(':') ? `[${admin.host}]` : admin?.host}:${adminAddress.port}`, adminPort: adminAddress.port }
+      : {};
+  events.info({ event: 'listening', url, port: boundPort, pid: process.pid, ...adminFields }, 'gateway listening');
   gateway.applyConfig(await firstConfig);
   metrics.configReloads.inc({ result: 'ok' });
   const natProbePorts = natProbe?.endpoints.map((e) => ({ address: e.address, port: e.port }));
-  events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
+  events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...adminFields, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
   const reportStatus = (option(values, 'report-status', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
   if (reportStatus) {
     const namespace = option(values, 'config-namespace') ?? podNamespace();
@@ -231,12 +267,52 @@ async function main(): Promise<void> {
     await gateway.shutdown(drainMs);
     await reporter?.stop();
     await app.close();
+    await adminApp?.close();
     await natProbe?.close();
     log.info({ event: 'stopped' }, 'gateway stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+const DEFAULT_ADMIN_LISTEN = '127.0.0.1:9090';
+
+interface HostPort {
+  host: string;
+  port: number;
+}
+
+function parseHostPort(text: string): HostPort | undefined {
+  const split = text.lastIndexOf(':');
+  const port = Number(text.slice(split + 1));
+  const host = text.slice(0, split).replace(/^\[|\]$/g, '');
+  if (split <= 0 || host === '' || text.slice(split + 1) === '' || !Number.isInteger(port) || port < 0 || port > 65535) return undefined;
+  return { host, port };
+}
+
+/**
+ * The admin listener (health, readiness, metrics). When only the default asked for it and its port is taken
+ * (another gateway, or a Prometheus, on 9090), the gateway runs without it; an explicit address makes that fatal.
+ */
+async function listenAdmin(
+  gateway: Gateway,
+  log: Logger,
+  address: HostPort,
+  explicit: boolean,
+  fail: (code: string, message: string) => never,
+): Promise<ReturnType<typeof buildAdminApp> | undefined> {
+  const adminApp = buildAdminApp({ gateway, log });
+  try {
+    await adminApp.listen(address);
+    return adminApp;
+  } catch (error) {
+    await adminApp.close();
+    const message = `cannot listen on ${address.host}:${address.port} for /healthz, /readyz and /metrics: ${(error as Error).message}`;
+    if (explicit) return fail(GatewayErrorCode.USAGE, `--admin-listen: ${message}`);
+    log.warn({ err: (error as Error).message }, `${message}; running without them (set --admin-listen)`);
+    return undefined;
+  }
 }
 
 /**
