@@ -151,7 +151,7 @@ const MATRIX: MatrixEntry[] = [
   },
   {
     name: 'gateway TLS from an existing secret',
-    values: { gateway: { tls: { existingSecret: 'my-gateway-tls' }, service: { type: 'ClusterIP' } } },
+    values: { gateway: { tls: { existingSecret: 'my-gateway-tls' }, service: { type: 'ClusterIP' }, admin: { port: 9102 } } },
   },
   {
     name: 'public issuer, default issuer, cross-namespace policies, no UDP',
@@ -336,12 +336,18 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   const values = entry.values as {
     certManager?: { enabled?: boolean };
     webhook?: { strict?: boolean; failurePolicy?: string };
-    gateway?: { tls?: { existingSecret?: string; issuerRef?: { name?: string } }; udp?: { enabled?: boolean }; service?: { type?: string } };
+    gateway?: {
+      tls?: { existingSecret?: string; issuerRef?: { name?: string } };
+      udp?: { enabled?: boolean };
+      service?: { type?: string };
+      admin?: { port?: number };
+    };
     operator?: { replicas?: number };
   };
   const certManager = values.certManager?.enabled ?? true;
   const udp = values.gateway?.udp?.enabled ?? true;
   const serviceType = values.gateway?.service?.type ?? 'LoadBalancer';
+  const adminPort = values.gateway?.admin?.port ?? 9090;
   const is120 = kubeVersion === '1.20.2';
 
   // Every object: a validator exists and passes; namespaced objects live in the release namespace; no duplicates.
@@ -427,15 +433,19 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(argValue(gwArgs, '--tls-cert'), '/tls/tls.crt');
   assert.equal(argValue(gwArgs, '--tls-key'), '/tls/tls.key');
   assert.equal(argValue(gwArgs, '--listen'), '0.0.0.0:8443');
+  // Health, readiness and metrics on the admin listener, on the pod network (issue 10: not on the public port).
+  assert.equal(argValue(gwArgs, '--admin-listen'), `0.0.0.0:${adminPort}`);
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_PORT')?.value, udp ? '3478' : undefined);
   // Probes are answered from the pod IP (a specific address); peers are told the advertised one when set.
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_ADDRESS')?.value, udp ? '$(POD_IP)' : undefined);
   assert.ok((gw.env ?? []).findIndex((e) => e.name === 'POD_IP') < (gw.env ?? []).findIndex((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_ADDRESS') || !udp);
   assert.deepEqual(
     (gw.ports ?? []).map((p) => `${p.name}:${p.containerPort}/${p.protocol}`),
-    udp ? ['wss:8443/TCP', 'nat-probe:3478/UDP', 'nat-probe-alt:3479/UDP'] : ['wss:8443/TCP'],
+    udp ? ['wss:8443/TCP', `admin:${adminPort}/TCP`, 'nat-probe:3478/UDP', 'nat-probe-alt:3479/UDP'] : ['wss:8443/TCP', `admin:${adminPort}/TCP`],
   );
-  assert.equal(gw.readinessProbe?.httpGet?.scheme, 'HTTPS');
+  // The kubelet probes the admin port in plain HTTP; the wss port answers no HTTP paths.
+  assert.deepEqual(gw.readinessProbe?.httpGet, { path: '/readyz', port: 'admin', scheme: 'HTTP' });
+  assert.deepEqual(gw.livenessProbe?.httpGet, { path: '/healthz', port: 'admin', scheme: 'HTTP' });
   const tlsSecret = values.gateway?.tls?.existingSecret || 'narrowlink-gateway-tls';
   assert.equal(gateway.spec.template.spec.volumes?.find((v) => v.name === 'tls')?.secret?.secretName, tlsSecret);
 
@@ -453,9 +463,22 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   else assert.equal(udpService, undefined);
   const peers = find(objects, 'Service', 'narrowlink-gateway-peers') as ServiceShape & Obj;
   assert.equal(peers.spec.clusterIP, 'None');
+  // The admin port is reachable in the cluster only: its own ClusterIP Service, on no LoadBalancer or NodePort
+  // Service, and on no Service but that one.
+  const adminService = find(objects, 'Service', 'narrowlink-gateway-admin') as ServiceShape & Obj;
+  assert.equal(adminService.spec.type, 'ClusterIP');
+  assert.deepEqual(portsOf(adminService), [`admin:${adminPort}->admin/TCP`]);
+  for (const s of objects.filter((o) => o.kind === 'Service') as Array<ServiceShape & Obj>) {
+    if (s === adminService) continue;
+    assert.ok(
+      s.spec.ports.every((p) => p.targetPort !== 'admin' && p.targetPort !== adminPort && p.port !== adminPort),
+      `${s.metadata.name} (${s.spec.type ?? 'ClusterIP'}) exposes the admin port: ${portsOf(s).join(', ')}`,
+    );
+    if (s.spec.type === 'LoadBalancer' || s.spec.type === 'NodePort') assert.ok(portsOf(s).every((p) => /^(wss|nat-probe|nat-probe-alt):/.test(p)), s.metadata.name);
+  }
   const operatorService = find(objects, 'Service', 'narrowlink-operator') as ServiceShape & Obj;
   assert.deepEqual(portsOf(operatorService), ['webhook:443->webhook/TCP', 'metrics:8080->metrics/TCP']);
-  for (const s of [gwService, peers, operatorService, ...(udpService ? [udpService] : [])]) {
+  for (const s of [gwService, peers, adminService, operatorService, ...(udpService ? [udpService] : [])]) {
     const target = s.metadata.name === 'narrowlink-operator' ? operator : gateway;
     for (const [k, v] of Object.entries(s.spec.selector)) assert.equal(target.spec.template.metadata.labels[k], v, `${s.metadata.name} selector`);
   }
@@ -691,6 +714,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     // Guards against a vacuous pass: the webhook and sidecar flags and the NAT probe port are rendered and checked.
     for (const flag of ['--webhook-listen', '--sidecar-image', '--sidecar-gateway-url']) assert.ok(checked.operator.has(flag), `operator ${flag} not rendered`);
     assert.ok(checked.gateway.has('--nat-probe-port'), 'gateway --nat-probe-port not rendered');
+    assert.ok(checked.gateway.has('--admin-listen'), 'gateway --admin-listen not rendered');
   });
 
   it('refuses invalid values with a message naming the problem', async (t) => {
@@ -700,6 +724,8 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
       [{ operatr: { replicas: 2 } }, /Additional property operatr is not allowed/],
       [{ operator: { replicas: 0 } }, /operator\.replicas/],
       [{ gateway: { udp: { probePort: 443 } } }, /gateway\.udp\.probePort/],
+      [{ gateway: { admin: { port: 80 } } }, /gateway\.admin\.port/],
+      [{ gateway: { admin: { port: 8443 } } }, /gateway\.admin\.port/],
       [{ gateway: { udp: { advertiseAddress: 'lb.example.com' } } }, /gateway\.udp\.advertiseAddress/],
       [{ gateway: { service: { type: 'ExternalName' } } }, /gateway\.service\.type/],
       [{ image: { pullPolicy: 'Sometimes' } }, /image\.pullPolicy/],
