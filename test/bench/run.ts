@@ -124,8 +124,12 @@ async function startStack(exposePorts: number[]): Promise<Stack> {
     'warn',
     '--drain-ms',
     '500',
+    '--admin-listen',
+    '127.0.0.1:0',
   ]);
   const url = gateway.readyLine.url as string;
+  // /metrics is served on the admin listener only (plain HTTP), not on the public one.
+  const adminUrl = gateway.readyLine.adminUrl as string;
   const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'bench', groups: ['bench'], ttlSeconds: 3600 });
   return {
     gateway,
@@ -133,7 +137,7 @@ async function startStack(exposePorts: number[]): Promise<Stack> {
     caFile: cert.caFile,
     dir,
     clientToken,
-    metrics: async () => httpText(`${url.replace(/^ws/, 'http')}/metrics`, await readFile(cert.caFile, 'utf8')),
+    metrics: async () => httpText(`${adminUrl}/metrics`, await readFile(cert.caFile, 'utf8')),
   };
 }
 

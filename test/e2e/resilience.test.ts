@@ -284,7 +284,7 @@ describe('gateway restart and graceful shutdown', () => {
     await sleep(1500);
     gateway2 = await startProcess(
       'gateway (restarted)',
-      [SCRIPTS.gateway, '--config', stack.configFile, '--listen', `127.0.0.1:${stack.port}`, '--drain-ms', String(DRAIN_MS)],
+      [SCRIPTS.gateway, '--config', stack.configFile, '--listen', `127.0.0.1:${stack.port}`, '--admin-listen', `127.0.0.1:${stack.adminPort}`, '--drain-ms', String(DRAIN_MS)],
       { env: stack.env },
     );
     assert.equal(gateway2.readyLine.port, stack.port);

@@ -371,6 +371,8 @@ describe('gateway security', () => {
 
     assert.equal(stack.gateway.child.exitCode, null, stack.gateway.tail());
     assert.equal((await stack.httpGet('/healthz')).status, 200);
+    // The public listener serves WebSocket upgrades only: no metrics, readiness or health for whoever reaches it.
+    for (const pathname of ['/metrics', '/readyz', '/healthz']) assert.equal((await stack.publicGet(pathname)).status, 404, pathname);
     await assertEchoWorks(echoPort);
   });
 

@@ -176,10 +176,14 @@ export interface Stack {
   dir: string;
   /** Gateway WebSocket base URL: `ws://127.0.0.1:PORT` or `wss://127.0.0.1:PORT`. */
   url: string;
-  /** Gateway HTTP base URL (`http(s)://127.0.0.1:PORT`) for /healthz, /readyz, /metrics. */
+  /** Gateway public HTTP base URL (`http(s)://127.0.0.1:PORT`): WebSocket upgrades only, 404 for anything else. */
   httpUrl: string;
+  /** Gateway admin listener base URL (`http://127.0.0.1:PORT`) for /healthz, /readyz, /metrics. */
+  adminUrl: string;
   /** Gateway port. */
   port: number;
+  /** Gateway admin port (`--admin-listen`); a restarted gateway passes it again to keep {@link Stack.metric} working. */
+  adminPort: number;
   /** The gateway process. */
   gateway: StartedProcess;
   /** Test certificate when started with `tls: true`. */
@@ -230,8 +234,10 @@ export interface Stack {
   /** Runs the CLI to completion, writing `input` to stdin, and collects its output. Kills it after `timeoutMs` (default 30 s). */
   runClient(args: string[], options?: SpawnClientOptions & { input?: Buffer | string; timeoutMs?: number }): Promise<ClientRun>;
 
-  /** GET a gateway HTTP path (trusting the test CA with TLS). */
+  /** GET a path of the gateway's admin listener (/healthz, /readyz, /metrics). */
   httpGet(pathname: string): Promise<{ status: number; body: string }>;
+  /** GET a path of the gateway's public listener (trusting the test CA with TLS). */
+  publicGet(pathname: string): Promise<{ status: number; body: string }>;
   /** The gateway's /metrics text. */
   metricsText(): Promise<string>;
   /**
@@ -343,15 +349,19 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const gatewayArgs = options.gatewayArgs ?? [];
     const tlsArgs = cert ? ['--tls-cert', cert.certFile, '--tls-key', cert.keyFile] : [];
     const drainArgs = gatewayArgs.includes('--drain-ms') ? [] : ['--drain-ms', '500'];
+    // Health, readiness and metrics are on the admin listener only; port 0 so stacks run side by side.
+    const adminArgs = gatewayArgs.includes('--admin-listen') ? [] : ['--admin-listen', '127.0.0.1:0'];
     gatewayProcess = await startProcess(
       'gateway',
-      [SCRIPTS.gateway, '--config', configFile, '--listen', '127.0.0.1:0', ...tlsArgs, ...drainArgs, ...gatewayArgs],
+      [SCRIPTS.gateway, '--config', configFile, '--listen', '127.0.0.1:0', ...tlsArgs, ...drainArgs, ...adminArgs, ...gatewayArgs],
       { env, ...(echo !== undefined ? { echo } : {}) },
     );
     const gateway = gatewayProcess;
     const url = String(gateway.readyLine.url);
     const port = Number(gateway.readyLine.port);
     const httpUrl = `${cert ? 'https' : 'http'}://127.0.0.1:${port}`;
+    const adminUrl = String(gateway.readyLine.adminUrl);
+    const adminPort = Number(gateway.readyLine.adminPort);
 
     const authArgs = (auth: ClientAuthOptions = {}): string[] => {
       if (auth.token !== undefined) return ['--token', auth.token];
@@ -375,7 +385,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       return child;
     };
 
-    const httpGet = (pathname: string): Promise<{ status: number; body: string }> =>
+    const get = (base: string, pathname: string): Promise<{ status: number; body: string }> =>
       new Promise((resolve, reject) => {
         const onResponse = (response: http.IncomingMessage): void => {
           const chunks: Buffer[] = [];
@@ -383,12 +393,15 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
           response.on('end', () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
           response.on('error', reject);
         };
-        const request = cert
-          ? https.get(`${httpUrl}${pathname}`, { ca: cert.ca, agent: false }, onResponse)
-          : http.get(`${httpUrl}${pathname}`, { agent: false }, onResponse);
+        const request =
+          cert && base.startsWith('https:')
+            ? https.get(`${base}${pathname}`, { ca: cert.ca, agent: false }, onResponse)
+            : http.get(`${base}${pathname}`, { agent: false }, onResponse);
         request.setTimeout(10_000, () => request.destroy(new Error(`GET ${pathname} timed out`)));
         request.on('error', reject);
       });
+    const httpGet = (pathname: string) => get(adminUrl, pathname);
+    const publicGet = (pathname: string) => get(httpUrl, pathname);
     const metricsText = async (): Promise<string> => {
       const response = await httpGet('/metrics');
       if (response.status !== 200) throw new Error(`GET /metrics: HTTP ${response.status}`);
@@ -413,7 +426,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       dir,
       url,
       httpUrl,
+      adminUrl,
       port,
+      adminPort,
       gateway,
       tls: cert,
       keys,
@@ -483,6 +498,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         return { code, stdout: Buffer.concat(stdout), stderr: Buffer.concat(stderr).toString('utf8') };
       },
       httpGet,
+      publicGet,
       metricsText,
       async metric(name, labels = {}) {
         const samples = parseMetrics(await metricsText()).filter(

@@ -84,8 +84,9 @@ function upgrade(url: string, token: string, agentRef: string): Promise<{ accept
 }
 
 
-async function metric(url: string, line: string): Promise<number | undefined> {
-  const text = await (await fetch(`${url.replace(/^ws/, 'http')}/metrics`)).text();
+/** One sample from the gateway's /metrics, served on its admin listener (`adminUrl`, plain HTTP). */
+async function metric(adminUrl: string, line: string): Promise<number | undefined> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
   const found = text.split('\n').find((l) => l.startsWith(`${line} `));
   return found === undefined ? undefined : Number(found.slice(line.length + 1));
 }
@@ -119,6 +120,7 @@ describe('sidecar identity on a real kube-apiserver: TokenRequest tokens, TokenR
   let env: Record<string, string | undefined>;
   let gateway: StartedProcess;
   let url: string;
+  let adminUrl: string;
   let saKeyPem: string;
   let issuer: string;
   let orderToken: string;
@@ -165,11 +167,13 @@ describe('sidecar identity on a real kube-apiserver: TokenRequest tokens, TokenR
         '--config-namespace', SYSTEM_NS,
         '--kubeconfig', api.kubeconfigPath,
         '--listen', '127.0.0.1:0',
+        '--admin-listen', '127.0.0.1:0',
         '--drain-ms', '200',
       ],
       { env, timeoutMs: 20_000 },
     );
     url = String(gateway.readyLine.url);
+    adminUrl = String(gateway.readyLine.adminUrl);
     // The alice token is signed by our key: written to a file for the CLI below.
     writeFileSync(path.join(tmp, 'alice.token'), await signToken(signing.privateKeyPem, { typ: 'client', sub: 'alice', ttlSeconds: 600 }));
   });
@@ -187,7 +191,7 @@ describe('sidecar identity on a real kube-apiserver: TokenRequest tokens, TokenR
     await startProcess('agent (ServiceAccount)', [SCRIPTS.agent, '--gateway', url, '--token-file', tokenFile, '--agent-name', `${NS}/orders`, '--expose', `http=127.0.0.1:${echo.port}`], {
       env,
     });
-    await waitFor('sessions{kind="agent"} 1', async () => (await metric(url, 'narrowlink_gateway_sessions{kind="agent"}')) === 1, 5_000);
+    await waitFor('sessions{kind="agent"} 1', async () => (await metric(adminUrl, 'narrowlink_gateway_sessions{kind="agent"}')) === 1, 5_000);
 
     const forward = await startProcess(
       'narrowlink forward',
@@ -197,16 +201,16 @@ describe('sidecar identity on a real kube-apiserver: TokenRequest tokens, TokenR
     const port = Number((forward.readyLine.listeners as Array<{ port: number }>)[0]?.port);
     const payloadBytes = Buffer.from('through an agent that holds no Narrowlink secret\n');
     assert.deepEqual(await echoThrough(port, payloadBytes), payloadBytes);
-    assert.equal(await metric(url, 'narrowlink_gateway_streams_total{result="ok"}'), 1);
+    assert.equal(await metric(adminUrl, 'narrowlink_gateway_streams_total{result="ok"}'), 1);
     await forward.stop();
 
     // The injected form: the name from NARROWLINK_AGENT_NAME + NARROWLINK_AGENT_NAMESPACE, a second instance.
     const second = await startProcess('agent (env)', [SCRIPTS.agent, '--gateway', url, '--token-file', tokenFile, '--expose', `http=127.0.0.1:${echo.port}`], {
       env: { ...env, NARROWLINK_AGENT_NAME: 'orders', NARROWLINK_AGENT_NAMESPACE: NS, POD_NAME: 'orders-7d9f-x2' },
     });
-    await waitFor('sessions{kind="agent"} 2', async () => (await metric(url, 'narrowlink_gateway_sessions{kind="agent"}')) === 2, 5_000);
+    await waitFor('sessions{kind="agent"} 2', async () => (await metric(adminUrl, 'narrowlink_gateway_sessions{kind="agent"}')) === 2, 5_000);
     await second.stop();
-    await waitFor('sessions{kind="agent"} 1', async () => (await metric(url, 'narrowlink_gateway_sessions{kind="agent"}')) === 1, 5_000);
+    await waitFor('sessions{kind="agent"} 1', async () => (await metric(adminUrl, 'narrowlink_gateway_sessions{kind="agent"}')) === 1, 5_000);
   });
 
   it('a token for another audience is refused with 401 (the TokenReview rejects it)', async (t) => {
@@ -271,6 +275,6 @@ describe('sidecar identity on a real kube-apiserver: TokenRequest tokens, TokenR
     assert.equal(refused.status, 403);
     assert.equal(refused.body.code, 'NL_ERR_AUTH_SERVICE_ACCOUNT_NOT_ALLOWED');
     // The attached agent is untouched by all of the above.
-    assert.equal(await metric(url, 'narrowlink_gateway_sessions{kind="agent"}'), 1);
+    assert.equal(await metric(adminUrl, 'narrowlink_gateway_sessions{kind="agent"}'), 1);
   });
 });

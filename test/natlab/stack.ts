@@ -16,6 +16,8 @@ import { createLab, type ExecResult, LAB, type Lab, type LabHost, type LabOption
 export const SCRIPTS = { ...COMPONENTS, peer: path.join(ROOT, 'test/natlab/peer.ts'), tcp: path.join(ROOT, 'test/natlab/tcp-tool.ts') };
 export const GATEWAY_PORT = 8443;
 export const PROBE_PORT = 3478;
+/** The gateway's admin listener (/metrics) inside `pub`, on its loopback: the public listener serves no metrics. */
+export const ADMIN_PORT = 9090;
 /** The ports the lab agent `svc` exposes (served by `tcp-tool.ts serve` on the agent's host). */
 export const PORTS = { echo: 7007, sink: 7009, source: 7019 } as const;
 const run = promisify(execFile);
@@ -86,6 +88,7 @@ export class LabStack {
         '--tls-cert', cert.certFile,
         '--tls-key', cert.keyFile,
         '--nat-probe-port', String(PROBE_PORT),
+        '--admin-listen', `127.0.0.1:${ADMIN_PORT}`,
         ...(options.secondGatewayAddress ? ['--nat-probe-second-address', LAB.gatewaySecond] : []),
       ],
       this.env,
@@ -174,8 +177,8 @@ export class LabStack {
 
   /** The gateway's /metrics, fetched from inside `pub`. */
   async metrics(): Promise<string> {
-    const script = `const r = await fetch(${JSON.stringify(`${this.url.replace('wss:', 'https:')}/metrics`)}); process.stdout.write(await r.text());`;
-    const result = await this.lab.runNode('pub', ['--input-type=module', '-e', script], { ...this.env, NODE_EXTRA_CA_CERTS: this.caFile });
+    const script = `const r = await fetch(${JSON.stringify(`http://127.0.0.1:${ADMIN_PORT}/metrics`)}); process.stdout.write(await r.text());`;
+    const result = await this.lab.runNode('pub', ['--input-type=module', '-e', script], this.env);
     assert.equal(result.code, 0, result.stderr);
     return result.stdout;
   }
