@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { podNamespace } from '@narrowlink/kube';
 import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
-import { buildApp } from './app.ts';
+import { buildAdminApp, buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
 import { type ConfigSource, FileConfigSource } from './config-source.ts';
 import { KubeSecretConfigSource } from './kube-config-source.ts';
@@ -42,6 +42,9 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --identity NAME      this replica's name in that Lease (default: $POD_NAME or the hostname)
   --status-period-ms N how often that Lease is renewed, ms; it lasts three periods (default 10000)
   --listen HOST:PORT   address to listen on (default 0.0.0.0:8443; port 0 picks one)
+  --admin-listen HOST:PORT  plain-HTTP address of /healthz, /readyz and /metrics, which the
+                       --listen address does not serve (default 127.0.0.1:9090; when that default
+                       port is taken the gateway runs without it; port 0 picks one)
   --tls-cert FILE      TLS certificate chain (PEM); required unless HOST is loopback
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
@@ -96,6 +99,7 @@ async function main(): Promise<void> {
       identity: { type: 'string' },
       'status-period-ms': { type: 'string' },
       listen: { type: 'string' },
+      'admin-listen': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
       'drain-ms': { type: 'string' },
@@ -140,6 +144,9 @@ async function main(): Promise<void> {
   const host = listen.slice(0, split).replace(/^\[|\]$/g, '');
   const port = Number(listen.slice(split + 1));
   if (split < 0 || !Number.isInteger(port) || port < 0 || port > 65535) fail(GatewayErrorCode.USAGE, `--listen wants HOST:PORT, got "${listen}"`);
+  const adminListen = option(values, 'admin-listen');
+  const admin = parseHostPort(adminListen ?? DEFAULT_ADMIN_LISTEN);
+  if (!admin) fail(GatewayErrorCode.USAGE, `--admin-listen wants HOST:PORT, got "${adminListen}"`);
   const certFile = option(values, 'tls-cert');
   const keyFile = option(values, 'tls-key');
   if (Boolean(certFile) !== Boolean(keyFile)) fail(GatewayErrorCode.USAGE, '--tls-cert and --tls-key go together');
@@ -222,11 +229,17 @@ async function main(): Promise<void> {
   // Lifecycle events are printed whatever the log level: supervisors and tests wait for them.
   const events = log.child({}, { level: 'info' });
   const url = `${scheme}://${urlHost}:${boundPort}`;
-  events.info({ event: 'listening', url, port: boundPort, pid: process.pid }, 'gateway listening');
+  const adminApp = await listenAdmin(gateway, log, admin as HostPort, adminListen !== undefined, fail);
+  const adminAddress = adminApp?.server.address();
+  const adminFields =
+    adminApp && typeof adminAddress === 'object' && adminAddress
+      ? { adminUrl: `http://${admin?.host.includes(':') ? `[${admin.host}]` : admin?.host}:${adminAddress.port}`, adminPort: adminAddress.port }
+      : {};
+  events.info({ event: 'listening', url, port: boundPort, pid: process.pid, ...adminFields }, 'gateway listening');
   gateway.applyConfig(await firstConfig);
   metrics.configReloads.inc({ result: 'ok' });
   const natProbePorts = natProbe?.endpoints.map((e) => ({ address: e.address, port: e.port }));
-  events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
+  events.info({ event: 'ready', url, port: boundPort, pid: process.pid, ...adminFields, ...(natProbePorts ? { natProbePorts } : {}) }, 'gateway configured and ready');
   const reportStatus = (option(values, 'report-status', sourceKind === 'kubernetes' ? 'true' : 'false') as string) === 'true';
   if (reportStatus) {
     const namespace = option(values, 'config-namespace') ?? podNamespace();
@@ -254,12 +267,52 @@ async function main(): Promise<void> {
     await gateway.shutdown(drainMs);
     await reporter?.stop();
     await app.close();
+    await adminApp?.close();
     await natProbe?.close();
     log.info({ event: 'stopped' }, 'gateway stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+const DEFAULT_ADMIN_LISTEN = '127.0.0.1:9090';
+
+interface HostPort {
+  host: string;
+  port: number;
+}
+
+function parseHostPort(text: string): HostPort | undefined {
+  const split = text.lastIndexOf(':');
+  const port = Number(text.slice(split + 1));
+  const host = text.slice(0, split).replace(/^\[|\]$/g, '');
+  if (split <= 0 || host === '' || text.slice(split + 1) === '' || !Number.isInteger(port) || port < 0 || port > 65535) return undefined;
+  return { host, port };
+}
+
+/**
+ * The admin listener (health, readiness, metrics). When only the default asked for it and its port is taken
+ * (another gateway, or a Prometheus, on 9090), the gateway runs without it; an explicit address makes that fatal.
+ */
+async function listenAdmin(
+  gateway: Gateway,
+  log: Logger,
+  address: HostPort,
+  explicit: boolean,
+  fail: (code: string, message: string) => never,
+): Promise<ReturnType<typeof buildAdminApp> | undefined> {
+  const adminApp = buildAdminApp({ gateway, log });
+  try {
+    await adminApp.listen(address);
+    return adminApp;
+  } catch (error) {
+    await adminApp.close();
+    const message = `cannot listen on ${address.host}:${address.port} for /healthz, /readyz and /metrics: ${(error as Error).message}`;
+    if (explicit) return fail(GatewayErrorCode.USAGE, `--admin-listen: ${message}`);
+    log.warn({ err: (error as Error).message }, `${message}; running without them (set --admin-listen)`);
+    return undefined;
+  }
 }
 
 /**
