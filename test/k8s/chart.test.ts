@@ -435,6 +435,10 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(argValue(gwArgs, '--listen'), '0.0.0.0:8443');
   // Health, readiness and metrics on the admin listener, on the pod network (issue 10: not on the public port).
   assert.equal(argValue(gwArgs, '--admin-listen'), `0.0.0.0:${adminPort}`);
+  // Fair shares of each agent's streams and the idle limit (issue 10); a large idle value renders as an integer.
+  assert.equal(argValue(gwArgs, '--agent-streams-per-session'), '256');
+  assert.equal(argValue(gwArgs, '--agent-streams-per-identity'), '1024');
+  assert.equal(argValue(gwArgs, '--stream-idle-timeout-ms'), '14400000');
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_PORT')?.value, udp ? '3478' : undefined);
   // Probes are answered from the pod IP (a specific address); peers are told the advertised one when set.
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_ADDRESS')?.value, udp ? '$(POD_IP)' : undefined);
