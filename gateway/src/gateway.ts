@@ -3,11 +3,11 @@
  * applies configuration reloads to live sessions, sweeps for dead peers and expired tokens, and drains on
  * shutdown. The jobs it wires together live in their own modules: authentication (`auth.ts`), the attached
  * agents (`agent-registry.ts`), NAT classifications (`nat-registry.ts`), the relay-open decision
- * (`relay-open.ts`), the relay itself (`relay.ts`) and the direct-path broker (`direct-broker.ts`).
+ * (`relay-open.ts`), the relayed streams' lifecycle (`relay-streams.ts`: shares, open timer, splice, re-check, idle
+ * limit), per-session rate limits (`rate-limit.ts`) and the direct-path broker (`direct-broker.ts`).
  */
 import { randomUUID } from 'node:crypto';
 import {
-  type AgentConfig,
   agentKey,
   type ClientOpen,
   type CompiledPolicy,
@@ -43,19 +43,9 @@ import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
 import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
 import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
-import { resetLegs, splice } from './relay.ts';
 import { decideRelayOpen } from './relay-open.ts';
-import {
-  checkIdle,
-  DEFAULT_STREAM_IDLE_TIMEOUT_MS,
-  type IdleState,
-  idleScanIntervalMs,
-  isShareRefusal,
-  limitCode,
-  type ShareLease,
-  type StreamShareLimits,
-  StreamShares,
-} from './stream-shares.ts';
+import { type RelayClient, type RelayedStream, RelayStreams } from './relay-streams.ts';
+import type { StreamShareLimits } from './stream-shares.ts';
 import type { TokenReviewer } from './token-review.ts';
 
 export interface GatewayOptions {
@@ -85,28 +75,13 @@ export interface GatewayOptions {
 }
 
 /** The client-side role of a session. */
-interface ClientState {
+interface ClientState extends RelayClient {
   readonly kind: 'client';
-  readonly session: PeerSession;
   /** Protocol version from the client's hello. */
   readonly version: string;
   policy: CompiledPolicy;
   /** Relayed streams, opening or open, with the target they were allowed for, re-checked on reload. */
   readonly streams: Map<MuxStream, RelayedStream>;
-}
-
-/** One relayed stream of a client, from the OPEN sent to the agent until both legs closed. */
-interface RelayedStream extends IdleState {
-  readonly agent: AgentConfig;
-  readonly host: string;
-  readonly port: number;
-  readonly agentStream: MuxStream;
-  /** Protocol version of the agent instance (which stream codes it knows). */
-  readonly agentVersion: string;
-  /** `opening` until the agent's OPEN_OK, then `open` (spliced). */
-  phase: 'opening' | 'open';
-  /** The stream's place in the agent's shares, released once when it ends. */
-  readonly lease: ShareLease;
 }
 
 /** What a session is once its hello succeeded. */
@@ -122,11 +97,8 @@ export class Gateway {
   readonly rateLimits: RateLimits;
   /** Each session's rate-limit buckets, created on its first limited request. */
   readonly #limiters = new WeakMap<PeerSession, SessionRateLimiter>();
-  readonly streamIdleTimeoutMs: number;
-  /** Per-agent shares of relayed streams (per client session, per identity). */
-  readonly #shares: StreamShares;
-  /** Wall-clock time of the last idle scan. */
-  #lastIdleScanAt: number;
+  /** Relayed streams: shares, open timer, splice, re-check, idle limit. */
+  readonly #relay: RelayStreams;
   /** Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. */
   readonly #onAgentsChanged: (() => void) | undefined;
   readonly #now: () => number;
@@ -141,7 +113,6 @@ export class Gateway {
   #config: GatewayConfig | undefined;
   #shuttingDown = false;
   #sweepTimer: NodeJS.Timeout | undefined;
-  #openStreams = 0;
 
   constructor(options: GatewayOptions) {
     this.log = options.log;
@@ -153,12 +124,6 @@ export class Gateway {
     this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...options.rateLimits };
     this.#onAgentsChanged = options.onAgentsChanged;
     this.#now = options.now ?? Date.now;
-    this.streamIdleTimeoutMs = options.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
-    this.#lastIdleScanAt = this.#now();
-    this.#shares = new StreamShares({
-      ...(options.streamShares ? { limits: options.streamShares } : {}),
-      onFullChanged: (kind, delta) => this.metrics.streamSharesFull.inc({ kind }, delta),
-    });
     const config = (): GatewayConfig | undefined => this.#config;
     this.#auth = new Authenticator({
       config,
@@ -169,6 +134,14 @@ export class Gateway {
     });
     this.#nat = new NatRegistry({ probe: options.natProbe, now: this.#now });
     this.#agents = new AgentRegistry({ config });
+    this.#relay = new RelayStreams({
+      metrics: this.metrics,
+      now: this.#now,
+      openTimeoutMs: this.openTimeoutMs,
+      ...(options.streamShares ? { shares: options.streamShares } : {}),
+      ...(options.streamIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.streamIdleTimeoutMs } : {}),
+      findAgent: (key) => this.#agents.findAgent(key),
+    });
     this.#direct = new DirectPathBroker({
       metrics: this.metrics,
       now: this.#now,
@@ -196,7 +169,12 @@ export class Gateway {
   }
 
   get openStreams(): number {
-    return this.#openStreams;
+    return this.#relay.openCount;
+  }
+
+  /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0: no limit. */
+  get streamIdleTimeoutMs(): number {
+    return this.#relay.idleTimeoutMs;
   }
 
   get sessionCount(): number {
@@ -242,18 +220,7 @@ export class Gateway {
     const config = this.#config;
     if (!config) return;
     client.policy = compilePolicy(config, client.session.identity, this.#now());
-    for (const [stream, target] of client.streams) {
-      const agent = this.#agents.findAgent(agentKey(target.agent.namespace, target.agent.name));
-      const decision = agent ? client.policy.evaluate({ agent, host: target.host, port: target.port, path: 'Relay' }) : undefined;
-      if (!decision?.allowed) {
-        this.metrics.policyResets.inc();
-        // An OPEN still waiting for the agent is revoked too: it was allowed by the policy this one replaces. Its
-        // client stream ends DENIED (counted as that open's result) and its handler resets the agent leg.
-        if (target.phase === 'opening') this.metrics.streamsTotal.inc({ result: StreamErrorCode.DENIED });
-        client.session.log.info({ agent: target.agent.name, port: target.port, phase: target.phase }, 'access revoked; resetting stream');
-        stream.reset(StreamErrorCode.DENIED, 'access revoked by a policy change');
-      }
-    }
+    this.#relay.recheck(client);
     // Direct paths of this client: a new allow list for the agent, or closed when nothing is allowed any more.
     this.#direct.policyChanged(client);
   }
@@ -523,115 +490,14 @@ export class Gateway {
     const agent = this.#agents.resolveVisible(client.policy, request.agent);
     const decision = decideRelayOpen(client.policy, agent, request);
     if (!('exposed' in decision)) return fail(decision.code, decision.message);
-    const { exposed } = decision;
-    const key = agentKey(decision.agent.namespace, decision.agent.name);
-    const instance = this.#agents.leastLoaded(key);
+    const instance = this.#agents.leastLoaded(agentKey(decision.agent.namespace, decision.agent.name));
     if (!instance) return fail(StreamErrorCode.NO_AGENT, `agent "${decision.agent.name}" has no connected instance`);
-    // The agent's streams are shared by every client: one session, or one identity over all its sessions, may hold
-    // only its share of them, opening or open, so that nobody can lock the others out of the agent.
-    const lease = this.#shares.acquire(key, client.session.id, client.session.identity.sub);
-    if (isShareRefusal(lease)) {
-      this.metrics.streamShareRefusals.inc({ kind: lease.refused });
-      const holder = lease.refused === 'session' ? 'this session' : `identity "${client.session.identity.sub}"`;
-      return fail(
-        limitCode(client.version, StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.TOO_MANY_STREAMS),
-        `${holder} already holds its share of ${lease.limit} streams to agent "${decision.agent.name}"; close some first`,
-      );
-    }
-
-    const agentStream = instance.session.mux.open({ host: exposed.host, port: exposed.port, client: client.session.identity.sub });
-    const relayed: RelayedStream = {
-      agent: decision.agent,
-      host: exposed.host,
-      port: exposed.port,
-      agentStream,
-      agentVersion: instance.version,
-      phase: 'opening',
-      lease,
-      lastBytes: 0,
-      lastActiveAt: 0,
-    };
-    // Pending opens are in the client's books too, so a policy change before the agent's OPEN_OK revokes them.
-    client.streams.set(stream, relayed);
-    const timer = setTimeout(() => {
-      // Detach first: the agent leg's onReset would otherwise fail the client stream (and count it) a second time.
-      agentStream.handlers = {};
-      agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
-      fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.openTimeoutMs} ms`);
-    }, this.openTimeoutMs);
-    /** Out of the books, whichever way the relayed stream ended; safe to call more than once. */
-    const ended = (): void => {
-      clearTimeout(timer);
-      client.streams.delete(stream);
-      lease.release();
-    };
-    // While the agent dials, the client stream ending (the client cancelled, or this gateway refused it: timeout,
-    // revocation) must end the agent leg; a no-op when the agent leg ended first.
-    stream.handlers = {
-      onReset: (reset, local) => {
-        ended();
-        if (local) agentStream.reset(StreamErrorCode.PEER_GONE, `gateway: ${reset.message}`);
-        else agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
-      },
-    };
-    agentStream.handlers = {
-      onReset: (reset) => {
-        ended();
-        if (stream.state !== 'closed') fail(reset.code, reset.message);
-      },
-      onOpenOk: () => {
-        clearTimeout(timer);
-        if (stream.state === 'closed') {
-          ended();
-          return agentStream.reset(StreamErrorCode.CANCELLED, 'client went away');
-        }
-        this.metrics.streamOpenSeconds.observe((performance.now() - startedAt) / 1000);
-        this.metrics.streamsTotal.inc({ result: 'ok' });
-        this.metrics.streamsOpen.inc();
-        this.#openStreams++;
-        relayed.phase = 'open';
-        relayed.lastActiveAt = this.#now();
-        stream.accept({ path: 'relay' });
-        splice(stream, agentStream, {
-          onBytes: (direction, bytes) => this.metrics.relayBytes.inc({ direction }, bytes),
-          onQueued: (delta) => this.metrics.relayQueuedBytes.inc(delta),
-          onClosed: () => {
-            this.metrics.streamsOpen.dec();
-            this.#openStreams--;
-            ended();
-          },
-        });
-      },
-    };
+    this.#relay.open(client, stream, decision, instance, startedAt, fail);
   }
 
-  /**
-   * Resets every relayed stream that carried no byte either way for the idle timeout, both legs with
-   * IDLE_TIMEOUT (older peers: TIMEOUT to the client, CANCELLED to the agent). Runs from the sweep, at most every
-   * {@link idleScanIntervalMs}: the relay's per-frame path keeps no timestamps.
-   */
-  #resetIdleStreams(wall: number): void {
-    if (this.streamIdleTimeoutMs <= 0 || wall - this.#lastIdleScanAt < idleScanIntervalMs(this.streamIdleTimeoutMs)) return;
-    this.#lastIdleScanAt = wall;
-    for (const role of this.#roles.values()) {
-      if (role.kind !== 'client') continue;
-      for (const [stream, relayed] of role.streams) {
-        if (relayed.phase !== 'open') continue;
-        const agentStream = relayed.agentStream;
-        const bytes = stream.bytesIn + stream.bytesOut + agentStream.bytesIn + agentStream.bytesOut;
-        if (!checkIdle(relayed, bytes, wall, this.streamIdleTimeoutMs)) continue;
-        this.metrics.streamIdleResets.inc();
-        role.session.log.info({ agent: relayed.agent.name, port: relayed.port, idleMs: wall - relayed.lastActiveAt }, 'relayed stream idle; resetting it');
-        const message = `no bytes either way for ${this.streamIdleTimeoutMs} ms`;
-        resetLegs(
-          stream,
-          agentStream,
-          limitCode(role.version, StreamErrorCode.IDLE_TIMEOUT, StreamErrorCode.TIMEOUT),
-          limitCode(relayed.agentVersion, StreamErrorCode.IDLE_TIMEOUT, StreamErrorCode.CANCELLED),
-          message,
-        );
-      }
-    }
+  /** The client roles of the open sessions. */
+  *#clients(): Generator<ClientState> {
+    for (const role of this.#roles.values()) if (role.kind === 'client') yield role;
   }
 
   #sweep(): void {
@@ -655,7 +521,7 @@ export class Gateway {
       const due = role.policy.nextExpiryMs;
       if (due !== undefined && due <= wall) this.#recompile(role);
     }
-    this.#resetIdleStreams(wall);
+    this.#relay.resetIdle(this.#clients(), wall);
     this.#direct.sweep();
   }
 
@@ -666,12 +532,12 @@ export class Gateway {
   async shutdown(drainMs: number): Promise<void> {
     if (this.#shuttingDown) return;
     this.#shuttingDown = true;
-    this.log.info({ drainMs, streams: this.#openStreams }, 'draining');
+    this.log.info({ drainMs, streams: this.#relay.openCount }, 'draining');
     for (const session of this.#sessions) {
       if (session.state === 'open') session.mux.sendControl({ type: 'goaway', reason: 'gateway shutting down', drainMs });
     }
     const deadline = performance.now() + drainMs;
-    while (this.#openStreams > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.#relay.openCount > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const session of this.#sessions) {
       session.mux.resetAll(StreamErrorCode.GATEWAY_SHUTTING_DOWN, 'gateway shut down');
       session.close(1001, 'gateway shutting down');

@@ -12,7 +12,7 @@
  * Everything here is pure bookkeeping (no sockets, no timers): the gateway acquires a lease before it opens the
  * agent leg and releases it exactly once when the relayed stream ends, however it ends.
  */
-import { LIMITS_MINOR, peerSupportsMinor, StreamErrorCode } from '@narrowlink/protocol';
+import { LIMITS_MINOR, peerSupportsMinor, type StreamErrorCode } from '@narrowlink/protocol';
 
 /** How many relayed streams a client may hold to one agent. */
 export interface StreamShareLimits {
