@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { assertCountersEndInTotal, assertHistogramsInSeconds, assertLabelsBounded, assertNamesFollowPrometheus, type MetricShape } from '../../test/helpers/metrics-naming.ts';
 import { createMetrics } from './metrics.ts';
 
 /** Label names whose values come from small fixed sets (never ids, addresses or user names). */
@@ -7,7 +8,7 @@ const BOUNDED_LABELS = new Set(['kind', 'direction', 'result', 'reason', 'type']
 
 describe('gateway metrics', () => {
   const metrics = createMetrics({ defaultMetrics: false });
-  const all = metrics.registry.getMetricsAsArray() as unknown as Array<{ name: string; help: string; type: string; labelNames?: string[] }>;
+  const all = metrics.registry.getMetricsAsArray() as unknown as MetricShape[];
 
   test('the registry holds exactly the documented metrics', () => {
     assert.deepEqual(all.map((m) => m.name).sort(), [
@@ -36,24 +37,15 @@ describe('gateway metrics', () => {
   });
 
   test('every name follows Prometheus naming: narrowlink_gateway_<what>[_unit]', () => {
-    for (const metric of all) {
-      assert.match(metric.name, /^narrowlink_gateway_[a-z_]+$/, metric.name);
-      assert.doesNotMatch(metric.name, /__|_$/, `${metric.name}: no empty name parts`);
-      assert.ok(metric.help.length > 0, `${metric.name} has help text`);
-    }
+    assertNamesFollowPrometheus(all, 'narrowlink_gateway_');
   });
 
   test('counters end in _total, and only counters do', () => {
-    for (const metric of all) {
-      if (metric.type === 'counter') assert.match(metric.name, /_total$/, metric.name);
-      else assert.doesNotMatch(metric.name, /_total$/, `${metric.name} is a ${metric.type}`);
-    }
+    assertCountersEndInTotal(all);
   });
 
   test('histograms measure durations in seconds', () => {
-    const histograms = all.filter((m) => m.type === 'histogram');
-    assert.ok(histograms.length > 0);
-    for (const metric of histograms) assert.match(metric.name, /_seconds$/, metric.name);
+    assertHistogramsInSeconds(all);
   });
 
   test('labels are bounded sets and units sit at the end of the name', () => {
@@ -74,8 +66,8 @@ describe('gateway metrics', () => {
         narrowlink_gateway_stream_shares_full: ['kind'],
       },
     );
+    assertLabelsBounded(all, BOUNDED_LABELS);
     for (const metric of all) {
-      for (const label of metric.labelNames ?? []) assert.ok(BOUNDED_LABELS.has(label), `${metric.name}{${label}} is not a bounded label`);
       if (metric.name.includes('bytes')) assert.match(metric.name, /_bytes(_total)?$/, `${metric.name}: unit at the end`);
     }
   });
