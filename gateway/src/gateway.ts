@@ -12,6 +12,7 @@ import {
   type ClientOpen,
   type CompiledPolicy,
   type ControlMessage,
+  type DirectRefusalReason,
   checkVersion,
   compilePolicy,
   DEFAULT_STREAM_WINDOW,
@@ -29,7 +30,6 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   peerSupportsMinor,
-  LIMITS_MINOR,
   StreamErrorCode,
 } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
@@ -45,7 +45,7 @@ import { PeerSession, type SessionIdentity, type SessionKind } from './peer-sess
 import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
 import { decideRelayOpen } from './relay-open.ts';
 import { type RelayClient, type RelayedStream, RelayStreams } from './relay-streams.ts';
-import type { StreamShareLimits } from './stream-shares.ts';
+import { limitCode, type StreamShareLimits } from './stream-shares.ts';
 import type { TokenReviewer } from './token-review.ts';
 
 export interface GatewayOptions {
@@ -311,7 +311,7 @@ export class Gateway {
         if (session.kind !== 'client') break;
         const limited = this.#rateLimit(session, 'direct_request');
         if (limited === 'refused' && role?.kind === 'client') {
-          const reason = peerSupportsMinor(role.version, LIMITS_MINOR) ? 'RateLimited' : 'TooManyAttempts';
+          const reason = limitCode<DirectRefusalReason>(role.version, 'RateLimited', 'TooManyAttempts');
           const retryMs = this.#limiters.get(session)?.retryAfterMs('direct_request') ?? 0;
           session.mux.sendControl({ type: 'direct_refused', requestId: message.requestId, reason, message: `direct_request rate limit; retry in ${retryMs} ms` });
         } else if (limited === 'allowed' && role?.kind === 'client') this.#direct.request(role, message);
@@ -481,8 +481,7 @@ export class Gateway {
     };
     if (this.#shuttingDown) return fail(StreamErrorCode.GATEWAY_SHUTTING_DOWN, 'gateway is shutting down; retry on reconnect');
     if (this.#rateLimit(client.session, 'open') !== 'allowed') {
-      const code = peerSupportsMinor(client.version, LIMITS_MINOR) ? StreamErrorCode.RATE_LIMITED : StreamErrorCode.TOO_MANY_STREAMS;
-      return fail(code, 'stream open rate limit; retry shortly');
+      return fail(limitCode(client.version, StreamErrorCode.RATE_LIMITED, StreamErrorCode.TOO_MANY_STREAMS), 'stream open rate limit; retry shortly');
     }
     if (!('agent' in payload)) return fail(StreamErrorCode.PROTOCOL_ERROR, 'client OPEN needs agent and port');
     const request = payload as ClientOpen;

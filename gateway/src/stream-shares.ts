@@ -12,7 +12,7 @@
  * Everything here is pure bookkeeping (no sockets, no timers): the gateway acquires a lease before it opens the
  * agent leg and releases it exactly once when the relayed stream ends, however it ends.
  */
-import { LIMITS_MINOR, peerSupportsMinor, type StreamErrorCode } from '@narrowlink/protocol';
+import { LIMITS_MINOR, peerSupportsMinor } from '@narrowlink/protocol';
 
 /** How many relayed streams a client may hold to one agent. */
 export interface StreamShareLimits {
@@ -134,10 +134,11 @@ export function isShareRefusal(result: ShareLease | ShareRefusal): result is Sha
 }
 
 /**
- * The stream code to send a peer that said `version` in its hello: `code` (one of the limit codes of protocol 1.3)
- * when it knows it, else `fallback`, the nearest older code (an unknown code would be a PROTOCOL_ERROR there).
+ * The code to send a peer that said `version` in its hello: `code` (one of the limit codes of protocol 1.3: a
+ * stream code, or a `direct_refused` reason) when it knows it, else `fallback`, the nearest older one (an unknown
+ * stream code would be a PROTOCOL_ERROR there, an unknown reason a malformed message).
  */
-export function limitCode(version: string, code: StreamErrorCode, fallback: StreamErrorCode): StreamErrorCode {
+export function limitCode<C extends string>(version: string, code: C, fallback: C): C {
   return peerSupportsMinor(version, LIMITS_MINOR) ? code : fallback;
 }
 
