@@ -41,11 +41,12 @@ export function presenceOf(agentKey: string, configMaps: readonly GatewayStatusC
     const leaseSeconds = Number.isFinite(duration) && duration > 0 ? duration : DEFAULT_GATEWAY_STATUS_LEASE_SECONDS;
     const expiresAtMs = renewed + leaseSeconds * 1000;
     if (!Number.isFinite(renewed) || expiresAtMs <= nowMs) continue;
+    // parseGatewayStatus kept only fields of the right type; what is left to check is their value.
     const entry = agentsOf(configMap)[agentKey];
-    if (!entry || typeof entry.instances !== 'number' || entry.instances <= 0) continue;
+    if (entry?.instances === undefined || entry.instances <= 0) continue;
     out.instances += Math.floor(entry.instances);
-    if (typeof entry.nat === 'string' && entry.nat.length > 0) out.nat = entry.nat;
-    if (typeof entry.directPaths === 'number' && Number.isFinite(entry.directPaths) && entry.directPaths > 0) {
+    if (entry.nat) out.nat = entry.nat;
+    if (entry.directPaths !== undefined && Number.isFinite(entry.directPaths) && entry.directPaths > 0) {
       out.directPaths = (out.directPaths ?? 0) + Math.floor(entry.directPaths);
     }
     out.expiresAtMs = Math.min(out.expiresAtMs ?? Number.POSITIVE_INFINITY, expiresAtMs);
