@@ -251,6 +251,12 @@ cmd_up() {
   trap "teardown '$dir'" EXIT
   openssl rand -hex 24 >"$dir/token"
   printf '%s,admin,admin-uid,"system:masters"\n' "$(cat "$dir/token")" >"$dir/tokens.csv"
+  # More static-token users (token,user,uid,"group1,group2" lines) for tests of authenticated identities.
+  if [ -n "${NARROWLINK_K8S_EXTRA_TOKENS:-}" ]; then cat "$NARROWLINK_K8S_EXTRA_TOKENS" >>"$dir/tokens.csv"; fi
+  # A client CA: tests sign user certificates with it (CN = user name, O = groups), as kubeadm's CA would.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$dir/client-ca.key" \
+    -out "$dir/client-ca.crt" -days 2 -sha256 -subj /CN=narrowlink-test-client-ca \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
   openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
   mkdir -p "$dir/certs"
 
@@ -272,6 +278,7 @@ cmd_up() {
 --insecure-port=0
 --cert-dir=$dir/certs
 --token-auth-file=$dir/tokens.csv
+--client-ca-file=$dir/client-ca.crt
 --authorization-mode=RBAC
 --service-cluster-ip-range=10.96.0.0/16
 --service-account-key-file=$dir/sa.key

@@ -16,7 +16,8 @@
  * skip the tier on purpose.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { after, before } from 'node:test';
@@ -40,6 +41,10 @@ export interface ApiServer {
   caPem: string;
   /** Temp directory holding etcd data, certs, keys and logs (`apiserver.log`, `etcd.log`); removed by stop(). */
   dir: string;
+  /** CA (`--client-ca-file`) that signs client certificates the apiserver accepts: CN = user, O = groups. */
+  clientCaCertPath: string;
+  /** Private key (PEM, EC P-256) of {@link ApiServer.clientCaCertPath}. */
+  clientCaKeyPath: string;
   /** PEM private key that signs ServiceAccount tokens (`--service-account-signing-key-file`). */
   serviceAccountKeyPath: string;
   /** Issuer of ServiceAccount tokens (`--service-account-issuer`). */
@@ -82,12 +87,12 @@ interface ScriptResult {
   stderr: string;
 }
 
-function runScript(args: string[], timeoutMs: number): Promise<ScriptResult> {
+function runScript(args: string[], timeoutMs: number, env?: NodeJS.ProcessEnv): Promise<ScriptResult> {
   return new Promise((resolve) => {
     execFile(
       'bash',
       [script, ...args],
-      { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL' },
+      { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL', ...(env ? { env } : {}) },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         resolve({ code, stdout, stderr });
@@ -136,17 +141,47 @@ function installExitHook(): void {
   });
 }
 
+/** A user the apiserver authenticates by a static bearer token (`--token-auth-file`). */
+export interface StaticTokenUser {
+  token: string;
+  user: string;
+  uid: string;
+  groups: string[];
+}
+
+/** Options of {@link startApiServer}. */
+export interface StartApiServerOptions {
+  /** Static-token users besides the admin (read at startup; they survive restart()). */
+  staticTokenUsers?: StaticTokenUser[];
+}
+
+function tokenCsvField(value: string): string {
+  if (/[\n\r"]/.test(value)) throw new Error(`static token field ${JSON.stringify(value)}: no quotes or newlines`);
+  return `"${value}"`;
+}
+
 /**
  * Build (cached after the first time, ~3 min cold) and start a kube-apiserver + etcd.
  * Resolves `{ skipped: reason }` when this machine cannot run the tier; rejects on any other failure.
  * The processes are tied to this process: if it dies without stop(), a reaper removes them within a second.
  */
-export async function startApiServer(): Promise<ApiServerResult> {
+export async function startApiServer(options: StartApiServerOptions = {}): Promise<ApiServerResult> {
   if (process.env.NARROWLINK_K8S_SKIP === '1') return { skipped: 'NARROWLINK_K8S_SKIP=1' };
   const build = await runScript(['build'], 30 * 60_000);
   if (build.code === EXIT_SKIPPED) return { skipped: skipReason(build) };
   if (build.code !== 0) throw new Error(`apiserver.sh build failed (exit ${build.code}):\n${tail(build.stderr)}`);
-  const up = await runScript(['up', String(process.pid)], 5 * 60_000);
+  let env: NodeJS.ProcessEnv | undefined;
+  let extraDir: string | undefined;
+  if (options.staticTokenUsers && options.staticTokenUsers.length > 0) {
+    extraDir = mkdtempSync(join(tmpdir(), 'nl-k8s-tokens-'));
+    const file = join(extraDir, 'tokens.csv');
+    const lines = options.staticTokenUsers.map((u) => [u.token, u.user, u.uid, u.groups.join(',')].map(tokenCsvField).join(','));
+    writeFileSync(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+    env = { ...process.env, NARROWLINK_K8S_EXTRA_TOKENS: file };
+  }
+  const up = await runScript(['up', String(process.pid)], 5 * 60_000, env).finally(() => {
+    if (extraDir) rmSync(extraDir, { recursive: true, force: true });
+  });
   if (up.code === EXIT_SKIPPED) return { skipped: skipReason(up) };
   const ready = parseReady(up, 'up');
 
@@ -157,6 +192,8 @@ export async function startApiServer(): Promise<ApiServerResult> {
     token: ready.token,
     caPem: readFileSync(ready.caFile, 'utf8'),
     dir: ready.dir,
+    clientCaCertPath: join(ready.dir, 'client-ca.crt'),
+    clientCaKeyPath: join(ready.dir, 'client-ca.key'),
     serviceAccountKeyPath: join(ready.dir, 'sa.key'),
     serviceAccountIssuer: 'https://kubernetes.default.svc.cluster.local',
     etcdPid: ready.etcdPid,
@@ -222,10 +259,10 @@ export interface ApiServerHandle {
  * Register suite-level `before`/`after` hooks (call inside `describe`) that start ONE apiserver for the suite
  * and stop it afterwards.
  */
-export function useApiServer(): ApiServerHandle {
+export function useApiServer(options: StartApiServerOptions = {}): ApiServerHandle {
   let result: ApiServerResult | undefined;
   before(async () => {
-    result = await startApiServer();
+    result = await startApiServer(options);
   });
   after(async () => {
     if (result && !isSkipped(result)) await result.stop();
