@@ -108,6 +108,16 @@ export const ErrorCode = {
   TOKEN_MISSING_CLAIM: 'NL_ERR_TOKEN_MISSING_CLAIM',
   TOKEN_LIFETIME_TOO_LONG: 'NL_ERR_TOKEN_LIFETIME_TOO_LONG',
   TOKEN_REVOKED: 'NL_ERR_TOKEN_REVOKED',
+  /** A key-bound token (`cnf.jkt`) came without a proof of possession. */
+  TOKEN_PROOF_MISSING: 'NL_ERR_TOKEN_PROOF_MISSING',
+  /** The proof is malformed, badly signed, or made for another method, URL or token. */
+  TOKEN_PROOF_INVALID: 'NL_ERR_TOKEN_PROOF_INVALID',
+  /** The proof is signed by another key than the token's (or, on `reauth`, the session's) `cnf.jkt`. */
+  TOKEN_PROOF_KEY_MISMATCH: 'NL_ERR_TOKEN_PROOF_KEY_MISMATCH',
+  /** The proof's `iat` lies outside the verifier's window (clock skew, or a proof kept for later). */
+  TOKEN_PROOF_STALE: 'NL_ERR_TOKEN_PROOF_STALE',
+  /** The proof's `jti` was accepted before. */
+  TOKEN_PROOF_REPLAYED: 'NL_ERR_TOKEN_PROOF_REPLAYED',
   CONFIG_INVALID: 'NL_ERR_CONFIG_INVALID',
   CONFIG_PARSE: 'NL_ERR_CONFIG_PARSE',
   NAT_NOT_RAW: 'NL_ERR_NAT_NOT_RAW',

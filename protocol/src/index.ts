@@ -7,5 +7,6 @@ export * from './gateway-config.ts';
 export * from './gateway-status.ts';
 export * from './policy.ts';
 export * from './tokens.ts';
+export * from './proof.ts';
 export * from './nat/index.ts';
 export * from './direct-open.ts';

@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { ErrorCode, ProtocolError, StreamErrorCode } from './errors.ts';
+import { MAX_PROOF_LENGTH } from './proof.ts';
 
 export const PROTOCOL_VERSION = '1.3';
 export const PROTOCOL_MAJOR = 1;
@@ -90,7 +91,14 @@ export const goAwaySchema = z.object({ type: z.literal('goaway'), reason: shortT
  * gateway re-authenticates it for the same identity and extends the session, instead of closing it
  * at the old token's expiry and resetting its streams.
  */
-export const reauthSchema = z.object({ type: z.literal('reauth'), token: z.string().min(1).max(16_384) }).strict();
+export const reauthSchema = z
+  .object({
+    type: z.literal('reauth'),
+    token: z.string().min(1).max(16_384),
+    /** Proof of possession (proof.ts, `htm` REAUTH) for this token when it is key-bound (`cnf.jkt`). */
+    proof: z.string().min(1).max(MAX_PROOF_LENGTH).optional(),
+  })
+  .strict();
 export const reauthOkSchema = z.object({ type: z.literal('reauth_ok'), expiresAt: z.number() }).strict();
 
 const ipAddressText = z.union([z.ipv4(), z.ipv6()]);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHmac, generateKeyPairSync, sign as cryptoSign } from 'node:crypto';
 import { before, describe, it } from 'node:test';
 import { ConfigError, ErrorCode, TokenError } from './errors.ts';
+import { generateProofKey, jwkThumbprint } from './proof.ts';
 import { generateSigningKeyPair, signToken, tokenFingerprint, verifyToken } from './tokens.ts';
 
 const NOW_MS = 1_700_000_000_000;
@@ -371,5 +372,37 @@ describe('tokenFingerprint', () => {
     const t2 = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'b', ttlSeconds: 60, nowMs: NOW_MS });
     assert.match(tokenFingerprint(t1), /^[0-9a-f]{12}$/);
     assert.notEqual(tokenFingerprint(t1), tokenFingerprint(t2));
+  });
+});
+
+describe('key-bound tokens (cnf.jkt)', () => {
+  const jkt = jwkThumbprint(generateProofKey().x);
+
+  it('signs and returns cnf.jkt; a token without cnf has none', async () => {
+    const bound = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'alice', ttlSeconds: 60, nowMs: NOW_MS, cnf: { jkt } });
+    assert.deepEqual((await verifyToken(bound, verifyOpts())).cnf, { jkt });
+    const bearer = await signToken(keyA.privateKeyPem, { typ: 'client', sub: 'alice', ttlSeconds: 60, nowMs: NOW_MS });
+    const claims = await verifyToken(bearer, verifyOpts());
+    assert.equal(claims.cnf, undefined);
+    assert.ok(!('cnf' in claims));
+  });
+
+  it('refuses a cnf that is not exactly { jkt: <thumbprint> } as TOKEN_MISSING_CLAIM', async () => {
+    const bad: unknown[] = [null, 'x', [jkt], {}, { jkt: 42 }, { jkt: 'short' }, { jkt, jwk: {} }, { 'x5t#S256': jkt }];
+    for (const cnf of bad) {
+      const token = craftSigned({ alg: 'EdDSA', typ: 'JWT' }, validPayload({ cnf }), keyA.privateKeyPem);
+      await expectCode(verifyToken(token, verifyOpts()), ErrorCode.TOKEN_MISSING_CLAIM);
+    }
+  });
+
+  it('checks the claim after the signature: a forged cnf reports BAD_SIGNATURE', async () => {
+    const token = craftSigned({ alg: 'EdDSA', typ: 'JWT' }, validPayload({ cnf: 'garbage' }), keyB.privateKeyPem);
+    await expectCode(verifyToken(token, verifyOpts()), ErrorCode.TOKEN_BAD_SIGNATURE);
+  });
+
+  it('signToken refuses a malformed cnf', async () => {
+    for (const cnf of [{ jkt: '' }, { jkt: 'not-a-thumbprint' }, {} as { jkt: string }]) {
+      await assert.rejects(signToken(keyA.privateKeyPem, { typ: 'client', sub: 'a', ttlSeconds: 60, cnf }), RangeError);
+    }
   });
 });

@@ -9,6 +9,10 @@
  * (TOKEN_BAD_AUDIENCE) → token type (TOKEN_WRONG_TYPE). Claims are only interpreted after the signature
  * verified, so an attacker learns nothing from which claim error they get.
  *
+ * A token may be bound to a key (`cnf: { jkt }`, RFC 7800 / RFC 9449): then it is accepted only with a proof
+ * of possession of that key, which the verifier checks with `verifyProof` (proof.ts). verifyToken only checks
+ * the claim's shape (TOKEN_MISSING_CLAIM when `cnf` is not `{ jkt: <thumbprint> }`) and returns it.
+ *
  * Tokens are bearer secrets: they never appear in error messages; log {@link tokenFingerprint} instead.
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, randomUUID } from 'node:crypto';
@@ -34,6 +38,17 @@ export interface TokenClaims {
   iat: number;
   /** Unique token id (for revocation lists and audit). */
   jti: string;
+  /**
+   * Confirmation: the token is bound to the key whose RFC 7638 SHA-256 thumbprint is `jkt` (base64url), and is
+   * only good together with a proof of possession signed by that key. Absent: a plain bearer token.
+   */
+  cnf?: TokenConfirmation;
+}
+
+/** The `cnf` claim of a key-bound token. */
+export interface TokenConfirmation {
+  /** RFC 7638 JWK SHA-256 thumbprint (base64url, 43 characters) of the client's Ed25519 public key. */
+  jkt: string;
 }
 
 /** Audience used when none is given, on both sides. */
@@ -71,6 +86,8 @@ export interface SignTokenOptions {
   nowMs?: number;
   /** Token id; default a random UUID. */
   jti?: string;
+  /** Binds the token to a key (`jwkThumbprint(x)` of proof.ts); default: none, a bearer token. */
+  cnf?: TokenConfirmation;
 }
 
 /**
@@ -83,9 +100,12 @@ export async function signToken(privateKeyPem: string, opts: SignTokenOptions): 
   if (!Number.isInteger(opts.ttlSeconds) || opts.ttlSeconds <= 0) {
     throw new RangeError('signToken: ttlSeconds must be a positive integer');
   }
+  if (opts.cnf !== undefined && !isThumbprint(opts.cnf?.jkt)) {
+    throw new RangeError('signToken: cnf.jkt must be a base64url SHA-256 thumbprint (43 characters)');
+  }
   const key = importPrivateKey(privateKeyPem);
   const iat = Math.floor((opts.nowMs ?? Date.now()) / 1000);
-  return new SignJWT({ typ: opts.typ, groups: opts.groups ?? [] })
+  return new SignJWT({ typ: opts.typ, groups: opts.groups ?? [], ...(opts.cnf ? { cnf: { jkt: opts.cnf.jkt } } : {}) })
     .setProtectedHeader({ alg: ALLOWED_ALG, typ: 'JWT' })
     .setSubject(opts.sub)
     .setAudience(opts.audience ?? DEFAULT_AUDIENCE)
@@ -158,6 +178,12 @@ export function tokenFingerprint(token: string): string {
 }
 
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
+/** base64url (no padding) of 32 bytes: the shape of a SHA-256 JWK thumbprint. */
+const THUMBPRINT = /^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/;
+
+function isThumbprint(v: unknown): v is string {
+  return typeof v === 'string' && THUMBPRINT.test(v);
+}
 
 /** Structural checks and the `alg` allow-list, before any key is touched. */
 function checkShapeAndAlg(token: string): void {
@@ -222,6 +248,15 @@ function checkClaims(p: Record<string, unknown>, opts: VerifyTokenOptions): Toke
     if (!Array.isArray(p.groups) || !p.groups.every((g) => typeof g === 'string')) throw missing('groups');
     groups = [...(p.groups as string[])];
   }
+  let cnf: TokenConfirmation | undefined;
+  if (p.cnf !== undefined) {
+    // Exactly `{ jkt }`: a confirmation method we do not check (x5t#S256, jwk, …) must not pass as a bearer token.
+    const c = p.cnf;
+    if (typeof c !== 'object' || c === null || Array.isArray(c) || Object.keys(c).length !== 1 || !isThumbprint((c as { jkt?: unknown }).jkt)) {
+      throw missing('cnf');
+    }
+    cnf = { jkt: (c as { jkt: string }).jkt };
+  }
 
   // 2. Time. Expired when exp <= now - tolerance (RFC 7519 §4.1.4: "on or after").
   const nowSeconds = (opts.nowMs ?? Date.now()) / 1000;
@@ -248,7 +283,7 @@ function checkClaims(p: Record<string, unknown>, opts: VerifyTokenOptions): Toke
     throw new TokenError(ErrorCode.TOKEN_WRONG_TYPE, `token type is not "${opts.expectedType}"`);
   }
 
-  return { typ: opts.expectedType, sub, aud: audience, groups, exp, iat, jti };
+  return { typ: opts.expectedType, sub, aud: audience, groups, exp, iat, jti, ...(cnf ? { cnf } : {}) };
 }
 
 function importPublicKey(pem: string, index: number): KeyObject {
