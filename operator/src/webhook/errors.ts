@@ -19,6 +19,12 @@ export const WebhookErrorCode = {
   CONFIG: 'NL_ERR_WEBHOOK_CONFIG',
   /** The serving certificate or key cannot be read or do not form a valid pair. */
   TLS: 'NL_ERR_WEBHOOK_TLS',
+  /** A ClientLoginRequest CREATE sets spec.username, spec.uid or spec.groups itself (denied, 403). */
+  LOGIN_IDENTITY_SUPPLIED: 'NL_ERR_WEBHOOK_LOGIN_IDENTITY_SUPPLIED',
+  /** A ClientLoginRequest UPDATE changes spec (denied, 403): requests are immutable, create a new one. */
+  LOGIN_SPEC_IMMUTABLE: 'NL_ERR_WEBHOOK_LOGIN_SPEC_IMMUTABLE',
+  /** A ClientLoginRequest CREATE without a usable spec or without an authenticated user name (denied, 400). */
+  LOGIN_INVALID: 'NL_ERR_WEBHOOK_LOGIN_INVALID',
 } as const;
 export type WebhookErrorCode = (typeof WebhookErrorCode)[keyof typeof WebhookErrorCode];
 

@@ -4,6 +4,7 @@ export * from './annotations.ts';
 export * from './config.ts';
 export * from './errors.ts';
 export * from './json-patch.ts';
+export * from './login-request.ts';
 export * from './patch.ts';
 export * from './review.ts';
 export * from './server.ts';

@@ -26,6 +26,12 @@ const admissionRequestSchema = z.object({
   name: z.string().optional(),
   namespace: z.string().optional(),
   object: z.unknown().optional(),
+  /** The stored object on UPDATE and DELETE. */
+  oldObject: z.unknown().optional(),
+  /** Who sent the request, as the API server authenticated them (the login webhook stamps it). */
+  userInfo: z
+    .object({ username: z.string().optional(), uid: z.string().optional(), groups: z.array(z.string()).optional() })
+    .optional(),
   dryRun: z.boolean().optional(),
 });
 

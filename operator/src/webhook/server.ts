@@ -11,11 +11,14 @@ import { createSecureContext } from 'node:tls';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { WebhookError, WebhookErrorCode } from './errors.ts';
+import { type LoginReviewOutcome, reviewLoginRequest } from './login-request.ts';
 import type { SidecarSettings } from './patch.ts';
 import { admissionReview, parseAdmissionReview, type ReviewOptions, type ReviewOutcome, reviewPod } from './review.ts';
 
 /** Path the MutatingWebhookConfiguration calls. */
 export const MUTATE_PODS_PATH = '/mutate-pods';
+/** Path of the ClientLoginRequest webhook (stamps the creator's identity, keeps the spec immutable). */
+export const MUTATE_LOGIN_REQUESTS_PATH = '/mutate-clientloginrequests';
 
 /** Largest request body accepted: the API server sends whole pods (etcd's object limit is 1.5 MiB, JSON grows). */
 const DEFAULT_BODY_LIMIT_BYTES = 8 * 1024 * 1024;
@@ -50,6 +53,8 @@ export interface WebhookAppOptions {
   bodyLimitBytes?: number;
   /** The patch builder; tests inject a failing one. */
   patcher?: ReviewOptions['patcher'];
+  /** Called once per answered ClientLoginRequest review (metrics). Must not throw (errors are ignored). */
+  onLoginReview?: (outcome: LoginReviewOutcome) => void;
 }
 
 /** The webhook as a fastify app: `POST /mutate-pods` (AdmissionReview v1) and `GET /healthz`. Never listens. */
@@ -98,6 +103,29 @@ export function buildWebhookApp(options: WebhookAppOptions): FastifyInstance {
         pod: fields.pod,
         durationSeconds: Number(process.hrtime.bigint() - started) / 1e9,
       });
+    } catch {
+      // Metrics must never change an admission decision.
+    }
+    return admissionReview(result.response);
+  });
+
+  app.post(MUTATE_LOGIN_REQUESTS_PATH, async (request) => {
+    const admission = parseAdmissionReview(request.body);
+    const result = reviewLoginRequest(admission);
+    const fields = {
+      uid: admission.uid,
+      namespace: admission.namespace,
+      operation: admission.operation,
+      dryRun: admission.dryRun === true,
+      outcome: result.outcome,
+      // Who asked: the audit trail of a login (user names are not secrets; the request holds no credential).
+      user: admission.userInfo?.username,
+    };
+    if (result.outcome === 'stamped') log.info(fields, 'login request stamped');
+    else if (result.response.allowed) log.debug(fields, 'login request admitted unchanged');
+    else log.warn({ ...fields, message: result.response.status?.message }, 'login request refused');
+    try {
+      options.onLoginReview?.(result.outcome);
     } catch {
       // Metrics must never change an admission decision.
     }
