@@ -3,8 +3,9 @@
  * operator owns; every change enqueues the affected keys; one worker reconciles a key at a time
  * (failures retry with per-key backoff, requeues come back on their own timer).
  *
- * Keys: `gateway-config` (the one compiled Secret), `agent/NS/NAME`, `policy/NS/NAME`, and
- * `injected/NS/NAME` (the agent of a workload whose pods carry an injected sidecar).
+ * Keys: `gateway-config` (the one compiled Secret), `agent/NS/NAME`, `policy/NS/NAME`,
+ * `injected/NS/NAME` (the agent of a workload whose pods carry an injected sidecar), and `login/NS/NAME` (a
+ * ClientLoginRequest in the operator's namespace; requests elsewhere are never signed).
  */
 import { Informer, type KubeClient, type KubeObject, objectKey, Resources, WorkQueue } from '@narrowlink/kube';
 import { GATEWAY_STATUS_SELECTOR } from '@narrowlink/protocol';
@@ -14,7 +15,11 @@ import { POLICY_KIND } from './crds/access-policy.ts';
 import { EventRecorder } from './events.ts';
 import { LABEL_AGENT, LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
 import type { OperatorMetrics } from './metrics.ts';
+import { loginRequestResource } from './crds/client-login-request.ts';
 import { agentsOf } from './reconcilers/agent/presence.ts';
+import { DEFAULT_LOGIN_SETTINGS } from './reconcilers/client-login/desired.ts';
+import { LoginRateLimiter } from './reconcilers/client-login/rate-limit.ts';
+import { type LoginReconcileDeps, reconcileLoginRequest } from './reconcilers/client-login/reconcile.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
@@ -47,6 +52,7 @@ export class Operator {
   readonly #timers = new Set<NodeJS.Timeout>();
   /** Agents each gateway status ConfigMap named last time, so an agent that left is updated too. */
   readonly #statusAgents = new Map<string, string[]>();
+  readonly #login: LoginReconcileDeps;
   #running = false;
   #idleWaiters: Array<() => void> = [];
   #busy = false;
@@ -54,6 +60,13 @@ export class Operator {
   constructor(options: OperatorOptions) {
     this.#options = options;
     this.queue = new WorkQueue({ baseDelayMs: options.retryBaseMs ?? 200, maxDelayMs: 60_000 });
+    const loginSettings = options.settings.login ?? DEFAULT_LOGIN_SETTINGS;
+    this.#login = {
+      settings: loginSettings,
+      rateLimiter: new LoginRateLimiter(loginSettings.rateLimitPerMinute),
+      decided: new Map(),
+      onOutcome: (outcome) => options.metrics?.loginRequests.inc({ outcome }),
+    };
     const informer = (type: (typeof Resources)[keyof typeof Resources], onEvent: (object: KubeObject) => void, labelSelector?: string): Informer =>
       new Informer(options.client, type, {
         log: options.log.child({ component: 'informer', resource: type.plural }),
@@ -97,6 +110,17 @@ export class Operator {
           else this.#statusAgents.set(objectKey(configMap), Object.keys(agentsOf(configMap)));
         },
       }),
+      // Login requests, only in the operator's own namespace (the one the discovery ConfigMap names).
+      loginRequests: new Informer(options.client, loginRequestResource, {
+        log: options.log.child({ component: 'informer', resource: loginRequestResource.plural }),
+        namespace: options.settings.namespace,
+        ...(options.resyncMs ? { resyncMs: options.resyncMs } : {}),
+        ...(options.watchTimeoutSeconds ? { watchTimeoutSeconds: options.watchTimeoutSeconds } : {}),
+        onEvent: (event, request) => {
+          if (event === 'deleted') this.#login.decided.delete(request.metadata.uid ?? '');
+          else this.queue.add(`login/${objectKey(request)}`);
+        },
+      }),
       // Pods with an injected sidecar (the webhook labels them with their agent's name).
       pods: informer(
         Resources.pod,
@@ -123,7 +147,8 @@ export class Operator {
   async start(): Promise<void> {
     const { caches } = this.context;
     for (const informer of Object.values(caches)) informer.start();
-    // Certificates are not awaited: without cert-manager their list fails until it is installed.
+    // Certificates are not awaited: without cert-manager their list fails until it is installed. Neither are
+    // login requests: an older CRD set without ClientLoginRequest must not keep the control loop from starting.
     await Promise.all([caches.agents, caches.policies, caches.secrets, caches.pods, caches.gatewayStatus].map((i) => i.waitForSync()));
     this.#running = true;
     this.queue.add(GATEWAY_CONFIG_QUEUE_KEY);
@@ -193,6 +218,7 @@ export class Operator {
     if (kind === 'agent') return await reconcileAgent(this.context, objectRef);
     if (kind === 'policy') return await reconcilePolicy(this.context, objectRef);
     if (kind === 'injected') return await reconcileInjectedAgent(this.context, objectRef, this.context.caches.pods.list());
+    if (kind === 'login') return await reconcileLoginRequest(this.context, this.#login, objectRef);
     return {};
   }
 }

@@ -16,6 +16,7 @@ import { pino } from 'pino';
 import { Operator } from './controller.ts';
 import { OperatorError, OperatorErrorCode } from './errors.ts';
 import { createOperatorMetrics } from './metrics.ts';
+import { DEFAULT_LOGIN_SETTINGS, type LoginSettings, MAX_LOGIN_TOKEN_TTL_SECONDS } from './reconcilers/client-login/desired.ts';
 import { ensureSigningKey } from './signing-key.ts';
 import { WEBHOOK_CLI_OPTIONS, WEBHOOK_HELP, resolveWebhookConfig } from './webhook/config.ts';
 import { startWebhookServer, type WebhookServer } from './webhook/server.ts';
@@ -37,6 +38,8 @@ Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --signing-key-secret NAME      Ed25519 signing key Secret, created when absent (default narrowlink-signing-key)
   --default-issuer NAME[/KIND]   cert-manager issuer for published domains without spec.issuerRef (KIND default ClusterIssuer)
   --allow-cross-namespace-policies  let a policy reach agents in other namespaces
+  --login-token-ttl-seconds N    cap and default lifetime of tokens issued to ClientLoginRequests, 60-86400 (default 28800)
+  --login-rate-limit-per-minute N  tokens one user may obtain per minute (burst the same; 0: no limit; default 10)
   --leader-election BOOL         campaign for the Lease before acting (default true)
   --lease-name NAME              leader election Lease (default narrowlink-operator)
   --lease-duration-seconds N     how long a Lease holds without renewal before a standby takes over (default 15)
@@ -56,6 +59,8 @@ async function main(): Promise<void> {
       'signing-key-secret': { type: 'string' },
       'default-issuer': { type: 'string' },
       'allow-cross-namespace-policies': { type: 'boolean' },
+      'login-token-ttl-seconds': { type: 'string' },
+      'login-rate-limit-per-minute': { type: 'string' },
       'leader-election': { type: 'string' },
       'lease-name': { type: 'string' },
       'lease-duration-seconds': { type: 'string' },
@@ -84,6 +89,18 @@ async function main(): Promise<void> {
   if (!namespace) throw new OperatorError(OperatorErrorCode.USAGE, '--namespace is required outside a pod');
   const issuer = opt('default-issuer');
   const [issuerName, issuerKind] = issuer ? issuer.split('/') : [];
+  const integerFlag = (name: 'login-token-ttl-seconds' | 'login-rate-limit-per-minute', min: number, max: number, fallback: number): number => {
+    const text = opt(name);
+    if (text === undefined || text === '') return fallback;
+    const value = Number(text);
+    if (!/^\d+$/.test(text) || value < min || value > max) throw new OperatorError(OperatorErrorCode.USAGE, `--${name} wants an integer ${min}-${max}, got "${text}"`);
+    return value;
+  };
+  const login: LoginSettings = {
+    ...DEFAULT_LOGIN_SETTINGS,
+    tokenTtlSeconds: integerFlag('login-token-ttl-seconds', 60, MAX_LOGIN_TOKEN_TTL_SECONDS, DEFAULT_LOGIN_SETTINGS.tokenTtlSeconds),
+    rateLimitPerMinute: integerFlag('login-rate-limit-per-minute', 0, 1_000_000, DEFAULT_LOGIN_SETTINGS.rateLimitPerMinute),
+  };
   const kc = new KubeConfig();
   const kubeconfig = opt('kubeconfig');
   if (kubeconfig) kc.loadFromFile(kubeconfig);
@@ -132,6 +149,7 @@ async function main(): Promise<void> {
       port: webhookConfig.port,
       certFile,
       keyFile,
+      onLoginReview: (outcome) => metrics.loginReviews.inc({ outcome }),
     });
     events.info({ event: 'webhook-listening', url: webhook.url }, 'sidecar-injection webhook listening');
   }
@@ -154,6 +172,7 @@ async function main(): Promise<void> {
         namespace,
         gatewayConfigSecret: opt('gateway-config-secret') ?? DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
         allowCrossNamespacePolicies: values['allow-cross-namespace-policies'] === true || env('allow-cross-namespace-policies') === 'true',
+        login,
         ...(issuerName ? { defaultIssuerRef: { name: issuerName, kind: issuerKind ?? 'ClusterIssuer', group: 'cert-manager.io' } } : {}),
       },
     });

@@ -4,14 +4,20 @@ import { assertCountersEndInTotal, assertHistogramsInSeconds, assertLabelsBounde
 import { createOperatorMetrics } from './metrics.ts';
 
 /** Label names whose values come from small fixed sets (never ids, names or namespaces of objects). */
-const BOUNDED_LABELS = new Set(['kind', 'result']);
+const BOUNDED_LABELS = new Set(['kind', 'result', 'outcome']);
 
 describe('operator metrics', () => {
   const metrics = createOperatorMetrics({ defaultMetrics: false });
   const all = metrics.registry.getMetricsAsArray() as unknown as MetricShape[];
 
   test('the registry holds exactly the documented metrics', () => {
-    assert.deepEqual(all.map((m) => m.name).sort(), ['narrowlink_operator_leader', 'narrowlink_operator_reconcile_seconds', 'narrowlink_operator_reconciles_total']);
+    assert.deepEqual(all.map((m) => m.name).sort(), [
+      'narrowlink_operator_leader',
+      'narrowlink_operator_login_requests_total',
+      'narrowlink_operator_login_reviews_total',
+      'narrowlink_operator_reconcile_seconds',
+      'narrowlink_operator_reconciles_total',
+    ]);
   });
 
   test('every name follows Prometheus naming: narrowlink_operator_<what>[_unit]', () => {
@@ -30,6 +36,8 @@ describe('operator metrics', () => {
     assert.deepEqual(Object.fromEntries(all.filter((m) => (m.labelNames ?? []).length > 0).map((m) => [m.name, m.labelNames])), {
       narrowlink_operator_reconciles_total: ['kind', 'result'],
       narrowlink_operator_reconcile_seconds: ['kind'],
+      narrowlink_operator_login_requests_total: ['outcome'],
+      narrowlink_operator_login_reviews_total: ['outcome'],
     });
     assertLabelsBounded(all, BOUNDED_LABELS);
   });

@@ -6,6 +6,10 @@ export interface OperatorMetrics {
   reconciles: Counter<'kind' | 'result'>;
   reconcileSeconds: Histogram<'kind'>;
   leader: Gauge;
+  /** ClientLoginRequests by outcome: issued, denied, invalid, rate_limited, collected. */
+  loginRequests: Counter<'outcome'>;
+  /** Login admission reviews by outcome (stamped, identity-supplied, spec-changed, unchanged, invalid, skipped). */
+  loginReviews: Counter<'outcome'>;
 }
 
 export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}): OperatorMetrics {
@@ -28,5 +32,17 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
       registers,
     }),
     leader: new Gauge({ name: 'narrowlink_operator_leader', help: '1 while this replica holds the leader Lease.', registers }),
+    loginRequests: new Counter({
+      name: 'narrowlink_operator_login_requests_total',
+      help: 'ClientLoginRequests decided or collected by the leader, by outcome (issued, denied, invalid, rate_limited, collected).',
+      labelNames: ['outcome'],
+      registers,
+    }),
+    loginReviews: new Counter({
+      name: 'narrowlink_operator_login_reviews_total',
+      help: 'ClientLoginRequest admission reviews answered by this replica, by outcome (stamped, identity-supplied, spec-changed, unchanged, invalid, skipped).',
+      labelNames: ['outcome'],
+      registers,
+    }),
   };
 }

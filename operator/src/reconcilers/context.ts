@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { EventRecorder } from '../events.ts';
 import type { IssuerRef } from '../objects.ts';
 import type { SigningKey } from '../signing-key.ts';
+import type { LoginSettings } from './client-login/desired.ts';
 import type { Problem } from './gateway-config/desired.ts';
 
 export interface OperatorSettings {
@@ -15,6 +16,8 @@ export interface OperatorSettings {
   gatewayConfigSecret: string;
   allowCrossNamespacePolicies: boolean;
   defaultIssuerRef?: IssuerRef;
+  /** `narrowlink login`: token lifetime cap, request collection, rate limit. Default `DEFAULT_LOGIN_SETTINGS`. */
+  login?: LoginSettings;
 }
 
 export interface ReconcileContext {
@@ -24,7 +27,7 @@ export interface ReconcileContext {
   now(): number;
   settings: OperatorSettings;
   signingKey: SigningKey;
-  caches: { agents: Informer; policies: Informer; certificates: Informer; secrets: Informer; pods: Informer; gatewayStatus: Informer };
+  caches: { agents: Informer; policies: Informer; certificates: Informer; secrets: Informer; pods: Informer; gatewayStatus: Informer; loginRequests: Informer };
   /** Problems found by the last gateway-config compile, keyed `Kind/namespace/name`. */
   problems: Map<string, Problem>;
 }

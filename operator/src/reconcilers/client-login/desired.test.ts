@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { jwkThumbprint } from '@narrowlink/protocol';
+import type { ClientLoginRequest } from '../../crds/client-login-request.ts';
+import { DEFAULT_LOGIN_SETTINGS, issuedStatus, type LoginSettings, planLogin, refusedStatus } from './desired.ts';
+import { LoginRateLimiter } from './rate-limit.ts';
+
+const X = generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x as string;
+const T0 = Date.parse('2026-12-07T12:00:00Z');
+const SETTINGS: LoginSettings = { ...DEFAULT_LOGIN_SETTINGS, tokenTtlSeconds: 3600 };
+
+function request(spec: Partial<ClientLoginRequest['spec']>, extra: Partial<ClientLoginRequest> = {}): ClientLoginRequest {
+  return {
+    apiVersion: 'narrowlink.io/v1alpha1',
+    kind: 'ClientLoginRequest',
+    metadata: { name: 'login-abc', namespace: 'narrowlink', uid: 'uid-1', generation: 1, creationTimestamp: '2026-12-07T12:00:00Z' },
+    spec: { publicKey: X, ...spec } as ClientLoginRequest['spec'],
+    ...extra,
+  };
+}
+
+const STAMP = { username: 'alice', uid: '', groups: ['devs', 'system:authenticated'] };
+
+describe('planLogin', () => {
+  it('signs a stamped request for the stamped identity, bound to the key thumbprint, default lifetime = the cap', () => {
+    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + 1000), {
+      action: 'sign',
+      grant: { sub: 'alice', groups: ['devs', 'system:authenticated'], jkt: jwkThumbprint(X), ttlSeconds: 3600 },
+    });
+  });
+
+  it('caps the requested lifetime and keeps a shorter one', () => {
+    const ttl = (ttlSeconds: number) => {
+      const plan = planLogin(request({ ...STAMP, ttlSeconds }), SETTINGS, T0);
+      assert.equal(plan.action, 'sign');
+      return plan.action === 'sign' ? plan.grant.ttlSeconds : 0;
+    };
+    assert.equal(ttl(999_999), 3600);
+    assert.equal(ttl(600), 600);
+  });
+
+  for (const [name, spec] of [
+    ['no stamp at all', {}],
+    ['an empty username', { ...STAMP, username: '' }],
+    ['no uid', { username: 'alice', groups: [] }],
+    ['groups not a list', { ...STAMP, groups: 'devs' as unknown as string[] }],
+    ['a group that is not a string', { ...STAMP, groups: [1 as unknown as string] }],
+  ] as Array<[string, Partial<ClientLoginRequest['spec']>]>) {
+    it(`denies a request with ${name}: nothing is signed`, () => {
+      const plan = planLogin(request(spec), SETTINGS, T0);
+      assert.equal(plan.action, 'refuse');
+      assert.equal(plan.action === 'refuse' && plan.reason, 'Denied');
+    });
+  }
+
+  it('refuses a malformed key or lifetime as Invalid', () => {
+    for (const spec of [
+      { ...STAMP, publicKey: `${X}=` },
+      { ...STAMP, publicKey: Buffer.alloc(31).toString('base64url') },
+      { ...STAMP, ttlSeconds: 0 },
+      { ...STAMP, ttlSeconds: 1.5 },
+    ]) {
+      const plan = planLogin(request(spec), SETTINGS, T0);
+      assert.equal(plan.action === 'refuse' && plan.reason, 'Invalid', JSON.stringify(spec));
+    }
+  });
+
+  it('leaves a decided request alone until retainAfterDoneMs after the decision, then collects it', () => {
+    const decided = request(STAMP, {
+      status: refusedStatus(request(STAMP), 'RateLimited', 'slow down', T0 + 2000),
+    });
+    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 3000), { action: 'wait', requeueAfterMs: SETTINGS.retainAfterDoneMs - 1000 });
+    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 2000 + SETTINGS.retainAfterDoneMs), { action: 'collect', why: 'done' });
+  });
+
+  it('collects any request requestTtlMs after creation, decided or not', () => {
+    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + SETTINGS.requestTtlMs), { action: 'collect', why: 'expired' });
+    assert.deepEqual(planLogin(request({}), SETTINGS, T0 + SETTINGS.requestTtlMs + 1), { action: 'collect', why: 'expired' });
+  });
+
+  it('issuedStatus: token, expiresAt (RFC 3339) and Ready=True Issued with observedGeneration', () => {
+    const status = issuedStatus(request(STAMP), 'a.b.c', T0 + 3_600_000, T0);
+    assert.equal(status?.token, 'a.b.c');
+    assert.equal(status?.expiresAt, '2026-12-07T13:00:00Z');
+    assert.deepEqual(status?.conditions?.map((c) => [c.type, c.status, c.reason, c.observedGeneration, c.lastTransitionTime]), [
+      ['Ready', 'True', 'Issued', 1, '2026-12-07T12:00:00Z'],
+    ]);
+    assert.equal(status?.observedGeneration, 1);
+  });
+});
+
+describe('LoginRateLimiter', () => {
+  it('allows a burst of perMinute, then refuses with the wait until the next token', () => {
+    const limiter = new LoginRateLimiter(2);
+    assert.deepEqual(limiter.take('alice', T0), { allowed: true });
+    assert.deepEqual(limiter.take('alice', T0), { allowed: true });
+    assert.deepEqual(limiter.take('alice', T0), { allowed: false, retryAfterMs: 30_000 });
+    assert.deepEqual(limiter.take('bob', T0), { allowed: true }, 'per user');
+    assert.deepEqual(limiter.take('alice', T0 + 20_000), { allowed: false, retryAfterMs: 10_000 });
+    assert.deepEqual(limiter.take('alice', T0 + 30_000), { allowed: true });
+  });
+
+  it('0 turns the limit off; negative or fractional limits are refused', () => {
+    const off = new LoginRateLimiter(0);
+    for (let i = 0; i < 100; i++) assert.deepEqual(off.take('alice', T0), { allowed: true });
+    assert.throws(() => new LoginRateLimiter(-1), RangeError);
+    assert.throws(() => new LoginRateLimiter(1.5), RangeError);
+  });
+
+  it('forgets users whose bucket is full again once many users came by', () => {
+    const limiter = new LoginRateLimiter(1);
+    for (let i = 0; i < 1025; i++) limiter.take(`user-${i}`, T0);
+    assert.equal(limiter.size, 1025);
+    limiter.take('late', T0 + 60_000);
+    assert.equal(limiter.size, 1);
+  });
+});
