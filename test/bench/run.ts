@@ -13,6 +13,9 @@
  *   idle sessions    gateway RSS growth per idle agent session at 1,000 sessions (TLS)
  *   OPEN cost        CPU per OPEN through an in-process gateway at 50 + 50 and 500 + 500 agents + policies
  *                    (./open-cost.ts)
+ *   abuse soak       200 well-behaved sessions streaming while 20 abusive sessions do issue 10's classes 1–4
+ *                    against a real gateway and agent: the victims' stream-open p99 and the gateway's peak RSS
+ *                    (./abuse-soak.ts; `--skip-abuse` to leave it out, `--abuse-seconds N` for its length)
  *   reconcile        the operator on a real kube-apiserver: 500 agents + 500 policies into the config Secret,
  *                    then one policy edit (./reconcile.ts; `--skip-reconcile` to leave it out, skipped with
  *                    the reason where the apiserver tier cannot run)
@@ -37,6 +40,7 @@ import { makeTestCertificate } from '../helpers/tls.ts';
 import { measureSshForward, pushThrough, startSinkProcess, type Throughput } from './baselines.ts';
 import { measureDirect } from './direct.ts';
 import { measureDirectReady } from './natlab-ready.ts';
+import { type AbuseSoakResult, abuseSoakRows, measureAbuseSoak } from './abuse-soak.ts';
 import { measureOpenCostFlatness } from './open-cost.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
@@ -52,6 +56,8 @@ const { values } = parseArgs({
     'no-tls': { type: 'boolean' },
     'only-relay': { type: 'boolean' },
     'skip-reconcile': { type: 'boolean' },
+    'skip-abuse': { type: 'boolean' },
+    'abuse-seconds': { type: 'string' },
     agents: { type: 'string' },
     policies: { type: 'string' },
   },
@@ -378,6 +384,18 @@ async function main(): Promise<void> {
   const openCost = await measureOpenCostFlatness();
   log(`  ${openCost.small.cpuUsPerOpen.toFixed(1)} µs at 50+50, ${openCost.large.cpuUsPerOpen.toFixed(1)} µs at 500+500`);
 
+  // Its own gateway (no NAT probe ports) and agent, after every other relay process is gone.
+  let abuse: AbuseSoakResult | { skipped: string };
+  if (values['skip-abuse'] || values['only-relay']) abuse = { skipped: values['skip-abuse'] ? '--skip-abuse' : '--only-relay' };
+  else {
+    log('abuse soak (200 victims streaming, 20 abusive sessions, classes 1–4 of issue 10)…');
+    abuse = await measureAbuseSoak({
+      seconds: Number(values['abuse-seconds'] ?? 30),
+      tls: !values['no-tls'],
+      log: (line) => log(line),
+    });
+  }
+
   let reconcile: ReconcileOutcome;
   if (values['skip-reconcile'] || values['only-relay']) reconcile = { skipped: values['skip-reconcile'] ? '--skip-reconcile' : '--only-relay' };
   else {
@@ -425,6 +443,7 @@ async function main(): Promise<void> {
     open_cost_us_50x50: round2(openCost.small.cpuUsPerOpen),
     open_cost_us_500x500: round2(openCost.large.cpuUsPerOpen),
     open_cost_flatness: round2(openCost.flatness),
+    ...('skipped' in abuse ? { abuse_victim_p99_open_ms: null, abuse_gateway_rss_mib: null, abuse_skipped: abuse.skipped } : { ...abuse, abuse_skipped: null }),
     ...('skipped' in reconcile
       ? {
           reconcile_seconds: null,
@@ -473,6 +492,7 @@ async function main(): Promise<void> {
       `${result.open_cost_us_500x500} µs`,
       `target ≤ 100 µs; ${result.open_cost_us_50x50} µs at 50+50 (flatness ${result.open_cost_flatness}, target ≈ 1)`,
     ],
+    ...('skipped' in abuse ? [['abuse soak (issue 10)', `skipped (${abuse.skipped})`, ''] as [string, string, string]] : abuseSoakRows(abuse)),
     'skipped' in reconcile
       ? ['operator reconcile', `skipped (${reconcile.skipped})`, '']
       : [
