@@ -5,7 +5,8 @@
  *
  * Keys: `gateway-config` (the one compiled Secret), `agent/NS/NAME`, `policy/NS/NAME`,
  * `injected/NS/NAME` (the agent of a workload whose pods carry an injected sidecar), and `login/NS/NAME` (a
- * ClientLoginRequest in the operator's namespace; requests elsewhere are never signed).
+ * ClientLoginRequest in the operator's namespace; requests elsewhere are never signed), and `discovery` (the CA
+ * bundle in the discovery ConfigMap).
  */
 import { Informer, type KubeClient, type KubeObject, objectKey, Resources, WorkQueue } from '@narrowlink/kube';
 import { GATEWAY_STATUS_SELECTOR } from '@narrowlink/protocol';
@@ -22,6 +23,7 @@ import { LoginRateLimiter } from './reconcilers/client-login/rate-limit.ts';
 import { type LoginReconcileDeps, reconcileLoginRequest } from './reconcilers/client-login/reconcile.ts';
 import { reconcileAgent } from './reconcilers/agent/reconcile.ts';
 import type { OperatorSettings, ReconcileContext, ReconcileResult } from './reconcilers/context.ts';
+import { reconcileDiscovery } from './reconcilers/discovery/reconcile.ts';
 import { reconcileGatewayConfig } from './reconcilers/gateway-config/reconcile.ts';
 import { reconcileInjectedAgent } from './reconcilers/injected-agent/reconcile.ts';
 import { reconcilePolicy } from './reconcilers/policy/reconcile.ts';
@@ -29,6 +31,9 @@ import type { SigningKey } from './signing-key.ts';
 
 /** Work-queue key of the one compiled gateway config Secret (not to be confused with the Secret's data key). */
 export const GATEWAY_CONFIG_QUEUE_KEY = 'gateway-config';
+
+/** Work-queue key of the discovery ConfigMap's CA copy. */
+export const DISCOVERY_QUEUE_KEY = 'discovery';
 
 export interface OperatorOptions {
   client: KubeClient;
@@ -152,6 +157,7 @@ export class Operator {
     await Promise.all([caches.agents, caches.policies, caches.secrets, caches.pods, caches.gatewayStatus].map((i) => i.waitForSync()));
     this.#running = true;
     this.queue.add(GATEWAY_CONFIG_QUEUE_KEY);
+    if (this.#options.settings.discovery) this.queue.add(DISCOVERY_QUEUE_KEY);
     void this.#work();
   }
 
@@ -211,6 +217,10 @@ export class Operator {
         this.queue.add(`${kind === POLICY_KIND ? 'policy' : 'agent'}/${namespace}/${name}`);
       }
       return outcome;
+    }
+    if (key === DISCOVERY_QUEUE_KEY) {
+      const { discovery } = this.#options.settings;
+      return discovery ? await reconcileDiscovery(this.context, discovery) : {};
     }
     const slash = key.indexOf('/');
     const kind = key.slice(0, slash);

@@ -7,6 +7,7 @@ export * from './objects.ts';
 export * from './reconcilers/agent-token/desired.ts';
 export * from './reconcilers/agent/desired.ts';
 export * from './reconcilers/certificates/desired.ts';
+export * from './reconcilers/client-login/desired.ts';
 export * from './reconcilers/conditions.ts';
 export * from './reconcilers/domains.ts';
 export * from './reconcilers/gateway-config/desired.ts';

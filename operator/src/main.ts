@@ -40,6 +40,8 @@ Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --allow-cross-namespace-policies  let a policy reach agents in other namespaces
   --login-token-ttl-seconds N    cap and default lifetime of tokens issued to ClientLoginRequests, 60-86400 (default 28800)
   --login-rate-limit-per-minute N  tokens one user may obtain per minute (burst the same; 0: no limit; default 10)
+  --discovery-configmap NAME     keep ca.crt of this ConfigMap (narrowlink login's discovery) equal to ...
+  --discovery-ca-secret NAME     ... ca.crt of this Secret (the gateway's TLS Secret); both or neither
   --leader-election BOOL         campaign for the Lease before acting (default true)
   --lease-name NAME              leader election Lease (default narrowlink-operator)
   --lease-duration-seconds N     how long a Lease holds without renewal before a standby takes over (default 15)
@@ -61,6 +63,8 @@ async function main(): Promise<void> {
       'allow-cross-namespace-policies': { type: 'boolean' },
       'login-token-ttl-seconds': { type: 'string' },
       'login-rate-limit-per-minute': { type: 'string' },
+      'discovery-configmap': { type: 'string' },
+      'discovery-ca-secret': { type: 'string' },
       'leader-election': { type: 'string' },
       'lease-name': { type: 'string' },
       'lease-duration-seconds': { type: 'string' },
@@ -101,6 +105,11 @@ async function main(): Promise<void> {
     tokenTtlSeconds: integerFlag('login-token-ttl-seconds', 60, MAX_LOGIN_TOKEN_TTL_SECONDS, DEFAULT_LOGIN_SETTINGS.tokenTtlSeconds),
     rateLimitPerMinute: integerFlag('login-rate-limit-per-minute', 0, 1_000_000, DEFAULT_LOGIN_SETTINGS.rateLimitPerMinute),
   };
+  const discoveryConfigMap = opt('discovery-configmap') || undefined;
+  const discoveryCaSecret = opt('discovery-ca-secret') || undefined;
+  if ((discoveryConfigMap === undefined) !== (discoveryCaSecret === undefined)) {
+    throw new OperatorError(OperatorErrorCode.USAGE, '--discovery-configmap and --discovery-ca-secret go together');
+  }
   const kc = new KubeConfig();
   const kubeconfig = opt('kubeconfig');
   if (kubeconfig) kc.loadFromFile(kubeconfig);
@@ -173,6 +182,7 @@ async function main(): Promise<void> {
         gatewayConfigSecret: opt('gateway-config-secret') ?? DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
         allowCrossNamespacePolicies: values['allow-cross-namespace-policies'] === true || env('allow-cross-namespace-policies') === 'true',
         login,
+        ...(discoveryConfigMap && discoveryCaSecret ? { discovery: { configMap: discoveryConfigMap, caSecret: discoveryCaSecret } } : {}),
         ...(issuerName ? { defaultIssuerRef: { name: issuerName, kind: issuerKind ?? 'ClusterIssuer', group: 'cert-manager.io' } } : {}),
       },
     });

@@ -27,6 +27,7 @@ import { ClusterRole } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Clus
 import { ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding';
 import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
+import { ConfigMap } from 'kubernetes-models/v1/ConfigMap';
 import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
@@ -151,7 +152,10 @@ const MATRIX: MatrixEntry[] = [
   },
   {
     name: 'gateway TLS from an existing secret',
-    values: { gateway: { tls: { existingSecret: 'my-gateway-tls' }, service: { type: 'ClusterIP' }, admin: { port: 9102 } } },
+    values: {
+      gateway: { tls: { existingSecret: 'my-gateway-tls' }, service: { type: 'ClusterIP' }, admin: { port: 9102 } },
+      login: { gatewayUrls: ['wss://gw.internal.example:8443'], caBundle: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' },
+    },
   },
   {
     name: 'public issuer, default issuer, cross-namespace policies, no UDP',
@@ -159,6 +163,16 @@ const MATRIX: MatrixEntry[] = [
       issuer: { defaultIssuer: { name: 'letsencrypt-prod', kind: 'ClusterIssuer' } },
       policies: { allowCrossNamespacePolicies: true },
       webhook: { failurePolicy: 'Fail', excludedNamespaces: [] },
+      login: {
+        tokenTtlSeconds: 3600,
+        rateLimitPerMinute: 0,
+        subjects: [
+          { kind: 'Group', name: 'developers' },
+          { kind: 'User', name: 'alice@example.com' },
+          { kind: 'ServiceAccount', name: 'deployer', namespace: 'ci' },
+          { kind: 'ServiceAccount', name: 'local' },
+        ],
+      },
       sidecar: { gatewayUrl: 'wss://gw.example.com', caConfigMap: 'narrowlink-ca' },
       gateway: {
         udp: { enabled: false },
@@ -235,6 +249,7 @@ const validators: Record<string, (obj: Obj) => void> = {
   'v1/Service': (o) => new Service(o as never).validate(),
   'v1/ServiceAccount': (o) => new ServiceAccount(o as never).validate(),
   'v1/Secret': (o) => new Secret(o as never).validate(),
+  'v1/ConfigMap': (o) => new ConfigMap(o as never).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRole': (o) => new ClusterRole(o as never).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': (o) => new ClusterRoleBinding(o as never).validate(),
   'rbac.authorization.k8s.io/v1/Role': (o) => new Role(o as never).validate(),
@@ -343,6 +358,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
       admin?: { port?: number };
     };
     operator?: { replicas?: number };
+    login?: { tokenTtlSeconds?: number; rateLimitPerMinute?: number; subjects?: Array<{ kind: string; name: string; namespace?: string }>; gatewayUrls?: string[]; caBundle?: string };
   };
   const certManager = values.certManager?.enabled ?? true;
   const udp = values.gateway?.udp?.enabled ?? true;
@@ -410,6 +426,11 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   // Without cert-manager the operator manages the webhook CA: the Secret it keeps it in and the webhook to patch.
   assert.equal(argValue(opArgs, '--webhook-ca-secret'), certManager ? undefined : 'narrowlink-webhook-tls');
   assert.equal(argValue(opArgs, '--webhook-configuration'), certManager ? undefined : 'narrowlink-sidecar-injector');
+  // narrowlink login: the token lifetime cap and rate limit, and the discovery CA copy unless the values give a CA.
+  assert.equal(argValue(opArgs, '--login-token-ttl-seconds'), String(values.login?.tokenTtlSeconds ?? 28800));
+  assert.equal(argValue(opArgs, '--login-rate-limit-per-minute'), String(values.login?.rateLimitPerMinute ?? 10));
+  assert.equal(argValue(opArgs, '--discovery-configmap'), values.login?.caBundle ? undefined : 'narrowlink-discovery');
+  assert.equal(argValue(opArgs, '--discovery-ca-secret'), values.login?.caBundle ? undefined : values.gateway?.tls?.existingSecret || 'narrowlink-gateway-tls');
   assert.deepEqual(
     (op.ports ?? []).map((p) => `${p.name}:${p.containerPort}/${p.protocol}`),
     ['webhook:9443/TCP', 'metrics:8080/TCP'],
@@ -489,7 +510,10 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
 
   // Webhook: Pod CREATE, side-effect free, scoped away from the release namespace and the chart's own pods.
   const webhookConfig = find(objects, 'MutatingWebhookConfiguration', 'narrowlink-sidecar-injector') as WebhookShape & Obj;
-  assert.equal(webhookConfig.webhooks.length, 1);
+  assert.deepEqual(
+    webhookConfig.webhooks.map((w) => w.name),
+    ['sidecar-injector.narrowlink.io', 'login-requests.narrowlink.io'],
+  );
   const hook = webhookConfig.webhooks[0];
   assert.ok(hook);
   assert.equal(hook.sideEffects, 'None');
@@ -513,6 +537,21 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
     hook.objectSelector?.matchExpressions?.some((e) => e.key === 'narrowlink.io/inject-disabled' && e.operator === 'NotIn'),
     'the chart pods are excluded',
   );
+  // The login webhook: ClientLoginRequest CREATE and UPDATE in every namespace, Fail (an unstamped request must
+  // never exist), never re-invoked (its own stamp would read as client-supplied).
+  const loginHook = webhookConfig.webhooks[1];
+  assert.ok(loginHook);
+  assert.equal(loginHook.failurePolicy, 'Fail');
+  assert.equal(loginHook.reinvocationPolicy, 'Never');
+  assert.equal(loginHook.sideEffects, 'None');
+  assert.deepEqual(loginHook.admissionReviewVersions, ['v1']);
+  assert.deepEqual(loginHook.rules, [
+    { operations: ['CREATE', 'UPDATE'], apiGroups: ['narrowlink.io'], apiVersions: ['v1alpha1'], resources: ['clientloginrequests'], scope: 'Namespaced' },
+  ]);
+  assert.deepEqual(loginHook.clientConfig.service, { name: 'narrowlink-operator', namespace: NS, path: '/mutate-clientloginrequests', port: 443 });
+  assert.equal(loginHook.clientConfig.caBundle, undefined);
+  assert.equal(loginHook.namespaceSelector, undefined, 'login requests are stamped in every namespace');
+  assert.equal(loginHook.objectSelector, undefined);
   assert.equal(
     webhookConfig.metadata.annotations?.['cert-manager.io/inject-ca-from'],
     certManager ? `${NS}/narrowlink-webhook` : undefined,
@@ -577,8 +616,44 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
       ...expand('coordination.k8s.io', ['leases'], ['get', 'update', 'patch'], ['narrowlink-operator']),
       ...expand('coordination.k8s.io', ['leases'], ['create']),
       ...expand('', ['configmaps'], ['list', 'watch']),
+      ...expand('narrowlink.io', ['clientloginrequests'], ['get', 'list', 'watch', 'delete']),
+      ...expand('narrowlink.io', ['clientloginrequests/status'], ['patch']),
+      ...expand('', ['configmaps'], ['get', 'patch'], ['narrowlink-discovery']),
     ].sort(),
   );
+  // narrowlink login: the ClusterRole admins bind, and the discovery ConfigMap every authenticated user may read.
+  assert.deepEqual(rulesOf('ClusterRole', 'narrowlink-login'), expand('narrowlink.io', ['clientloginrequests'], ['create', 'get', 'list', 'watch', 'delete']));
+  assert.deepEqual(rulesOf('Role', 'narrowlink-discovery'), expand('', ['configmaps'], ['get'], ['narrowlink-discovery']));
+  const discoveryBinding = find(objects, 'RoleBinding', 'narrowlink-discovery') as Obj & { roleRef: unknown; subjects: unknown[] };
+  assert.deepEqual(discoveryBinding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'narrowlink-discovery' });
+  assert.deepEqual(discoveryBinding.subjects, [{ apiGroup: 'rbac.authorization.k8s.io', kind: 'Group', name: 'system:authenticated' }]);
+  const discovery = find(objects, 'ConfigMap', 'narrowlink-discovery') as Obj & { data: Record<string, string> };
+  const port = 443;
+  const dnsNames = (values.gateway?.tls as { dnsNames?: string[] } | undefined)?.dnsNames ?? [];
+  assert.deepEqual(
+    JSON.parse(discovery.data.gatewayUrls ?? ''),
+    values.login?.gatewayUrls ?? [...dnsNames.map((n) => `wss://${n}`), `wss://narrowlink-gateway.${NS}.svc:${port}`],
+  );
+  assert.deepEqual(JSON.parse(discovery.data.natProbePorts ?? ''), udp ? [3478, 3479] : []);
+  assert.equal(discovery.data.loginNamespace, NS);
+  assert.equal(discovery.data.tokenTtlSeconds, String(values.login?.tokenTtlSeconds ?? 28800));
+  assert.equal(discovery.data['ca.crt'], values.login?.caBundle || undefined, 'ca.crt only from login.caBundle; else the operator fills it');
+  const loginSubjects = values.login?.subjects ?? [];
+  const loginBinding = objects.find((o) => o.kind === 'RoleBinding' && o.metadata.name === 'narrowlink-login') as
+    | (Obj & { roleRef: unknown; subjects: unknown[] })
+    | undefined;
+  if (loginSubjects.length === 0) assert.equal(loginBinding, undefined, 'no login binding by default');
+  else {
+    assert.deepEqual(loginBinding?.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'narrowlink-login' });
+    assert.deepEqual(
+      loginBinding?.subjects,
+      loginSubjects.map((s) =>
+        s.kind === 'ServiceAccount'
+          ? { kind: s.kind, name: s.name, namespace: s.namespace ?? NS }
+          : { kind: s.kind, name: s.name, apiGroup: 'rbac.authorization.k8s.io' },
+      ),
+    );
+  }
   assert.deepEqual(
     rulesOf('Role', 'narrowlink-gateway'),
     [
@@ -587,8 +662,8 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
     ].sort(),
   );
   assert.deepEqual(rulesOf('ClusterRole', 'narrowlink-gateway'), expand('authentication.k8s.io', ['tokenreviews'], ['create']));
-  // Every binding binds a rendered role to a rendered ServiceAccount.
-  for (const binding of objects.filter((o) => o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding')) {
+  // Every other binding binds a rendered role to a rendered ServiceAccount.
+  for (const binding of objects.filter((o) => (o.kind === 'RoleBinding' || o.kind === 'ClusterRoleBinding') && o !== discoveryBinding && o !== loginBinding)) {
     const b = binding as Obj & { roleRef: { kind: string; name: string }; subjects: Array<{ kind: string; name: string; namespace: string }> };
     find(objects, b.roleRef.kind, b.roleRef.name);
     for (const s of b.subjects) {
@@ -716,7 +791,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     }
     assert.deepEqual([...new Set(unknown)], [], 'flags the chart passes that the binary does not accept (not in its --help)');
     // Guards against a vacuous pass: the webhook and sidecar flags and the NAT probe port are rendered and checked.
-    for (const flag of ['--webhook-listen', '--sidecar-image', '--sidecar-gateway-url']) assert.ok(checked.operator.has(flag), `operator ${flag} not rendered`);
+    for (const flag of ['--webhook-listen', '--sidecar-image', '--sidecar-gateway-url', '--login-token-ttl-seconds', '--discovery-configmap']) assert.ok(checked.operator.has(flag), `operator ${flag} not rendered`);
     assert.ok(checked.gateway.has('--nat-probe-port'), 'gateway --nat-probe-port not rendered');
     assert.ok(checked.gateway.has('--admin-listen'), 'gateway --admin-listen not rendered');
   });
@@ -733,6 +808,13 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
       [{ gateway: { udp: { advertiseAddress: 'lb.example.com' } } }, /gateway\.udp\.advertiseAddress/],
       [{ gateway: { service: { type: 'ExternalName' } } }, /gateway\.service\.type/],
       [{ image: { pullPolicy: 'Sometimes' } }, /image\.pullPolicy/],
+      [{ login: { tokenTtlSeconds: 86401 } }, /login\.tokenTtlSeconds/],
+      [{ login: { tokenTtlSeconds: 30 } }, /login\.tokenTtlSeconds/],
+      [{ login: { rateLimitPerMinute: -1 } }, /login\.rateLimitPerMinute/],
+      [{ login: { subjects: [{ kind: 'Robot', name: 'r' }] } }, /login\.subjects\.0\.kind/],
+      [{ login: { subjects: [{ kind: 'User' }] } }, /login\.subjects\.0/],
+      [{ login: { gatewayUrls: ['https://gw.example.com'] } }, /login\.gatewayUrls\.0/],
+      [{ login: { caBundle: 'not a pem' } }, /login\.caBundle/],
       [{ gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' } } } }, /needs gateway\.tls\.dnsNames/],
       [
         { certManager: { enabled: false }, gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] } } },
@@ -912,6 +994,18 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
       { user: gw, verb: 'create', resource: 'configmaps', namespace: NS, allowed: true },
       { user: gw, verb: 'create', resource: 'configmaps', namespace: 'shop', allowed: false },
       { user: op, verb: 'watch', resource: 'configmaps', namespace: NS, allowed: true },
+      // operator: login requests of the release namespace only (informer, collection, the token in status) and
+      // the discovery ConfigMap's ca.crt; it never creates requests
+      { user: op, verb: 'watch', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS, allowed: true },
+      { user: op, verb: 'delete', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS, allowed: true },
+      { user: op, verb: 'patch', group: 'narrowlink.io', resource: 'clientloginrequests', subresource: 'status', namespace: NS, allowed: true },
+      { user: op, verb: 'create', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS, allowed: false },
+      { user: op, verb: 'update', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS, allowed: false },
+      { user: op, verb: 'list', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: 'shop', allowed: false },
+      { user: op, verb: 'patch', resource: 'configmaps', namespace: NS, name: 'narrowlink-discovery', allowed: true },
+      { user: op, verb: 'patch', resource: 'configmaps', namespace: NS, name: 'other', allowed: false },
+      // gateway: nothing of login
+      { user: gw, verb: 'list', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS, allowed: false },
     ];
     const wrong: string[] = [];
     for (const c of checks) {
@@ -935,6 +1029,19 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
         },
       });
       if ((review.status?.allowed ?? false) !== c.allowed) wrong.push(`${JSON.stringify(c)} → ${review.status?.allowed}`);
+    }
+    // Any authenticated user (no binding): the discovery ConfigMap and nothing else; no login without a binding.
+    const user = { user: 'mallory', groups: ['system:authenticated'] };
+    for (const [attributes, allowed] of [
+      [{ verb: 'get', resource: 'configmaps', namespace: NS, name: 'narrowlink-discovery' }, true],
+      [{ verb: 'list', resource: 'configmaps', namespace: NS }, false],
+      [{ verb: 'get', resource: 'configmaps', namespace: NS, name: 'narrowlink-gateway-status' }, false],
+      [{ verb: 'create', group: 'narrowlink.io', resource: 'clientloginrequests', namespace: NS }, false],
+    ] as const) {
+      const review = await authz.createSubjectAccessReview({
+        body: { apiVersion: 'authorization.k8s.io/v1', kind: 'SubjectAccessReview', spec: { ...user, resourceAttributes: { group: '', ...attributes } } },
+      });
+      if ((review.status?.allowed ?? false) !== allowed) wrong.push(`mallory ${JSON.stringify(attributes)} → ${review.status?.allowed}`);
     }
     assert.deepEqual(wrong, []);
 

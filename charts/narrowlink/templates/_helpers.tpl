@@ -11,6 +11,7 @@ every object by a known name.
 {{- define "narrowlink.selfSignedIssuerName" -}}narrowlink-selfsigned{{- end -}}
 {{- define "narrowlink.caName" -}}narrowlink-ca{{- end -}}
 {{- define "narrowlink.leaseName" -}}narrowlink-operator{{- end -}}
+{{- define "narrowlink.discoveryName" -}}narrowlink-discovery{{- end -}}
 {{/* Port constants: the webhook and metrics ports of the operator, the wss port of the gateway container. */}}
 {{- define "narrowlink.webhookPort" -}}9443{{- end -}}
 {{- define "narrowlink.metricsPort" -}}8080{{- end -}}

@@ -8,6 +8,7 @@ import type { EventRecorder } from '../events.ts';
 import type { IssuerRef } from '../objects.ts';
 import type { SigningKey } from '../signing-key.ts';
 import type { LoginSettings } from './client-login/desired.ts';
+import type { DiscoverySettings } from './discovery/reconcile.ts';
 import type { Problem } from './gateway-config/desired.ts';
 
 export interface OperatorSettings {
@@ -18,6 +19,8 @@ export interface OperatorSettings {
   defaultIssuerRef?: IssuerRef;
   /** `narrowlink login`: token lifetime cap, request collection, rate limit. Default `DEFAULT_LOGIN_SETTINGS`. */
   login?: LoginSettings;
+  /** Keep the discovery ConfigMap's ca.crt equal to the gateway TLS Secret's (unset: the chart renders it). */
+  discovery?: DiscoverySettings;
 }
 
 export interface ReconcileContext {
