@@ -2,15 +2,23 @@
 /**
  * narrowlink: the developer's CLI. Reaches services behind agents through a gateway.
  */
+import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { ClientDirectPaths, DirectPathStatus, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import { startForwards } from './commands/forward.ts';
+import { runLogin, runLogout, summarise, summaryLines } from './commands/login.ts';
 import { startSocks } from './commands/socks.ts';
+import { DEFAULT_NAMESPACE } from './credentials/exchange.ts';
+import { currentContextName } from './credentials/kubeconfig.ts';
+import { TokenRenewer } from './credentials/renewal.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import { type OutputFormat, Reporter } from './reporter.ts';
 import { createLink, DIRECT_WAIT_MS, exitCodeFor, openDirectPaths, openTarget, PortResolver } from './session.ts';
 import { resolveSettings, type Settings } from './settings.ts';
 import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
+
+/** How we were invoked: the kubectl plugin (`kubectl-narrowlink` on PATH) names itself `kubectl narrowlink`. */
+const PROGRAM = basename(process.argv[1] ?? '').startsWith('kubectl-narrowlink') ? 'kubectl narrowlink' : 'narrowlink';
 
 const COMMON = `Common options (env in brackets; also read from ~/.config/narrowlink/config.yaml):
   --gateway URL       gateway URL, wss://host[:port] (ws:// on loopback)   [NARROWLINK_GATEWAY]
@@ -19,6 +27,8 @@ const COMMON = `Common options (env in brackets; also read from ~/.config/narrow
   --ca-file FILE      extra CA certificates to trust (PEM)                  [NARROWLINK_CA_FILE]
   --config FILE       settings file (gateway, token, tokenFile, caFile, mode) [NARROWLINK_CONFIG]
   --mode MODE         auto | direct | relay (default auto)                  [NARROWLINK_MODE]
+  --context NAME      use the login of this kube context (default: the kubeconfig's current context)
+  --kubeconfig FILE   the kubeconfig to read the current context from (default: KUBECONFIG, ~/.kube/config)
   --timeout-ms N      how long to wait for the gateway and a stream to open (default 15000)
   -o, --output FMT    text | json
   -h, --help          help for the command`;
@@ -29,13 +39,18 @@ const HELP: Record<string, string> = {
 Usage: narrowlink COMMAND [options]
 
 Commands:
+  login      log in with your kube context's credentials (kubectl's): finds the gateway, caches a token
+  logout     forget the current context's cached token and key
   ls         list the agents you may reach and their ports
   forward    forward local ports to agents:  narrowlink forward 8080 demo:http
   socks      run a local SOCKS5 proxy whose destinations are agents
   connect    pipe stdin/stdout to an agent's port (ssh ProxyCommand)
-  status     show the gateway session: identity, round trip, agents
+  status     who you are (user, groups, context, token expiry) and the gateway session
 
 Run "narrowlink COMMAND --help" for a command's options.
+
+Credentials: flags, then environment, then the config file, then the token "narrowlink login" cached for the
+kube context (--context, else the current one). With a login nothing else is needed.
 
 ${COMMON}
 `,
@@ -73,9 +88,37 @@ was reset. For ssh: ssh -o ProxyCommand='narrowlink connect %h 22' user@AGENT
 
 ${COMMON}
 `,
-  status: `Usage: narrowlink status [AGENT] [-o json]
+  login: `Usage: narrowlink login [--context NAME] [--kubeconfig FILE] [-n NAMESPACE] [-o json]
 
-Connects to the gateway and reports the session: identity, token expiry, round trip, how many
+Logs in to Narrowlink with the credentials of a kube context, exactly as kubectl uses them (client
+certificates, bearer tokens, token files, exec plugins such as EKS/GKE/OIDC helpers, in-cluster
+ServiceAccounts). Your Kubernetes credential goes to the API server only:
+  1. reads the ConfigMap narrowlink-discovery in NAMESPACE (gateway URL, its CA, where to log in);
+  2. makes an Ed25519 key that never leaves this machine and asks the operator, through a
+     ClientLoginRequest, for a token bound to it (the cluster's RBAC decides who may: ClusterRole
+     narrowlink-login);
+  3. caches token, key, gateway and CA for the context, readable by you only, in
+     $XDG_CONFIG_HOME/narrowlink/contexts/ (~/.config/...; %APPDATA%\\narrowlink\\contexts on Windows).
+Then ls, forward, socks, connect and status need no --gateway, --token or --ca-file; forward and
+socks renew the token before it expires while your kube credential still works.
+
+  --context NAME      the kube context (default: the kubeconfig's current context)
+  --kubeconfig FILE   the kubeconfig (default: KUBECONFIG, else ~/.kube/config, else in-cluster)
+  -n, --namespace NS  where narrowlink is installed: the chart's release namespace (default ${DEFAULT_NAMESPACE})
+  --timeout-ms N      how long to wait for the operator's answer (default 30000)
+  -o, --output FMT    text | json
+  -h, --help          help for the command
+`,
+  logout: `Usage: narrowlink logout [--context NAME] [--kubeconfig FILE] [-o json]
+
+Deletes the token and key "narrowlink login" cached for the kube context (default: the current one).
+The token itself stays valid until it expires (at most the operator's cap, default 8 h).
+`,
+  status: `Usage: narrowlink status [AGENT] [--local] [-o json]
+
+With a login: the kube context, cluster, your user and groups as the cluster authenticated them, the
+gateway and when the token expires (exit 3 when not logged in or expired). --local stops there;
+otherwise it connects to the gateway and reports the session: identity, token expiry, round trip, how many
 agents you may reach, and your NAT as the gateway's UDP probes saw it (type, public endpoint),
 which decides whether a direct path can work. With AGENT, also sets up a direct path to it and
 says whether it came up (how, how fast) or why not (e.g. BothSymmetric, UdpBlocked, Denied).
@@ -98,6 +141,10 @@ const OPTIONS = {
   listen: { type: 'string' },
   username: { type: 'string' },
   password: { type: 'string' },
+  context: { type: 'string' },
+  kubeconfig: { type: 'string' },
+  namespace: { type: 'string', short: 'n' },
+  local: { type: 'boolean' },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -110,7 +157,26 @@ function settingsFrom(values: Values): Settings {
     caFile: values['ca-file'],
     config: values.config,
     mode: values.mode,
+    context: values.context,
+    kubeconfig: values.kubeconfig,
   });
+}
+
+/** Help text with this invocation's name (`narrowlink` or `kubectl narrowlink`). */
+function help(command: string): string {
+  return (HELP[command] as string).replace(/(^|[\s'"`(=])narrowlink(?= )/gm, `$1${PROGRAM}`);
+}
+
+/**
+ * A login's token, renewed in-process before it expires (see credentials/renewal.ts); an expired one is renewed
+ * now or refused (exit 3). Other credentials are used as they are.
+ */
+async function withRenewal(settings: Settings, reporter: Reporter): Promise<Settings> {
+  if (!settings.login) return settings;
+  const { renewLogin } = await import('./credentials/login.ts');
+  const renewer = new TokenRenewer({ entry: settings.login, renew: (entry) => renewLogin(entry), reporter });
+  await renewer.usableToken();
+  return { ...settings, token: () => renewer.token() };
 }
 
 function usage(message: string): never {
@@ -189,20 +255,57 @@ async function run(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
   const { values, positionals } = parseArgs({ args: command ? argv.slice(1) : argv, options: OPTIONS, allowPositionals: true, strict: true });
   if (!command) {
-    process.stdout.write(HELP.main as string);
+    process.stdout.write(help('main'));
     return values.help ? ExitCode.OK : ExitCode.USAGE;
   }
-  if (!(command in HELP) || command === 'main') usage(`unknown command "${command}"; try narrowlink --help`);
+  if (!(command in HELP) || command === 'main') usage(`unknown command "${command}"; try ${PROGRAM} --help`);
   if (values.help) {
-    process.stdout.write(HELP[command] as string);
+    process.stdout.write(help(command));
     return ExitCode.OK;
   }
   const output = (values.output ?? 'text') as OutputFormat;
   if (output !== 'text' && output !== 'json') usage(`--output must be text or json, got "${values.output}"`);
   const timeoutMs = Number(values['timeout-ms'] ?? 15_000);
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms must be a positive number');
-  const settings = settingsFrom(values);
+  const selection = { context: values.context, kubeconfig: values.kubeconfig };
+  if (command === 'login') {
+    if (positionals.length > 0) usage('login takes no arguments');
+    return await runLogin({ ...selection, namespace: values.namespace, timeoutMs: values['timeout-ms'] ? timeoutMs : undefined }, output, PROGRAM);
+  }
+  if (command === 'logout') {
+    if (positionals.length > 0) usage('logout takes no arguments');
+    return runLogout(selection, output);
+  }
+  if (values.namespace !== undefined) usage('-n/--namespace is a login option');
+  if (values.local && command !== 'status') usage('--local is a status option');
+  let settings: Settings;
+  try {
+    settings = settingsFrom(values);
+  } catch (error) {
+    // `status` reports "not logged in" as a state (exit 3), like gh auth status.
+    if (command !== 'status' || !(error instanceof CliError) || error.code !== CliErrorCode.NOT_LOGGED_IN) throw error;
+    const summary = summarise(currentContextName(selection), undefined);
+    if (output === 'json') process.stdout.write(`${JSON.stringify({ login: summary }, null, 2)}\n`);
+    else process.stdout.write(`${summaryLines(summary, PROGRAM).join('\n')}\n`);
+    return ExitCode.AUTH;
+  }
   const reporter = new Reporter(output);
+  if (command === 'status' && settings.login) {
+    const summary = summarise(settings.login.context, settings.login);
+    if (summary.state === 'expired' || values.local) {
+      if (output === 'json') process.stdout.write(`${JSON.stringify({ login: summary }, null, 2)}\n`);
+      else process.stdout.write(`${summaryLines(summary, PROGRAM).join('\n')}\n`);
+      return summary.state === 'expired' ? ExitCode.AUTH : ExitCode.OK;
+    }
+  } else if (command === 'status' && values.local) {
+    const source = { gateway: settings.gateway, login: null, configFile: settings.configPath ?? null };
+    if (output === 'json') process.stdout.write(`${JSON.stringify(source, null, 2)}\n`);
+    else process.stdout.write(`gateway:   ${settings.gateway}\nlogin:     none (credentials from flags, environment or ${settings.configPath ?? 'config file'})\n`);
+    return ExitCode.OK;
+  } else {
+    // Renewal messages of one-shot commands go to stderr whatever -o says: their stdout is their answer.
+    settings = await withRenewal(settings, command === 'forward' || command === 'socks' ? reporter : new Reporter('text'));
+  }
 
   switch (command) {
     case 'ls': {
@@ -250,11 +353,13 @@ async function run(argv: string[]): Promise<number> {
           nat: nat ?? null,
           direct: path ?? null,
           configFile: settings.configPath ?? null,
+          login: settings.login ? summarise(settings.login.context, settings.login) : null,
         };
         if (output === 'json') process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
         else {
           process.stdout.write(
             [
+              ...(status.login ? summaryLines(status.login, PROGRAM).filter((line) => !line.startsWith('gateway:')) : []),
               `gateway:   ${status.gateway} (${status.state}, protocol ${status.protocol})`,
               `identity:  ${status.identity?.subject} groups=[${status.identity?.groups.join(', ')}] token expires ${status.identity?.expiresAt}`,
               `round trip: ${status.rttMs} ms`,

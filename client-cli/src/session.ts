@@ -47,6 +47,8 @@ export function createLink(
     role: 'client',
     token: settings.token,
     ...(settings.caPem ? { caPem: settings.caPem } : {}),
+    // A login token is bound to this key: the link sends a proof of possession with every upgrade and re-auth.
+    ...(settings.proofKey ? { proofKey: settings.proofKey } : {}),
     reconnect: options.reconnect,
     retryAuthFailures: false,
     software: 'narrowlink-cli',

@@ -3,6 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { generateProofKey, proofKeyX } from '@narrowlink/protocol';
+import { writeLogin } from './credentials/cache.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { defaultConfigPath, resolveSettings } from './settings.ts';
 
@@ -166,5 +168,71 @@ describe('defaultConfigPath', () => {
     assert.equal(defaultConfigPath({ XDG_CONFIG_HOME: '/tmp/xdg' }), join('/tmp/xdg', 'narrowlink', 'config.yaml'));
     assert.equal(defaultConfigPath({}), join(homedir(), '.config', 'narrowlink', 'config.yaml'));
     assert.equal(defaultConfigPath({ XDG_CONFIG_HOME: '' }), join(homedir(), '.config', 'narrowlink', 'config.yaml'));
+  });
+});
+
+describe('resolveSettings with a narrowlink login', () => {
+  /** A kubeconfig whose current context is `ctx`, and a login cached for it under `xdg`. */
+  function loggedIn(options: { cache?: boolean } = {}): { env: NodeJS.ProcessEnv; kubeconfig: string; key: ReturnType<typeof generateProofKey> } {
+    const h = home();
+    const kubeconfig = join(h.dir, 'kubeconfig');
+    writeFileSync(kubeconfig, 'apiVersion: v1\nkind: Config\ncurrent-context: ctx\ncontexts: [{name: ctx, context: {cluster: c, user: u}}, {name: other, context: {cluster: c, user: u}}]\n');
+    const key = generateProofKey();
+    const env = { XDG_CONFIG_HOME: h.xdg, KUBECONFIG: kubeconfig };
+    if (options.cache !== false) {
+      writeLogin(
+        {
+          version: 1,
+          context: 'ctx',
+          cluster: 'c',
+          server: 'https://k:6443',
+          kubeconfig: null,
+          namespace: 'narrowlink',
+          loginNamespace: 'narrowlink',
+          username: 'alice',
+          groups: ['dev'],
+          token: 'login-token',
+          expiresAt: '2099-01-01T00:00:00.000Z',
+          issuedAt: '2098-12-31T16:00:00.000Z',
+          gatewayUrls: ['wss://discovered.example:443', 'wss://second.example:443'],
+          caPem: '-----BEGIN CERTIFICATE-----\nCACHED\n-----END CERTIFICATE-----\n',
+          natProbePorts: [3478],
+          proofKeyPem: key.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString(),
+        },
+        { env },
+      );
+    }
+    return { env, kubeconfig, key };
+  }
+
+  test('no flags, env or file: the current context\'s login supplies gateway, CA, token and proof key', async () => {
+    const { env, key } = loggedIn();
+    const s = resolveSettings({}, env);
+    assert.equal(s.gateway, 'wss://discovered.example:443');
+    assert.equal(await s.token(), 'login-token');
+    assert.match(s.caPem ?? '', /CACHED/);
+    assert.equal(s.login?.username, 'alice');
+    assert.ok(s.proofKey);
+    assert.equal(proofKeyX(s.proofKey), key.x, 'the cached key, not a new one');
+  });
+
+  test('flags still override: --gateway and --ca-file replace the discovered ones; an explicit token means no login and no proof key', async () => {
+    const { env } = loggedIn();
+    const ca = join(env.XDG_CONFIG_HOME as string, 'flag-ca.pem');
+    writeFileSync(ca, 'FLAG CA');
+    const s = resolveSettings({ gateway: 'wss://flag.example', caFile: ca }, env);
+    assert.deepEqual([s.gateway, await s.token(), s.caPem], ['wss://flag.example', 'login-token', 'FLAG CA']);
+    const explicit = resolveSettings({ gateway: 'wss://flag.example', token: 'flag-token' }, env);
+    assert.equal(await explicit.token(), 'flag-token');
+    assert.equal(explicit.login, undefined);
+    assert.equal(explicit.proofKey, undefined);
+  });
+
+  test('a context without a login: NL_ERR_CLI_NOT_LOGGED_IN, exit 3; --context picks another context\'s cache', () => {
+    const { env } = loggedIn({ cache: false });
+    assertCliError(() => resolveSettings({}, env), 'NL_ERR_CLI_NOT_LOGGED_IN', ExitCode.AUTH);
+    const cached = loggedIn();
+    assertCliError(() => resolveSettings({ context: 'other' }, cached.env), 'NL_ERR_CLI_NOT_LOGGED_IN', ExitCode.AUTH);
+    assert.equal(resolveSettings({ context: 'ctx' }, cached.env).login?.context, 'ctx');
   });
 });

@@ -1,13 +1,18 @@
 /**
  * Where the CLI's settings come from, highest first: flags, environment, config file
- * (`--config`, `$NARROWLINK_CONFIG`, or `~/.config/narrowlink/config.yaml`).
+ * (`--config`, `$NARROWLINK_CONFIG`, or `~/.config/narrowlink/config.yaml`), and last the credentials
+ * `narrowlink login` cached for the kube context (`--context`, else the kubeconfig's current context): its
+ * token, the proof key the token is bound to, the gateway URL and CA it discovered.
  */
+import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { CliError, CliErrorCode } from './errors.ts';
+import { type CacheLocation, type CachedLogin, readLogin } from './credentials/cache.ts';
+import { currentContextName } from './credentials/kubeconfig.ts';
+import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 
 export const fileSettingsSchema = z
   .object({
@@ -21,10 +26,15 @@ export const fileSettingsSchema = z
 
 export interface Settings {
   gateway: string;
-  token: () => string;
+  /** The token for the next dial or re-auth (a fresh read of a token file; a renewal for a login). */
+  token: () => string | Promise<string>;
   caPem: string | undefined;
   mode: 'auto' | 'direct' | 'relay';
   configPath: string | undefined;
+  /** The key a login token is bound to: the link proves possession of it to the gateway. */
+  proofKey?: KeyObject | undefined;
+  /** Set when the token comes from `narrowlink login`'s cache (holds secrets: never print it whole). */
+  login?: CachedLogin | undefined;
 }
 
 export interface SettingsInput {
@@ -34,6 +44,15 @@ export interface SettingsInput {
   caFile?: string | undefined;
   config?: string | undefined;
   mode?: string | undefined;
+  /** `--context`: whose login cache to use (default: the kubeconfig's current context). */
+  context?: string | undefined;
+  /** `--kubeconfig`: where that current context is read. */
+  kubeconfig?: string | undefined;
+}
+
+/** Where the login cache and the kubeconfig are looked for (injected by tests). */
+export interface SettingsLocation extends Omit<CacheLocation, 'env'> {
+  serviceAccountTokenFile?: string;
 }
 
 export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -41,7 +60,7 @@ export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string 
   return join(base, 'narrowlink', 'config.yaml');
 }
 
-export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = process.env): Settings {
+export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = process.env, location: SettingsLocation = {}): Settings {
   const explicitPath = flags.config ?? env.NARROWLINK_CONFIG;
   const configPath = explicitPath ?? defaultConfigPath(env);
   let file: z.infer<typeof fileSettingsSchema> = {};
@@ -60,9 +79,6 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
   } else if (explicitPath) {
     throw new CliError(CliErrorCode.CONFIG, `config file ${explicitPath} does not exist`);
   }
-  const gateway = flags.gateway ?? env.NARROWLINK_GATEWAY ?? file.gateway;
-  if (!gateway) throw new CliError(CliErrorCode.CONFIG, `no gateway: pass --gateway URL, set NARROWLINK_GATEWAY, or add "gateway:" to ${configPath}`);
-  if (!/^wss?:\/\//.test(gateway)) throw new CliError(CliErrorCode.CONFIG, `gateway URL must start with ws:// or wss://, got "${gateway}"`);
   // The highest level that names a token wins (a --token-file flag beats `token:` in the file); within
   // one level an inline token beats a token file.
   const tokenLevel = [
@@ -72,10 +88,46 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
   ].find((level) => level.text || level.file);
   const tokenText = tokenLevel?.text;
   const tokenFile = tokenLevel?.file;
+  const explicitGateway = flags.gateway ?? env.NARROWLINK_GATEWAY ?? file.gateway;
+  // No token named anywhere: the login cache of the kube context, if `narrowlink login` ran for it.
+  let login: CachedLogin | undefined;
   if (!tokenText && !tokenFile) {
-    throw new CliError(CliErrorCode.CONFIG, `no token: pass --token, set NARROWLINK_TOKEN or NARROWLINK_TOKEN_FILE, or add "token:" to ${configPath}`);
+    const platform = location.platform ?? process.platform;
+    const context = currentContextName({
+      kubeconfig: flags.kubeconfig,
+      context: flags.context,
+      env,
+      platform,
+      ...(location.serviceAccountTokenFile ? { serviceAccountTokenFile: location.serviceAccountTokenFile } : {}),
+    });
+    login = context ? readLogin(context, { env, platform, ...(location.home ? { home: location.home } : {}) }) : undefined;
+    if (!login && context) {
+      throw new CliError(
+        CliErrorCode.NOT_LOGGED_IN,
+        `not logged in to kube context "${context}": run narrowlink login${flags.context ? ` --context ${flags.context}` : ''}, or pass --gateway URL and --token TOKEN`,
+        ExitCode.AUTH,
+      );
+    }
+    if (!login) {
+      throw new CliError(
+        CliErrorCode.CONFIG,
+        `no token: run narrowlink login (with a kubeconfig), pass --token, set NARROWLINK_TOKEN or NARROWLINK_TOKEN_FILE, or add "token:" to ${configPath}`,
+      );
+    }
   }
-  const token = tokenText ? () => tokenText : () => readFileSync(tokenFile as string, 'utf8').trim();
+  const gateway = explicitGateway ?? login?.gatewayUrls[0];
+  if (!gateway) throw new CliError(CliErrorCode.CONFIG, `no gateway: pass --gateway URL, set NARROWLINK_GATEWAY, or add "gateway:" to ${configPath}`);
+  if (!/^wss?:\/\//.test(gateway)) throw new CliError(CliErrorCode.CONFIG, `gateway URL must start with ws:// or wss://, got "${gateway}"`);
+  const loginToken = login?.token;
+  const token = tokenText ? () => tokenText : tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => loginToken as string;
+  let proofKey: KeyObject | undefined;
+  if (login) {
+    try {
+      proofKey = createPrivateKey(login.proofKeyPem);
+    } catch (error) {
+      throw new CliError(CliErrorCode.CACHE, `the proof key cached for context "${login.context}" does not load: run narrowlink login again`, ExitCode.USAGE, { cause: error });
+    }
+  }
   const caFile = flags.caFile ?? env.NARROWLINK_CA_FILE ?? file.caFile;
   const mode = flags.mode ?? env.NARROWLINK_MODE ?? file.mode ?? 'auto';
   if (mode !== 'auto' && mode !== 'direct' && mode !== 'relay') throw new CliError(CliErrorCode.USAGE, `--mode must be auto, direct or relay, got "${mode}"`);
@@ -87,5 +139,6 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
       throw new CliError(CliErrorCode.CONFIG, `cannot read CA file ${caFile}: ${(error as Error).message}`, 2, { cause: error });
     }
   }
-  return { gateway, token, caPem, mode, configPath: existsSync(configPath) ? configPath : undefined };
+  if (!caFile && login && login.caPem.length > 0) caPem = login.caPem;
+  return { gateway, token, caPem, mode, configPath: existsSync(configPath) ? configPath : undefined, ...(login ? { login, proofKey } : {}) };
 }
