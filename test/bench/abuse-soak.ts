@@ -146,8 +146,8 @@ export interface AbuseSoakResult {
   abuse_gateway_rss_baseline_mib: number;
   abuse_gateway_rss_mib: number;
   abuse_agent_rss_mib: number;
-  /** Gateway CPU during the abuse, % of one core. */
-  abuse_gateway_cpu_percent: number;
+  /** Gateway CPU during the abuse, % of one core (null when the gateway exited). */
+  abuse_gateway_cpu_percent: number | null;
   abuse_rss_capped: boolean;
   /** Exit code (or signal name) when the gateway died during the soak, else null. */
   abuse_gateway_exited: string | null;
@@ -352,7 +352,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         timeoutMs: 30_000,
       });
       const abuseStartMs = Date.now();
-      const cpuBefore = await cpuSeconds(gatewayPid);
+      const cpuBefore = await cpuSeconds(gatewayPid).catch(() => Number.NaN);
       let capped = false;
       for (let next = abuseStartMs + 5000; Date.now() - abuseStartMs < seconds * 1000; ) {
         await sleep(RSS_SAMPLE_MS);
@@ -368,7 +368,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         }
       }
       const abuseEndMs = Date.now();
-      const cpuAfter = gatewayState.exit === null ? await cpuSeconds(gatewayPid).catch(() => cpuBefore) : cpuBefore;
+      const cpuAfter = await cpuSeconds(gatewayPid).catch(() => Number.NaN);
       // The victims stop starting streams and report the ones in flight (each settles within its own timeouts)
       // while the abusers keep going, so that every open of the window is measured under abuse.
       const v = victims;
@@ -405,7 +405,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         abuse_gateway_rss_baseline_mib: round2(rssBaseline / MIB),
         abuse_gateway_rss_mib: round2(rssPeak / MIB),
         abuse_agent_rss_mib: round2(agentPeak / MIB),
-        abuse_gateway_cpu_percent: round2(((cpuAfter - cpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
+        abuse_gateway_cpu_percent: Number.isNaN(cpuAfter - cpuBefore) ? null : round2(((cpuAfter - cpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
         abuse_rss_capped: capped,
         abuse_gateway_exited: gatewayState.exit,
         abuse_abuser_stats: abuserStats,
@@ -840,7 +840,7 @@ export function abuseSoakRows(r: AbuseSoakResult): Array<[string, string, string
     [
       'abuse soak: gateway RSS, peak',
       `${r.abuse_gateway_rss_mib} MiB`,
-      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent} %; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
+      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
     ],
   ];
 }
