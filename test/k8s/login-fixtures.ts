@@ -8,17 +8,27 @@
  *   const alice = await clientCertUser(api, dir, { user: 'alice', groups: ['devs'] });
  *   const carol = staticTokenUser(api, dir, CAROL);
  *   const robot = await serviceAccountUser(api, dir, { namespace: 'ci', name: 'robot' });
- *   await applyChartObjects(api, { login: { subjects: [{ kind: 'Group', name: 'devs' }] } }, LOGIN_TEMPLATES);
- *   // alice.kubeconfigPath → `narrowlink login --kubeconfig ...`
+ *   const backend = await startLoginBackend(api, {                      // CRDs, chart RBAC, webhook, operator
+ *     scratchDir: dir,
+ *     chartValues: { login: { subjects: [{ kind: 'Group', name: 'devs' }], gatewayUrls: [url], caBundle: caPem } },
+ *   });
+ *   // alice.kubeconfigPath → `narrowlink login --kubeconfig ...`; backend.signingKey.publicKeyPem → the gateway
  */
 import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
-import { RestKubeClient, type ResourceType } from '@narrowlink/kube';
+import { type KubeObject, RestKubeClient, type ResourceType } from '@narrowlink/kube';
+import { DEFAULT_LOGIN_SETTINGS, type LoginSettings, loginRequestResource } from '@narrowlink/operator';
+import { ensureSigningKey, Operator, type SigningKey, startWebhookServer, type WebhookServer } from '@narrowlink/operator/testing';
+import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
 import { ROOT } from '../helpers/paths.ts';
+import { makeTestCertificate } from '../helpers/tls.ts';
+import { waitFor } from '../helpers/wait.ts';
 import type { ApiServer, StaticTokenUser } from './cluster.ts';
+import { applyCrd } from './fixtures/fake-cert-manager.ts';
 import { helmPath, kubectlPath } from './tools.ts';
 
 const run = promisify(execFile);
@@ -113,6 +123,13 @@ export async function staticTokenUser(api: ApiServer, dir: string, user: StaticT
   return { username: user.user, groups: [...user.groups, AUTHENTICATED_GROUP], kubeconfigPath, contextName };
 }
 
+const mutatingWebhookConfigurations: ResourceType = {
+  group: 'admissionregistration.k8s.io',
+  version: 'v1',
+  plural: 'mutatingwebhookconfigurations',
+  kind: 'MutatingWebhookConfiguration',
+  namespaced: false,
+};
 const serviceAccounts: ResourceType = { group: '', version: 'v1', plural: 'serviceaccounts', kind: 'ServiceAccount', namespaced: true };
 const namespaces: ResourceType = { group: '', version: 'v1', plural: 'namespaces', kind: 'Namespace', namespaced: false };
 
@@ -204,4 +221,130 @@ export async function applyChartObjects(
     timeout: 120_000,
   });
   return objects;
+}
+
+/** Options of {@link startLoginBackend}. */
+export interface LoginBackendOptions {
+  /** The release namespace: login requests, discovery ConfigMap, signing key. Default `narrowlink-system`. */
+  namespace?: string;
+  /** Directory for certificates, rendered values and objects (the caller removes it). */
+  scratchDir: string;
+  /** Overrides of the operator's login settings (e.g. short collection times). */
+  login?: Partial<LoginSettings>;
+  /** Chart values for the login templates (login.subjects, login.gatewayUrls, login.caBundle, ...). */
+  chartValues?: Record<string, unknown>;
+}
+
+/** The cluster side of `narrowlink login`, running in this process against the test apiserver. */
+export interface LoginBackend {
+  namespace: string;
+  /** The operator's signing key: its public half verifies issued tokens (give it to a gateway). */
+  signingKey: SigningKey;
+  /** Every log line of the operator and webhook, parsed (check that no token leaks). */
+  logs: Array<Record<string, unknown>>;
+  /** Chart objects applied (ClusterRole narrowlink-login, bindings, discovery ConfigMap + Role/RoleBinding). */
+  chartObjects: RenderedObject[];
+  operator: Operator;
+  webhook: WebhookServer;
+  /** Stops the operator and the webhook, and removes the webhook configuration. */
+  stop(): Promise<void>;
+}
+
+/** Name of the MutatingWebhookConfiguration {@link startLoginBackend} registers. */
+export const LOGIN_WEBHOOK_CONFIGURATION = 'narrowlink-login-test';
+
+/**
+ * Everything `narrowlink login` needs on the cluster side, from the repository's own pieces: the CRDs of crds/,
+ * the chart's login RBAC and discovery ConfigMap (helm template, applied), the operator's webhook (HTTPS on
+ * 127.0.0.1 with a test CA) registered with the chart's `login-requests.narrowlink.io` entry (its clientConfig
+ * pointed at the local URL), and the operator's control loop with a fresh signing key. Resolves once the API
+ * server calls the webhook (probed with dry-run creates) and the operator runs.
+ */
+export async function startLoginBackend(api: ApiServer, options: LoginBackendOptions): Promise<LoginBackend> {
+  const namespace = options.namespace ?? 'narrowlink-system';
+  const client = await RestKubeClient.fromKubeConfig(api.kubeConfig());
+  await ensureNamespace(client, namespace);
+  for (const file of (await readdir(join(ROOT, 'crds'))).filter((f) => f.endsWith('.yaml'))) {
+    for (const doc of parseAllDocuments(await readFile(join(ROOT, 'crds', file), 'utf8'))) {
+      const crd = doc.toJS() as KubeObject | null;
+      if (crd) await applyCrd(client, crd);
+    }
+  }
+  const chartObjects = await applyChartObjects(api, namespace, options.chartValues ?? {}, options.scratchDir);
+
+  const logs: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') logs.push(JSON.parse(line) as Record<string, unknown>);
+      done();
+    },
+  });
+  const log = pino({ level: 'debug' }, sink);
+
+  const cert = await makeTestCertificate(join(options.scratchDir, 'webhook-tls'));
+  const webhook = await startWebhookServer({
+    log,
+    settings: { image: 'unused.example/narrowlink:0', resources: {}, gatewayUrl: 'wss://unused.example', tokenAudience: 'narrowlink', tokenExpirationSeconds: 600 },
+    ownNamespace: namespace,
+    host: '127.0.0.1',
+    port: 0,
+    certFile: cert.certFile,
+    keyFile: cert.keyFile,
+  });
+  const [rendered] = (await renderChart(namespace, {}, ['templates/webhook.yaml'], options.scratchDir)).filter((o) => o.kind === 'MutatingWebhookConfiguration');
+  const loginHook = (rendered?.webhooks as Array<{ name: string; clientConfig: { service?: { path: string } } }> | undefined)?.find(
+    (w) => w.name === 'login-requests.narrowlink.io',
+  );
+  if (!loginHook?.clientConfig.service) throw new Error('the chart renders no login-requests.narrowlink.io webhook');
+  const configuration = {
+    apiVersion: 'admissionregistration.k8s.io/v1',
+    kind: 'MutatingWebhookConfiguration',
+    metadata: { name: LOGIN_WEBHOOK_CONFIGURATION },
+    webhooks: [{ ...loginHook, clientConfig: { url: `${webhook.url}${loginHook.clientConfig.service.path}`, caBundle: Buffer.from(cert.ca).toString('base64') } }],
+  };
+  await client.apply(mutatingWebhookConfigurations, configuration, { fieldManager: 'narrowlink-test', force: true });
+  // The API server loads webhook configurations asynchronously: wait until a dry-run create is stamped.
+  const probe = {
+    apiVersion: 'narrowlink.io/v1alpha1',
+    kind: 'ClientLoginRequest',
+    metadata: { name: 'webhook-probe', namespace },
+    spec: { publicKey: 'A'.repeat(43) },
+  };
+  await waitFor(
+    'the login webhook to stamp requests',
+    async () => {
+      const created = await client.apply(loginRequestResource, probe, { fieldManager: 'narrowlink-test', dryRun: true });
+      return (created.spec as { username?: string } | undefined)?.username === 'admin';
+    },
+    30_000,
+    200,
+  );
+
+  const signingKey = await ensureSigningKey(client, namespace, 'narrowlink-signing-key');
+  const operator = new Operator({
+    client,
+    log,
+    signingKey,
+    settings: {
+      namespace,
+      gatewayConfigSecret: 'narrowlink-gateway-config',
+      allowCrossNamespacePolicies: false,
+      login: { ...DEFAULT_LOGIN_SETTINGS, ...options.login },
+    },
+  });
+  await operator.start();
+  return {
+    namespace,
+    signingKey,
+    logs,
+    chartObjects,
+    operator,
+    webhook,
+    async stop() {
+      await operator.stop();
+      await webhook.close();
+      await client.delete(mutatingWebhookConfigurations, undefined, LOGIN_WEBHOOK_CONFIGURATION).catch(() => false);
+      await cert.remove();
+    },
+  };
 }

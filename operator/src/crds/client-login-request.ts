@@ -62,7 +62,7 @@ export const loginSpecField = object(
         maxLength: 4096,
       }),
     ),
-    uid: optional(string('Set by the admission webhook: the uid of the authenticated user (may be empty).', { maxLength: 4096 })),
+    uid: optional(string('Set by the admission webhook: the uid of the authenticated user; absent when the authenticator gives none (client certificates).', { maxLength: 4096 })),
     groups: optional(
       array(
         'Set by the admission webhook: the groups the API server authenticated for the creator of this request.',

@@ -36,10 +36,12 @@ describe('reviewLoginRequest', () => {
     assert.deepEqual(patched.spec, { publicKey: KEY, ttlSeconds: 3600, username: 'alice', uid: 'u-1', groups: ['devs', 'system:authenticated'] });
   });
 
-  it('CREATE by a user without uid or groups: uid "" and groups []', () => {
-    const request = create({ publicKey: KEY }, { username: 'system:anonymous-like' });
-    const patched = applyJsonPatch(request.object, patchOf(reviewLoginRequest(request).response)) as { spec: Record<string, unknown> };
-    assert.deepEqual(patched.spec, { publicKey: KEY, username: 'system:anonymous-like', uid: '', groups: [] });
+  it('CREATE by a user without uid or groups (a client certificate has no uid): no uid, groups []', () => {
+    for (const userInfo of [{ username: 'alice' }, { username: 'alice', uid: '' }]) {
+      const request = create({ publicKey: KEY }, userInfo);
+      const patched = applyJsonPatch(request.object, patchOf(reviewLoginRequest(request).response)) as { spec: Record<string, unknown> };
+      assert.deepEqual(patched.spec, { publicKey: KEY, username: 'alice', groups: [] });
+    }
   });
 
   for (const [name, spec, fields] of [

@@ -5,8 +5,8 @@
  * must never come from the client:
  *
  * - CREATE that already sets any of the three (even empty) → denied 403 `NL_ERR_WEBHOOK_LOGIN_IDENTITY_SUPPLIED`.
- * - CREATE otherwise → allowed with a JSON patch adding the three fields (uid `""` and groups `[]` when the
- *   authenticator gave none).
+ * - CREATE otherwise → allowed with a JSON patch adding the three fields (no uid when the authenticator gave
+ *   none, groups `[]` when it gave none).
  * - UPDATE that changes `spec` in any way → denied 403 `NL_ERR_WEBHOOK_LOGIN_SPEC_IMMUTABLE` (metadata changes,
  *   e.g. labels or a deletion's finalizer bookkeeping, pass; status goes through the status subresource, which
  *   the webhook rules do not match).
@@ -86,9 +86,12 @@ export function reviewLoginRequest(request: AdmissionRequest): LoginReviewResult
   if (username === undefined || username === '') {
     return { response: deny(uid, 400, WebhookErrorCode.LOGIN_INVALID, 'the API server sent no authenticated user name'), outcome: 'invalid' };
   }
+  const userUid = request.userInfo?.uid;
   const patch: JsonPatchOp[] = [
     { op: 'add', path: pointer('spec', 'username'), value: username },
-    { op: 'add', path: pointer('spec', 'uid'), value: request.userInfo?.uid ?? '' },
+    // No uid from the authenticator (client certificates, most static tokens): leave the field out. An `add` of ""
+    // arrives as null at the 1.20 API server's JSON patch, which the schema then refuses.
+    ...(userUid ? [{ op: 'add' as const, path: pointer('spec', 'uid'), value: userUid }] : []),
     { op: 'add', path: pointer('spec', 'groups'), value: request.userInfo?.groups ?? [] },
   ];
   return {

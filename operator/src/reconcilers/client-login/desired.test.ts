@@ -20,7 +20,7 @@ function request(spec: Partial<ClientLoginRequest['spec']>, extra: Partial<Clien
   };
 }
 
-const STAMP = { username: 'alice', uid: '', groups: ['devs', 'system:authenticated'] };
+const STAMP = { username: 'alice', groups: ['devs', 'system:authenticated'] };
 
 describe('planLogin', () => {
   it('signs a stamped request for the stamped identity, bound to the key thumbprint, default lifetime = the cap', () => {
@@ -43,7 +43,8 @@ describe('planLogin', () => {
   for (const [name, spec] of [
     ['no stamp at all', {}],
     ['an empty username', { ...STAMP, username: '' }],
-    ['no uid', { username: 'alice', groups: [] }],
+    ['no groups', { username: 'alice', uid: 'u' }],
+    ['a uid that is not a string', { ...STAMP, uid: 7 as unknown as string }],
     ['groups not a list', { ...STAMP, groups: 'devs' as unknown as string[] }],
     ['a group that is not a string', { ...STAMP, groups: [1 as unknown as string] }],
   ] as Array<[string, Partial<ClientLoginRequest['spec']>]>) {

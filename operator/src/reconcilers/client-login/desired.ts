@@ -7,8 +7,8 @@
  *    the CLI deletes its own request once it read the token; this catches crashed CLIs and abandoned refusals.
  * 2. A request that already carries a decision (`Ready` with any reason) is left alone until then: a request
  *    is signed at most once.
- * 3. A request without the webhook's stamp (`spec.username` non-empty, `spec.uid` a string, `spec.groups` a list
- *    of strings) is `Denied`: the webhook was bypassed or not installed, and an identity the API server did not
+ * 3. A request without the webhook's stamp (`spec.username` non-empty, `spec.groups` a list of strings, `spec.uid`
+ *    absent or a string) is `Denied`: the webhook was bypassed or not installed, and an identity the API server did not
  *    vouch for is never signed.
  * 4. A public key that is not a canonical 32-byte Ed25519 `x`, or a `ttlSeconds` that is not a positive integer,
  *    is `Invalid` (the CRD schema refuses both already; this guards an edited or older schema).
@@ -95,7 +95,7 @@ export function planLogin(request: ClientLoginRequest, settings: LoginSettings, 
   const stamped =
     typeof spec.username === 'string' &&
     spec.username !== '' &&
-    typeof spec.uid === 'string' &&
+    (spec.uid === undefined || typeof spec.uid === 'string') &&
     Array.isArray(spec.groups) &&
     spec.groups.every((g) => typeof g === 'string');
   if (!stamped) {
