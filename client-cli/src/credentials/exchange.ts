@@ -136,27 +136,23 @@ export function kubeFailure(error: unknown, target: ExchangeTarget, what: string
 
 /** Reads and validates the discovery ConfigMap in `namespace`. */
 export async function readDiscovery(client: KubeClient, namespace: string, target: ExchangeTarget): Promise<Discovery> {
+  const notInstalled = (why: string, cause?: unknown): CliError =>
+    new CliError(
+      CliErrorCode.NOT_INSTALLED,
+      `narrowlink is not installed in namespace "${namespace}" of context "${target.context}" (${why}): pass -n with the namespace of the narrowlink chart (helm list -A shows it)`,
+      ExitCode.USAGE,
+      cause === undefined ? undefined : { cause },
+    );
   let configMap: KubeObject | undefined;
   try {
     configMap = await client.get(Resources.configMap, namespace, DISCOVERY_CONFIGMAP);
   } catch (error) {
-    if (error instanceof KubeError && error.status === 403) {
-      throw new CliError(
-        CliErrorCode.LOGIN_FORBIDDEN,
-        `you may not get configmaps/${DISCOVERY_CONFIGMAP} in namespace "${namespace}" (the chart lets every authenticated user read it): is narrowlink installed there? Try -n NAMESPACE. (${error.message})`,
-        ExitCode.AUTH,
-        { cause: error },
-      );
-    }
+    // The chart lets every authenticated user get this one ConfigMap, so a 403 means no chart there (an ordinary
+    // user may not even learn whether a ConfigMap exists in a namespace that is not theirs).
+    if (error instanceof KubeError && error.status === 403) throw notInstalled(`ConfigMap ${DISCOVERY_CONFIGMAP} is not readable: ${error.message}`, error);
     throw kubeFailure(error, target, `reading ConfigMap ${namespace}/${DISCOVERY_CONFIGMAP}`);
   }
-  if (!configMap) {
-    throw new CliError(
-      CliErrorCode.NOT_INSTALLED,
-      `narrowlink is not installed in namespace "${namespace}" of context "${target.context}" (no ConfigMap ${DISCOVERY_CONFIGMAP}): pass -n with the namespace of the narrowlink chart (helm list -A shows it)`,
-      ExitCode.USAGE,
-    );
-  }
+  if (!configMap) throw notInstalled(`no ConfigMap ${DISCOVERY_CONFIGMAP}`);
   return parseDiscovery(configMap.data as Record<string, unknown> | undefined, namespace);
 }
 

@@ -306,6 +306,11 @@ describe('login failures: code and exit status', () => {
     assert.equal(requests.some((r) => r.method === 'POST'), false, 'nothing is created');
   });
 
+  test('discovery ConfigMap not readable (403: no chart, so no Role for authenticated users there): NL_ERR_CLI_NOT_INSTALLED, exit 2', async () => {
+    behaviour.discovery = 403;
+    await loginError(() => login({ kubeconfig: kubeconfig({ token: 't' }), cache: { env: { XDG_CONFIG_HOME: tempDir() } } }), 'NL_ERR_CLI_NOT_INSTALLED', ExitCode.USAGE);
+  });
+
   test('no ClientLoginRequest kind (an old chart): NL_ERR_CLI_NOT_INSTALLED', async () => {
     behaviour.create = 404;
     await loginError(() => login({ kubeconfig: kubeconfig({ token: 't' }), cache: { env: { XDG_CONFIG_HOME: tempDir() } } }), 'NL_ERR_CLI_NOT_INSTALLED', ExitCode.USAGE);
