@@ -25,6 +25,29 @@ export interface AppOptions {
   tls?: { key: string; cert: string };
   /** Largest WebSocket message accepted, bytes. Default 1 MiB + frame header. */
   maxMessageBytes?: number;
+  /**
+   * The gateway's URL as clients dial it (`wss://gw.example.com`, path ignored), when something in front of it
+   * terminates TLS or rewrites the Host header: key-bound tokens' proofs must name it (`htu`). Default: the URL of
+   * the request as this listener sees it (see {@link proofUrl}).
+   */
+  publicUrl?: string;
+}
+
+/**
+ * The `htu` a proof of possession must name for an upgrade to `path`: the configured public URL's origin, or else
+ * `wss` when this listener terminates TLS (`ws` otherwise), the Host header, and the path. Behind a TCP load
+ * balancer (the chart's Service) that is exactly what the client dialled. A proxy that terminates TLS or rewrites
+ * Host changes it, and needs `publicUrl`. Without `publicUrl` the host comes from the client's own Host header,
+ * so the check proves the proof was made for this request, not that it was made for this gateway: the token's
+ * audience and the replay cache carry that part. Undefined when there is no Host header (no proof can match).
+ */
+export function proofUrl(path: string, host: string | undefined, tls: boolean, publicUrl?: string): string | undefined {
+  if (publicUrl !== undefined) {
+    const base = new URL(publicUrl);
+    return `${base.protocol}//${base.host}${path}`;
+  }
+  if (host === undefined || host === '' || /[\s/?#@]/.test(host)) return undefined;
+  return `${tls ? 'wss' : 'ws'}://${host}${path}`;
 }
 
 const ENDPOINTS: Record<string, SessionKind> = { '/v1/agent': 'agent', '/v1/client': 'client' };
@@ -104,7 +127,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
     try {
       if (!kind) throw new GatewayError(GatewayErrorCode.NOT_FOUND, 404, `no WebSocket endpoint at ${path}; use /v1/agent or /v1/client`);
       const agentHeader = request.headers['x-narrowlink-agent'];
-      const identity = await gateway.authenticate(kind, request.headers.authorization, typeof agentHeader === 'string' ? agentHeader : undefined);
+      // Several DPoP headers arrive joined with ", ", which no proof contains: they are refused as invalid (RFC 9449 §4.3).
+      const dpop = request.headers.dpop;
+      const proof = { proof: Array.isArray(dpop) ? dpop.join(', ') : dpop, htm: 'GET', htu: proofUrl(path, request.headers.host, options.tls !== undefined, options.publicUrl) };
+      const identity = await gateway.authenticate(kind, request.headers.authorization, typeof agentHeader === 'string' ? agentHeader : undefined, proof);
       if (socket.destroyed) return;
       wss.handleUpgrade(request, socket, head, (ws) => {
         gateway.attach(kind, identity, ws);

@@ -4,13 +4,18 @@ import { describe, test } from 'node:test';
 import { EventEmitter } from 'node:events';
 import {
   type ControlMessage,
+  createProof,
   DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
   decodeFrame,
   ErrorCode,
   type GatewayConfig,
+  generateProofKey,
   generateSigningKeyPair,
+  jwkThumbprint,
+  REAUTH_PROOF_METHOD,
   signToken,
   validateGatewayConfig,
+  verifyToken,
 } from '@narrowlink/protocol';
 import { pino } from 'pino';
 import type { WebSocket } from 'ws';
@@ -394,9 +399,12 @@ describe('token denylist (tokens.deny)', () => {
 class FakeSocket extends EventEmitter {
   readonly sent: Buffer[] = [];
   readonly closes: { code: number; reason: string }[] = [];
-  send(bytes: Buffer): void {
+  send(bytes: Buffer, _options?: unknown, flushed?: () => void): void {
     this.sent.push(bytes);
+    flushed?.();
   }
+  pause(): void {}
+  resume(): void {}
   close(code: number, reason: string): void {
     this.closes.push({ code, reason });
     this.emit('close');
@@ -411,3 +419,56 @@ class FakeSocket extends EventEmitter {
     });
   }
 }
+
+describe('key-bound tokens (cnf.jkt) in the Authenticator', () => {
+  const key = generateProofKey();
+  const htu = 'wss://gw.example.com/v1/client';
+  const bound = (nowMs = T0): Promise<string> => signToken(keys.privateKeyPem, { typ: 'client', sub: 'alice', ttlSeconds: 600, nowMs, cnf: { jkt: jwkThumbprint(key.x) } });
+
+  test('without a proof context (a caller that passes none) a key-bound token is refused PROOF_MISSING, and counted', async () => {
+    const { auth, failures } = setup();
+    const refused = await refusal(async () => auth.authenticate('client', `Bearer ${await bound()}`));
+    assert.deepEqual(refused, { status: 401, code: GatewayErrorCode.AUTH_INVALID_TOKEN, reason: ErrorCode.TOKEN_PROOF_MISSING });
+    assert.deepEqual(failures, [ErrorCode.TOKEN_PROOF_MISSING]);
+  });
+
+  test('when the URL cannot be told (no Host header) no proof matches', async () => {
+    const { auth } = setup();
+    const t = await bound();
+    const proof = await createProof(key.privateKey, { token: t, htm: 'GET', htu, nowMs: T0 });
+    const refused = await refusal(() => auth.authenticate('client', `Bearer ${t}`, undefined, { proof, htm: 'GET', htu: undefined }));
+    assert.equal(refused.reason, ErrorCode.TOKEN_PROOF_INVALID);
+    assert.deepEqual(await auth.authenticate('client', `Bearer ${t}`, undefined, { proof: await createProof(key.privateKey, { token: t, htm: 'GET', htu, nowMs: T0 }), htm: 'GET', htu }), {
+      sub: 'alice',
+      groups: [],
+      typ: 'client',
+      expiresAtMs: T0 + 600_000,
+      jti: (await verifyToken(t, { publicKeysPem: [keys.publicKeyPem], expectedType: 'client', nowMs: T0 })).jti,
+    });
+  });
+
+  test('proofMaxAgeSeconds narrows (or widens) the iat window', async () => {
+    const failures: string[] = [];
+    const auth = new Authenticator({ config: () => config, shuttingDown: () => false, now: () => T0, authFailures: { inc: (labels) => void failures.push(String((labels as { reason: string }).reason)) }, proofMaxAgeSeconds: 5 });
+    const t = await bound();
+    const tenSecondsOld = await createProof(key.privateKey, { token: t, htm: 'GET', htu, nowMs: T0 - 10_000 });
+    assert.equal((await refusal(() => auth.authenticate('client', `Bearer ${t}`, undefined, { proof: tenSecondsOld, htm: 'GET', htu }))).reason, ErrorCode.TOKEN_PROOF_STALE);
+    const fresh = await createProof(key.privateKey, { token: t, htm: 'GET', htu, nowMs: T0 - 4000 });
+    assert.equal((await auth.authenticate('client', `Bearer ${t}`, undefined, { proof: fresh, htm: 'GET', htu })).sub, 'alice');
+    assert.deepEqual(failures, [ErrorCode.TOKEN_PROOF_STALE]);
+  });
+
+  test('reauth keeps the session binding: same key renews; the proof must be REAUTH for the upgrade URL', async () => {
+    const { auth } = setup();
+    const first = await bound();
+    const identity = await auth.authenticate('client', `Bearer ${first}`, undefined, { proof: await createProof(key.privateKey, { token: first, htm: 'GET', htu, nowMs: T0 }), htm: 'GET', htu });
+    const next = await bound(T0 + 1000);
+    const wrongUrl = await createProof(key.privateKey, { token: next, htm: REAUTH_PROOF_METHOD, htu: 'wss://other.example/v1/client', nowMs: T0 });
+    const outcome1 = await auth.reauthenticate('client', identity, next, wrongUrl);
+    assert.equal(outcome1.result === 'refused' && outcome1.error.reason, ErrorCode.TOKEN_PROOF_INVALID);
+    const good = await createProof(key.privateKey, { token: next, htm: REAUTH_PROOF_METHOD, htu, nowMs: T0 });
+    const outcome2 = await auth.reauthenticate('client', identity, next, good);
+    assert.equal(outcome2.result, 'renewed');
+    assert.equal(outcome2.result === 'renewed' && outcome2.identity.expiresAtMs, T0 + 601_000);
+  });
+});

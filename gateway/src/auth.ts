@@ -3,8 +3,25 @@
  * (`reauth`): Narrowlink tokens checked against the configuration's signing keys, and agents' ServiceAccount
  * tokens checked by a TokenReview. Failures are `GatewayError`s carrying the HTTP status to answer and a
  * `reason`, counted by reason. The token is never logged.
+ *
+ * Key-bound tokens (`cnf.jkt`, issued by `narrowlink login`) are accepted only with a proof of possession
+ * (protocol's proof.ts, RFC 9449 shape): on the upgrade a `DPoP` header with `htm` GET and `htu` the endpoint's
+ * URL as the client dialled it; on `reauth` a `proof` next to the token with `htm` REAUTH and the same `htu` as
+ * the session's upgrade, signed by the same key as the session's first token (a session cannot switch keys, nor
+ * drop or gain a binding). Proof ids are remembered per gateway process (ProofReplayCache). See
+ * docs/adr/0011-key-bound-client-tokens.md.
  */
-import { DEFAULT_MAX_TOKEN_LIFETIME_SECONDS, ErrorCode, type GatewayConfig, TokenError, verifyToken } from '@narrowlink/protocol';
+import {
+  DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+  DEFAULT_PROOF_MAX_AGE_SECONDS,
+  ErrorCode,
+  type GatewayConfig,
+  ProofReplayCache,
+  REAUTH_PROOF_METHOD,
+  TokenError,
+  verifyProof,
+  verifyToken,
+} from '@narrowlink/protocol';
 import { findAgent, normalizeAgentRef } from './agent-registry.ts';
 import { GatewayAuthReason, GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -23,6 +40,30 @@ export interface AuthenticatorOptions {
   tokenReviewer?: TokenReviewer | undefined;
   /** Counts every failure of `authenticate` by `reason`. */
   authFailures: Pick<GatewayMetrics['authFailures'], 'inc'>;
+  /** How far a proof's `iat` may lie from `now`, either way, seconds. Default DEFAULT_PROOF_MAX_AGE_SECONDS (60). */
+  proofMaxAgeSeconds?: number | undefined;
+  /** Where proof ids are remembered. Default: a ProofReplayCache of its default size, for this Authenticator. */
+  proofReplay?: ProofReplayCache | undefined;
+}
+
+/**
+ * The proof of possession that came with a credential, and what it must be made for. On the upgrade: the `DPoP`
+ * header, `htm` GET and the endpoint's URL as the client dialled it (see app.ts for how it is derived).
+ */
+export interface ProofContext {
+  /** The proof (header value or `reauth.proof`); undefined when none came. */
+  proof: string | undefined;
+  htm: string;
+  /** The URL the proof must name; undefined when it cannot be told (no Host header): a proof then cannot match. */
+  htu: string | undefined;
+}
+
+/** What a session's first credential bound it to: kept for its `reauth`s (keyed by the session's identity object). */
+interface SessionBinding {
+  /** The `cnf.jkt` of the first token; undefined for a bearer session. */
+  jkt: string | undefined;
+  /** The URL of the upgrade, which `reauth` proofs name too. */
+  htu: string | undefined;
 }
 
 /**
@@ -71,6 +112,14 @@ export class Authenticator {
   readonly #now: () => number;
   readonly #tokenReviewer: TokenReviewer | undefined;
   readonly #authFailures: AuthenticatorOptions['authFailures'];
+  readonly #proofMaxAgeSeconds: number;
+  readonly #proofReplay: ProofReplayCache;
+  /**
+   * Each session's binding, by its identity object (the one `authenticate` returned, which the session keeps and
+   * `reauth` updates in place): the session module need not know about proofs, and a closed session's entry goes
+   * with it.
+   */
+  readonly #bindings = new WeakMap<SessionIdentity, SessionBinding>();
 
   constructor(options: AuthenticatorOptions) {
     this.#config = options.config;
@@ -78,13 +127,17 @@ export class Authenticator {
     this.#now = options.now;
     this.#tokenReviewer = options.tokenReviewer;
     this.#authFailures = options.authFailures;
+    this.#proofMaxAgeSeconds = options.proofMaxAgeSeconds ?? DEFAULT_PROOF_MAX_AGE_SECONDS;
+    this.#proofReplay = options.proofReplay ?? new ProofReplayCache();
   }
 
   /**
    * Authenticates an upgrade request (`Authorization: Bearer <token>`). `agentRef` is the agent a sidecar names
-   * itself (it then presents a ServiceAccount token). Throws GatewayError with the HTTP status to answer.
+   * itself (it then presents a ServiceAccount token). `proof` is the proof of possession that came with it
+   * (required when the token is key-bound; absent counts as no proof). Throws GatewayError with the HTTP status
+   * to answer.
    */
-  async authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string): Promise<SessionIdentity> {
+  async authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string, proof?: ProofContext): Promise<SessionIdentity> {
     try {
       if (this.#shuttingDown()) throw new GatewayError(GatewayErrorCode.SHUTTING_DOWN, 503, 'gateway is shutting down; reconnect shortly');
       const config = this.#config();
@@ -117,6 +170,8 @@ export class Authenticator {
       if (claims.exp * 1000 <= this.#now()) {
         throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: token has expired', { reason: ErrorCode.TOKEN_EXPIRED });
       }
+      // A key-bound token is worth nothing without its key: the proof is part of authenticating it.
+      if (claims.cnf) await this.#checkProof(match[1] as string, claims.cnf.jkt, proof);
       // The configuration of now, not of before the await: a reload may have removed the agent (or denied the
       // token) meanwhile.
       const current = this.#config() ?? config;
@@ -124,11 +179,31 @@ export class Authenticator {
       if (kind === 'agent' && !findAgent(current, normalizeAgentRef(claims.sub))) {
         throw new GatewayError(GatewayErrorCode.AUTH_UNKNOWN_AGENT, 403, `agent "${claims.sub}" is not configured on this gateway`);
       }
-      return { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000, jti: claims.jti };
+      const identity: SessionIdentity = { sub: claims.sub, groups: claims.groups, typ: kind, expiresAtMs: claims.exp * 1000, jti: claims.jti };
+      this.#bindings.set(identity, { jkt: claims.cnf?.jkt, htu: proof?.htu });
+      return identity;
     } catch (error) {
       const gatewayError = asGatewayError(error);
       this.#authFailures.inc({ reason: gatewayError.reason });
       throw gatewayError;
+    }
+  }
+
+  async #checkProof(token: string, jkt: string, context: ProofContext | undefined): Promise<void> {
+    try {
+      await verifyProof(context?.proof, {
+        token,
+        htm: context?.htm ?? 'GET',
+        // No URL to compare with: nothing can match it (never a wildcard).
+        htu: context?.htu ?? 'invalid:',
+        expectedJkt: jkt,
+        nowMs: this.#now(),
+        maxAgeSeconds: this.#proofMaxAgeSeconds,
+        replay: this.#proofReplay,
+      });
+    } catch (error) {
+      if (!(error instanceof TokenError)) throw error;
+      throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, `token rejected: ${error.message}`, { reason: error.code, cause: error });
     }
   }
 
@@ -165,16 +240,30 @@ export class Authenticator {
 
   /**
    * Checks a fresh credential (`reauth`) for a session of `kind` with `identity`: the same way as at the upgrade
-   * (a ServiceAccount agent through the TokenReview again), and it must name the same subject. A 503 (the
-   * TokenReview is unavailable, the gateway drains) while the current credential is still good defers instead
-   * of refusing: the peer retries, and the sweep ends the session at expiry if it never succeeds.
+   * (a ServiceAccount agent through the TokenReview again), and it must name the same subject. A key-bound token
+   * needs `proof` (`htm` REAUTH, the upgrade's URL), and its key must be the session's: a session keeps the binding
+   * of its first token (no other key, no dropping or gaining one). A 503 (the TokenReview is unavailable, the
+   * gateway drains) while the current credential is still good defers instead of refusing: the peer retries, and
+   * the sweep ends the session at expiry if it never succeeds.
    */
-  async reauthenticate(kind: SessionKind, identity: Readonly<SessionIdentity>, token: string): Promise<ReauthOutcome> {
+  async reauthenticate(kind: SessionKind, identity: Readonly<SessionIdentity>, token: string, proof?: string): Promise<ReauthOutcome> {
     try {
-      const next = await this.authenticate(kind, `Bearer ${token}`, identity.viaServiceAccount ? identity.sub : undefined);
+      const binding = this.#bindings.get(identity);
+      const next = await this.authenticate(kind, `Bearer ${token}`, identity.viaServiceAccount ? identity.sub : undefined, {
+        proof,
+        htm: REAUTH_PROOF_METHOD,
+        htu: binding?.htu,
+      });
       if (next.sub !== identity.sub) {
         throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'a session cannot change identity; reconnect instead', {
           reason: GatewayAuthReason.AUTH_IDENTITY_CHANGED,
+        });
+      }
+      const nextJkt = this.#bindings.get(next)?.jkt;
+      if (nextJkt !== binding?.jkt) {
+        // Like a change of subject, not counted as an authentication failure: the credential itself was good.
+        throw new GatewayError(GatewayErrorCode.AUTH_INVALID_TOKEN, 401, 'token rejected: a session cannot switch to another key (or drop or gain one); reconnect instead', {
+          reason: ErrorCode.TOKEN_PROOF_KEY_MISMATCH,
         });
       }
       return { result: 'renewed', identity: next };

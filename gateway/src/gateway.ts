@@ -35,7 +35,7 @@ import {
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { type AgentAttachment, AgentRegistry, normalizeAgentRef } from './agent-registry.ts';
-import { Authenticator, closeRevokedSessions } from './auth.ts';
+import { Authenticator, closeRevokedSessions, type ProofContext } from './auth.ts';
 import { DirectPathBroker } from './direct-broker.ts';
 import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -72,6 +72,8 @@ export interface GatewayOptions {
   onAgentsChanged?: () => void;
   /** Per-session rate limits of OPEN, list_agents, direct_request and reauth; default DEFAULT_RATE_LIMITS. */
   rateLimits?: Partial<RateLimits>;
+  /** How far a key-bound token's proof `iat` may lie from the gateway's clock, either way, seconds. Default 60. */
+  proofMaxAgeSeconds?: number;
 }
 
 /** The client-side role of a session. */
@@ -131,6 +133,7 @@ export class Gateway {
       now: this.#now,
       tokenReviewer: options.tokenReviewer,
       authFailures: this.metrics.authFailures,
+      proofMaxAgeSeconds: options.proofMaxAgeSeconds,
     });
     this.#nat = new NatRegistry({ probe: options.natProbe, now: this.#now });
     this.#agents = new AgentRegistry({ config });
@@ -226,11 +229,11 @@ export class Gateway {
   }
 
   /**
-   * Authenticates an upgrade request before any WebSocket exists. Throws GatewayError with the
-   * HTTP status to answer; never logs the token.
+   * Authenticates an upgrade request before any WebSocket exists (`proof`: the `DPoP` header and the URL it must
+   * name, for key-bound tokens). Throws GatewayError with the HTTP status to answer; never logs the token.
    */
-  authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string): Promise<SessionIdentity> {
-    return this.#auth.authenticate(kind, authorization, agentRef);
+  authenticate(kind: SessionKind, authorization: string | undefined, agentRef?: string, proof?: ProofContext): Promise<SessionIdentity> {
+    return this.#auth.authenticate(kind, authorization, agentRef, proof);
   }
 
   /** Takes over an authenticated WebSocket. */
@@ -297,7 +300,7 @@ export class Gateway {
         // Over the limit the session keeps its current credential (as when the check is deferred); the peer resends.
         const limited = this.#rateLimit(session, 'reauth');
         if (limited === 'refused') this.#sendRateLimited(session, 'reauth');
-        else if (limited === 'allowed') void this.#reauthenticate(session, message.token);
+        else if (limited === 'allowed') void this.#reauthenticate(session, message.token, message.proof);
         return;
       }
       case 'nat_report':
@@ -435,9 +438,9 @@ export class Gateway {
   }
 
   /** Accepts a fresh credential for the same identity and extends the session; anything else closes it. */
-  async #reauthenticate(session: PeerSession, token: string): Promise<void> {
+  async #reauthenticate(session: PeerSession, token: string, proof: string | undefined): Promise<void> {
     const identity = session.identity;
-    const outcome = await this.#auth.reauthenticate(session.kind, identity, token);
+    const outcome = await this.#auth.reauthenticate(session.kind, identity, token, proof);
     if (outcome.result === 'deferred') {
       // The API server blinked (TokenReview unavailable): the current credential is still good, so
       // keep the session and its streams; the peer retries, and the sweep ends it at expiry if not.
