@@ -397,8 +397,8 @@ describe('control plane on a real kube-apiserver: agent status, injected workloa
     assert.ok(hook, 'the chart installed the MutatingWebhookConfiguration');
     assert.deepEqual(
       (hook.webhooks as Array<{ clientConfig: { caBundle?: string } }>).map((w) => w.clientConfig.caBundle ?? ''),
-      [''],
-      'no caBundle before the operator runs',
+      ['', ''],
+      'no caBundle before the operator runs (sidecar injector and login requests)',
     );
 
     // The operator with the chart's flags, minus the webhook (test 4), as the chart's ServiceAccount.
@@ -512,7 +512,8 @@ describe('control plane on a real kube-apiserver: agent status, injected workloa
     assert.ok(new X509Certificate(certPem).verify(ca.publicKey), 'tls.crt is signed by ca.crt');
     const caBundle = (): Promise<string[]> =>
       client.get(mutatingWebhookConfigurations, undefined, WEBHOOK).then((h) => ((h?.webhooks ?? []) as Array<{ clientConfig: { caBundle?: string } }>).map((w) => w.clientConfig.caBundle ?? ''));
-    assert.deepEqual(await caBundle(), [(secret.data as Record<string, string>)['ca.crt']]);
+    // Every webhook of the configuration (sidecar injector, login requests) trusts the CA.
+    assert.deepEqual(await caBundle(), [(secret.data as Record<string, string>)['ca.crt'], (secret.data as Record<string, string>)['ca.crt']]);
 
     // A TLS client trusting only ca.crt accepts the webhook's certificate for the Service name, and no other name.
     const handshake = (servername: string): Promise<Buffer> =>
@@ -590,6 +591,7 @@ describe('control plane on a real kube-apiserver: agent status, injected workloa
     assert.equal(b.certPem, a.certPem);
     assert.equal(b.keyPem, a.keyPem);
     assert.notEqual(a.caPem, caPem, 'a new CA after the Secret was deleted');
-    assert.deepEqual(await caBundle(), [(winner?.data as Record<string, string> | undefined)?.['ca.crt']]);
+    const winnerCa = (winner?.data as Record<string, string> | undefined)?.['ca.crt'];
+    assert.deepEqual(await caBundle(), [winnerCa, winnerCa]);
   });
 });
