@@ -55,7 +55,7 @@ import {
   StreamErrorCode,
 } from '@narrowlink/protocol';
 import { WebSocket } from 'ws';
-import { startStack, type Stack } from '../e2e/stack.ts';
+import { parseMetrics, startStack, type Stack } from '../e2e/stack.ts';
 import { startEndlessSource } from '../helpers/endless-source.ts';
 import { type LogLine, type StartedProcess, startProcess } from '../helpers/processes.ts';
 import { startEchoServer } from '../helpers/tcp-fixtures.ts';
@@ -148,6 +148,15 @@ export interface AbuseSoakResult {
   abuse_agent_rss_mib: number;
   /** Gateway CPU during the abuse, % of one core (null when the gateway exited). */
   abuse_gateway_cpu_percent: number | null;
+  /**
+   * Peaks of the gateway's own accounting during the abuse, MiB (from /metrics every second; null when this gateway
+   * has no such gauge): `narrowlink_gateway_buffered_bytes` and `narrowlink_gateway_relay_queued_bytes`. Next to
+   * the RSS they show whether the metric sees what the memory holds.
+   */
+  abuse_gateway_buffered_mib: number | null;
+  abuse_gateway_relay_queued_mib: number | null;
+  /** How much each of the gateway's refusal / close counters grew during the abuse (absent counters left out). */
+  abuse_gateway_counters: Record<string, number>;
   abuse_rss_capped: boolean;
   /** Exit code (or signal name) when the gateway died during the soak, else null. */
   abuse_gateway_exited: string | null;
@@ -235,6 +244,51 @@ function startRssSampler(gatewayPid: number, agentPid: number): {
 }
 
 /** One victim OPEN: when it started and ended (Date.now(), ms), how long it took, and why it failed if it did. */
+/** Gauges whose peak the soak reports, and counters whose growth it reports (names without `narrowlink_gateway_`). */
+const PEAK_GAUGES = ['buffered_bytes', 'relay_queued_bytes'] as const;
+const COUNTERS = [
+  'rate_limited_total',
+  'rate_limit_closes_total',
+  'buffer_limit_closes_total',
+  'stalled_sessions_total',
+  'stream_share_refusals_total',
+  'stream_idle_resets_total',
+] as const;
+
+/** Sums every series of each named family in one /metrics scrape (undefined for a family the gateway lacks). */
+function families(text: string, names: readonly string[]): Map<string, number> {
+  const sums = new Map<string, number>();
+  for (const sample of parseMetrics(text)) {
+    const short = sample.name.replace(/^narrowlink_gateway_/, '');
+    if (names.includes(short)) sums.set(short, (sums.get(short) ?? 0) + sample.value);
+  }
+  return sums;
+}
+
+/** Scrapes the gateway's /metrics once a second (never two at once) and keeps each gauge's peak. */
+function startMetricsSampler(stack: Stack): { peaks: Map<string, number>; stop(): void } {
+  const peaks = new Map<string, number>();
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    stack
+      .metricsText()
+      .then((text) => {
+        for (const [name, value] of families(text, PEAK_GAUGES)) peaks.set(name, Math.max(peaks.get(name) ?? 0, value));
+      })
+      .catch(() => undefined) // a gateway too busy to answer in 10 s, or gone: the RSS samples still tell
+      .finally(() => {
+        busy = false;
+      });
+  }, 1000);
+  return { peaks, stop: () => clearInterval(timer) };
+}
+
+async function counters(stack: Stack): Promise<Map<string, number>> {
+  return families(await stack.metricsText().catch(() => ''), COUNTERS);
+}
+
 interface VictimSample {
   startedAtMs: number;
   endedAtMs: number;
@@ -294,6 +348,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
   let victims: StartedProcess | undefined;
   let abusers: StartedProcess | undefined;
   let sampler: ReturnType<typeof startRssSampler> | undefined;
+  let metricsSampler: ReturnType<typeof startMetricsSampler> | undefined;
   try {
     return await within('the whole soak', hardDeadlineMs, (async () => {
       // The targets get their own process: the endless source runs flat out under abuse, and neither it nor the
@@ -352,6 +407,8 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         timeoutMs: 30_000,
       });
       const abuseStartMs = Date.now();
+      metricsSampler = startMetricsSampler(s);
+      const countersBefore = await counters(s);
       const cpuBefore = await cpuSeconds(gatewayPid).catch(() => Number.NaN);
       let capped = false;
       for (let next = abuseStartMs + 5000; Date.now() - abuseStartMs < seconds * 1000; ) {
@@ -374,6 +431,8 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
       const v = victims;
       v.child.kill('SIGUSR2');
       await v.waitFor((line) => line.event === 'done', OPEN_TIMEOUT_MS + ECHO_TIMEOUT_MS + 10_000);
+      metricsSampler.stop();
+      const countersAfter = await counters(s);
       const abuserStats = (abusers.lines.filter((line) => line.event === 'stats' || line.event === 'ready').at(-1)?.classes ?? {}) as Record<AbuseClass, AbuseClassStats>;
       await abusers.stop('SIGTERM', 3000);
       const rssPeak = sampler.peak(abuseStartMs);
@@ -385,6 +444,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
       const baseline = summarize(samples.filter((x) => x.startedAtMs >= baselineStartMs && x.endedAtMs < abuseStartMs));
       const abused = summarize(samples.filter((x) => x.endedAtMs >= abuseStartMs && x.startedAtMs < abuseEndMs));
       const ms = (x: number | null): number | null => (x === null ? null : round2(x));
+      const mib = (bytes: number | undefined): number | null => (bytes === undefined ? null : round2(bytes / MIB));
       return {
         abuse_victims: victimCount,
         abuse_abusers: abuserCount,
@@ -406,6 +466,9 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         abuse_gateway_rss_mib: round2(rssPeak / MIB),
         abuse_agent_rss_mib: round2(agentPeak / MIB),
         abuse_gateway_cpu_percent: Number.isNaN(cpuAfter - cpuBefore) ? null : round2(((cpuAfter - cpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
+        abuse_gateway_buffered_mib: mib(metricsSampler.peaks.get('buffered_bytes')),
+        abuse_gateway_relay_queued_mib: mib(metricsSampler.peaks.get('relay_queued_bytes')),
+        abuse_gateway_counters: Object.fromEntries([...countersAfter].map(([name, value]) => [name, value - (countersBefore.get(name) ?? 0)])),
         abuse_rss_capped: capped,
         abuse_gateway_exited: gatewayState.exit,
         abuse_abuser_stats: abuserStats,
@@ -413,6 +476,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
     })());
   } finally {
     sampler?.stop();
+    metricsSampler?.stop();
     await abusers?.stop('SIGTERM', 3000);
     await victims?.stop('SIGTERM', 3000);
     await stack?.stop();
@@ -840,7 +904,7 @@ export function abuseSoakRows(r: AbuseSoakResult): Array<[string, string, string
     [
       'abuse soak: gateway RSS, peak',
       `${r.abuse_gateway_rss_mib} MiB`,
-      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
+      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; buffered_bytes peak ${r.abuse_gateway_buffered_mib ?? '-'} MiB; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
     ],
   ];
 }
