@@ -202,7 +202,7 @@ async function serveUntilStopped(
   start: (link: GatewayLink, direct: ClientDirectPaths | undefined) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
 ): Promise<number> {
   const direct = await openDirectPaths(settings);
-  const link = createLink(settings, reporter, { reconnect: true, direct });
+  const link = createLink(settings, reporter, { reconnect: true, direct, keepListening: true });
   const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
   const service = await start(link, direct);
   link.start();

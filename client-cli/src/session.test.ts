@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { LinkError, LinkErrorCode } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
-import { exitCodeFor } from './session.ts';
+import { createLink, exitCodeFor } from './session.ts';
+import type { Settings } from './settings.ts';
 
 describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () => {
   const link = (code: LinkErrorCode, options: { status?: number; gatewayCode?: string } = {}): LinkError => new LinkError(code, 'x', { retryable: false, ...options });
@@ -23,4 +24,25 @@ describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () 
   for (const [name, error, expected] of cases) {
     test(name, () => assert.equal(exitCodeFor(error), expected));
   }
+});
+
+describe('createLink: which refusals a command survives', () => {
+  const base: Settings = { gateway: 'ws://127.0.0.1:1', token: () => 't', caPem: undefined, mode: 'relay', configPath: undefined };
+  const login = { context: 'ctx' } as unknown as NonNullable<Settings['login']>;
+
+  test('a refusal is final for explicit tokens, one-shot commands, and a login that never had a session', () => {
+    const explicit = createLink(base, undefined, { reconnect: true, keepListening: true });
+    explicit.emit('open');
+    assert.equal(explicit.options.retryAuthFailures, false, 'explicit token');
+    const oneShot = createLink({ ...base, login }, undefined, { reconnect: true });
+    oneShot.emit('open');
+    assert.equal(oneShot.options.retryAuthFailures, false, 'one-shot command');
+    assert.equal(createLink({ ...base, login }, undefined, { reconnect: true, keepListening: true }).options.retryAuthFailures, false, 'never open');
+  });
+
+  test('forward/socks on a login whose session was open keep listening through a refusal (the renewer keeps trying)', () => {
+    const link = createLink({ ...base, login }, undefined, { reconnect: true, keepListening: true });
+    link.emit('open');
+    assert.equal(link.options.retryAuthFailures, true);
+  });
 });

@@ -40,8 +40,9 @@ export async function openDirectPaths(settings: Settings): Promise<ClientDirectP
 export function createLink(
   settings: Settings,
   reporter: Reporter | undefined,
-  options: { reconnect: boolean; direct?: ClientDirectPaths | undefined },
+  options: { reconnect: boolean; direct?: ClientDirectPaths | undefined; keepListening?: boolean },
 ): GatewayLink {
+  let everOpen = false;
   const link = new GatewayLink({
     url: settings.gateway,
     role: 'client',
@@ -50,9 +51,18 @@ export function createLink(
     // A login token is bound to this key: the link sends a proof of possession with every upgrade and re-auth.
     ...(settings.proofKey ? { proofKey: settings.proofKey } : {}),
     reconnect: options.reconnect,
-    retryAuthFailures: false,
+    // A refusal is final, except for a long-running command on a login whose session worked before: its token
+    // expired while the kubeconfig credential could not renew it, and the renewer keeps trying on every dial, so
+    // the command keeps listening and recovers once the user refreshes their cluster credential. Read by the link
+    // at each failure.
+    get retryAuthFailures() {
+      return options.keepListening === true && settings.login !== undefined && everOpen;
+    },
     software: 'narrowlink-cli',
     ...(options.direct ? { udpSocket: options.direct.socket, certFingerprint: options.direct.fingerprint } : {}),
+  });
+  link.once('open', () => {
+    everOpen = true;
   });
   options.direct?.attach(link);
   if (reporter) {

@@ -4,7 +4,8 @@
  * `reauth` with a fresh proof when the token changed). Past {@link RENEW_AT_FRACTION} of the token's lifetime the
  * provider first runs the login exchange again with the kubeconfig credential. When that fails (the kubeconfig
  * credential expired, RBAC was revoked) it says so once per failure and hands out the old token: the session keeps
- * working until that token expires, and the next attempt comes after {@link RENEW_RETRY_MS}.
+ * working until that token expires, and the next attempt comes after {@link RENEW_RETRY_MS}: a long-running command
+ * whose session then drops keeps listening and retrying, and recovers once the cluster credential works again.
  */
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 import type { CachedLogin } from './cache.ts';
@@ -112,7 +113,7 @@ export class TokenRenewer {
         'token-renewal-failed',
         { context: this.#entry.context, code: e.code, message: e.message, expiresAt: this.#entry.expiresAt, retryInMs: RENEW_RETRY_MS },
         expired
-          ? `cannot renew the narrowlink token of context "${this.#entry.context}" (${e.code ?? 'error'}: ${e.message}); it expired at ${this.#entry.expiresAt}: run narrowlink login`
+          ? `cannot renew the narrowlink token of context "${this.#entry.context}" (${e.code ?? 'error'}: ${e.message}); it expired at ${this.#entry.expiresAt}; refresh your cluster credential as for kubectl: retrying in ${RENEW_RETRY_MS / 1000} s`
           : `cannot renew the narrowlink token of context "${this.#entry.context}" (${e.code ?? 'error'}: ${e.message}); still listening with the current token until it expires at ${this.#entry.expiresAt}; retrying in ${RENEW_RETRY_MS / 1000} s (or run narrowlink login)`,
       );
     }
