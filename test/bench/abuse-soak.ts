@@ -571,7 +571,9 @@ async function runVictims(spec: ChildSpec): Promise<void> {
       try {
         await link.waitOpen(OPEN_TIMEOUT_MS);
       } catch {
-        continue; // the session is down: that is a drop, not a slow open
+        // The session is down (a drop, not a slow open); the pause keeps a refused link from spinning.
+        await sleep(1000);
+        continue;
       }
       const startedAtMs = Date.now();
       const started = performance.now();
