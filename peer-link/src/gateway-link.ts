@@ -4,6 +4,7 @@
  * jittered, capped exponential backoff. States: connecting → open → (connecting …) → closing → closed;
  * see docs/lifecycle/peer-link.md.
  */
+import type { KeyObject } from 'node:crypto';
 import type dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import {
@@ -13,6 +14,7 @@ import {
   type ClientOpen,
   type ControlMessage,
   checkVersion,
+  createProof,
   DEFAULT_STREAM_WINDOW,
   DIRECT_PATH_MINOR,
   ErrorCode,
@@ -27,6 +29,7 @@ import {
   type OpenPayload,
   PROTOCOL_VERSION,
   peerSupportsMinor,
+  REAUTH_PROOF_METHOD,
   StreamErrorCode,
   StreamResetError,
 } from '@narrowlink/protocol';
@@ -56,6 +59,11 @@ export interface GatewayLinkOptions {
   role: 'agent' | 'client';
   /** Bearer token, or a function returning a fresh one per attempt. */
   token: string | (() => string | Promise<string>);
+  /**
+   * The private Ed25519 key a key-bound token (`cnf.jkt`, from `narrowlink login`) is bound to: every dial sends a
+   * `DPoP` proof made for that dial's token and URL, and every `reauth` a fresh one. Never sent anywhere itself.
+   */
+  proofKey?: KeyObject;
   /** Extra CA certificates (PEM) to trust for `wss://`. */
   caPem?: string;
   /**
@@ -140,7 +148,10 @@ export class GatewayLink extends EventEmitter {
     this.#log = options.log ?? silentLogger;
     this.#reauth = new ReauthScheduler({
       readToken: () => this.#token(),
-      send: (token) => this.mux?.sendControl({ type: 'reauth', token }),
+      send: (token, proof) => this.mux?.sendControl({ type: 'reauth', token, ...(proof ? { proof } : {}) }),
+      makeProof: options.proofKey
+        ? (token) => createProof(options.proofKey as KeyObject, { token, htm: REAUTH_PROOF_METHOD, htu: this.#endpoint().href })
+        : undefined,
       log: this.#log,
     });
     this.#nat = new NatSession(options, this.#log, this);
@@ -190,17 +201,29 @@ export class GatewayLink extends EventEmitter {
     this.#handshakeError = undefined;
     const token = await this.#token();
     this.#reauth.opened(token);
+    // A proof per dial: the gateway accepts each one once, for this token and this URL only.
+    const { proofKey } = this.options;
+    const proof = proofKey ? await createProof(proofKey, { token, htm: 'GET', htu: this.#endpoint().href }) : undefined;
     if (this.#stopped) return;
-    const ws = this.#openSocket(token);
+    const ws = this.#openSocket(token, proof);
     const streamWindow = this.options.streamWindow ?? DEFAULT_STREAM_WINDOW;
     const mux = this.#bindMux(ws, streamWindow);
     this.#awaitHello(ws, mux, streamWindow);
   }
 
-  #openSocket(token: string): WebSocket {
-    const endpoint = new URL(`/v1/${this.options.role}`, this.options.url);
+  /** The endpoint this link dials (also the `htu` of its proofs). */
+  #endpoint(): URL {
+    return new URL(`/v1/${this.options.role}`, this.options.url);
+  }
+
+  #openSocket(token: string, proof: string | undefined): WebSocket {
+    const endpoint = this.#endpoint();
     const ws = new WebSocket(endpoint, {
-      headers: { authorization: `Bearer ${token}`, ...(this.options.agentRef ? { 'x-narrowlink-agent': this.options.agentRef } : {}) },
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(proof ? { dpop: proof } : {}),
+        ...(this.options.agentRef ? { 'x-narrowlink-agent': this.options.agentRef } : {}),
+      },
       perMessageDeflate: false,
       maxPayload: 1024 * 1024 + 9,
       handshakeTimeout: this.options.connectTimeoutMs ?? 10_000,

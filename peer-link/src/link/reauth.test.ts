@@ -146,3 +146,66 @@ describe('ReauthScheduler', () => {
     assert.deepEqual(sent[0], { token: 'rotated', atMs: 72 * day });
   });
 });
+
+describe('ReauthScheduler with a proof key (key-bound tokens)', () => {
+  function proving(makeProof: (token: string) => Promise<string>) {
+    const clock = new ManualClock();
+    const sent: Array<{ token: string; proof: string | undefined; atMs: number }> = [];
+    const warnings: string[] = [];
+    let n = 0;
+    const reauth = new ReauthScheduler({
+      readToken: async () => `tok-${++n}`,
+      send: (token, proof) => sent.push({ token, proof, atMs: clock.nowMs }),
+      makeProof,
+      log: { debug() {}, info() {}, warn: (_obj, msg) => warnings.push(msg) },
+      clock,
+    });
+    return { clock, sent, warnings, reauth };
+  }
+
+  test('every send, resends included, carries a fresh proof made for the token it sends', async () => {
+    let proofs = 0;
+    const { clock, sent, reauth } = proving(async (token) => `proof-${++proofs}-for-${token}`);
+    reauth.opened('tok-0');
+    reauth.schedule(100_000);
+    await clock.advance(96_000);
+    assert.deepEqual(
+      sent.map((s) => [s.atMs, s.token, s.proof]),
+      [
+        [80_000, 'tok-1', 'proof-1-for-tok-1'],
+        [90_000, 'tok-1', 'proof-2-for-tok-1'],
+        [95_000, 'tok-1', 'proof-3-for-tok-1'],
+      ],
+    );
+  });
+
+  test('a proof that cannot be signed sends nothing and is warned about; the next resend tries again', async () => {
+    let fail = true;
+    const { clock, sent, warnings, reauth } = proving(async (token) => {
+      if (fail) throw new Error('key unavailable');
+      return `p-${token}`;
+    });
+    reauth.opened('tok-0');
+    reauth.schedule(100_000);
+    await clock.advance(80_000);
+    assert.deepEqual(sent, []);
+    assert.equal(warnings.length, 1);
+    fail = false;
+    await clock.advance(10_000);
+    assert.deepEqual(sent, [{ token: 'tok-1', proof: 'p-tok-1', atMs: 90_000 }]);
+  });
+
+  test('a proof still being signed when the session ends is not sent (it would land on the next session)', async () => {
+    let finish: ((proof: string) => void) | undefined;
+    const { clock, sent, reauth } = proving(() => new Promise<string>((resolve) => (finish = resolve)));
+    reauth.opened('tok-0');
+    reauth.schedule(10_000);
+    await clock.advance(8000);
+    assert.ok(finish, 'signing started');
+    reauth.stop();
+    finish('late');
+    await Promise.resolve();
+    await Promise.resolve();
+    assert.deepEqual(sent, []);
+  });
+});

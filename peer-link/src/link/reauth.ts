@@ -3,6 +3,9 @@
  * file is rotated by the kubelet, a token file by its owner) and hand the fresh one to the gateway, so the session
  * outlives it. The rules (when, how often) are pure functions in protocol/src/session-timing.ts; this module owns
  * the one timer, on an injected clock so tests drive it with `mock.timers` or by hand.
+ *
+ * A key-bound token (`cnf.jkt`) goes with a proof of possession made for it (`makeProof`): a fresh one for every
+ * `reauth` sent, resends included, since the gateway accepts each proof once.
  */
 import { reauthDueAt, reauthRecheckInMs, reauthResendInMs, timerStepMs } from '@narrowlink/protocol';
 import type { LinkLogger } from './logger.ts';
@@ -25,8 +28,10 @@ export const systemReauthClock: ReauthClock = {
 export interface ReauthSchedulerOptions {
   /** Reads the credential afresh (the link's `token` option). */
   readToken: () => Promise<string>;
-  /** Sends `reauth` with this token on the current session. */
-  send: (token: string) => void;
+  /** Sends `reauth` with this token (and its proof, with `makeProof`) on the current session. */
+  send: (token: string, proof?: string) => void;
+  /** Signs a fresh proof of possession for `token` (key-bound tokens); absent: `reauth` carries none. */
+  makeProof?: ((token: string) => Promise<string>) | undefined;
   log: LinkLogger;
   clock?: ReauthClock;
 }
@@ -41,6 +46,8 @@ export class ReauthScheduler {
   #timer: unknown;
   /** The credential the current session was opened (or last re-authenticated) with. */
   #sessionToken: string | undefined;
+  /** Bumped by `stop()`: a proof still being signed for an ended session is not sent on the next one. */
+  #generation = 0;
 
   constructor(options: ReauthSchedulerOptions) {
     this.#options = options;
@@ -61,6 +68,7 @@ export class ReauthScheduler {
 
   /** The session ended: nothing pending fires. */
   stop(): void {
+    this.#generation++;
     this.#clock.clearTimeout(this.#timer);
   }
 
@@ -94,10 +102,24 @@ export class ReauthScheduler {
 
   /** Sends `reauth`; without a `reauth_ok` in 15 s (the gateway could not check it yet), sends it again. */
   #send(token: string, expiresAtMs: number): void {
-    this.#options.send(token);
+    if (this.#options.makeProof) void this.#sendWithProof(this.#options.makeProof, token);
+    else this.#options.send(token);
     this.#clock.clearTimeout(this.#timer);
     const resendInMs = reauthResendInMs(this.#clock.now(), expiresAtMs);
     if (resendInMs === undefined) return;
     this.#timer = this.#clock.setTimeout(() => this.#send(token, expiresAtMs), resendInMs);
+  }
+
+  async #sendWithProof(makeProof: (token: string) => Promise<string>, token: string): Promise<void> {
+    const generation = this.#generation;
+    let proof: string;
+    try {
+      proof = await makeProof(token);
+    } catch (error) {
+      // The resend timer tries again; the session keeps its credential until it expires meanwhile.
+      this.#options.log.warn({ err: (error as Error).message }, 'cannot sign a proof for the fresh token; retrying with the next resend');
+      return;
+    }
+    if (generation === this.#generation) this.#options.send(token, proof);
   }
 }
