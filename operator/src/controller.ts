@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { AGENT_KIND } from './crds/narrowlink-agent.ts';
 import { POLICY_KIND } from './crds/access-policy.ts';
 import { EventRecorder } from './events.ts';
+import { deriveLoginStampKey } from './login-stamp.ts';
 import { LABEL_AGENT, LABEL_MANAGED_BY, LABEL_OWNER_KIND, LABEL_OWNER_NAME, LABEL_OWNER_NAMESPACE, MANAGED_BY } from './labels.ts';
 import type { OperatorMetrics } from './metrics.ts';
 import { loginRequestResource } from './crds/client-login-request.ts';
@@ -68,6 +69,7 @@ export class Operator {
     const loginSettings = options.settings.login ?? DEFAULT_LOGIN_SETTINGS;
     this.#login = {
       settings: loginSettings,
+      stampKey: deriveLoginStampKey(options.signingKey.privateKeyPem),
       rateLimiter: new LoginRateLimiter(loginSettings.rateLimitPerMinute),
       decided: new Map(),
       onOutcome: (outcome) => options.metrics?.loginRequests.inc({ outcome }),

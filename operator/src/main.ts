@@ -15,6 +15,7 @@ import Fastify from 'fastify';
 import { pino } from 'pino';
 import { Operator } from './controller.ts';
 import { OperatorError, OperatorErrorCode } from './errors.ts';
+import { deriveLoginStampKey } from './login-stamp.ts';
 import { createOperatorMetrics } from './metrics.ts';
 import { DEFAULT_LOGIN_SETTINGS, type LoginSettings, MAX_LOGIN_TOKEN_TTL_SECONDS } from './reconcilers/client-login/desired.ts';
 import { ensureSigningKey } from './signing-key.ts';
@@ -149,7 +150,10 @@ async function main(): Promise<void> {
       writeFileSync(certFile, serving.certPem);
       writeFileSync(keyFile, serving.keyPem, { mode: 0o600 });
     }
+    // The login webhook stamps requests with an HMAC keyed from the signing key, which the leader verifies.
+    const signingKey = await ensureSigningKey(client, namespace, opt('signing-key-secret') ?? 'narrowlink-signing-key');
     webhook = await startWebhookServer({
+      loginStampKey: deriveLoginStampKey(signingKey.privateKeyPem),
       log,
       settings: webhookConfig.settings,
       ownNamespace: namespace,

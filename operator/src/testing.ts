@@ -5,6 +5,7 @@
  * repository should depend on this entry.
  */
 export { GATEWAY_CONFIG_QUEUE_KEY, Operator, type OperatorOptions } from './controller.ts';
+export { deriveLoginStampKey, LOGIN_STAMP_ANNOTATION, loginStamp } from './login-stamp.ts';
 export { createOperatorMetrics, type OperatorMetrics } from './metrics.ts';
 export type { OperatorSettings } from './reconcilers/context.ts';
 export { ensureSigningKey, type SigningKey } from './signing-key.ts';

@@ -21,7 +21,7 @@ import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
 import { type KubeObject, RestKubeClient, type ResourceType } from '@narrowlink/kube';
 import { DEFAULT_LOGIN_SETTINGS, type LoginSettings, loginRequestResource } from '@narrowlink/operator';
-import { ensureSigningKey, Operator, type SigningKey, startWebhookServer, type WebhookServer } from '@narrowlink/operator/testing';
+import { deriveLoginStampKey, ensureSigningKey, Operator, type SigningKey, startWebhookServer, type WebhookServer } from '@narrowlink/operator/testing';
 import { pino } from 'pino';
 import { parseAllDocuments } from 'yaml';
 import { ROOT } from '../helpers/paths.ts';
@@ -246,6 +246,8 @@ export interface LoginBackend {
   chartObjects: RenderedObject[];
   operator: Operator;
   webhook: WebhookServer;
+  /** The MutatingWebhookConfiguration as registered (delete and re-apply it to test a missing webhook). */
+  webhookConfiguration: KubeObject;
   /** Stops the operator and the webhook, and removes the webhook configuration. */
   stop(): Promise<void>;
 }
@@ -281,9 +283,11 @@ export async function startLoginBackend(api: ApiServer, options: LoginBackendOpt
   });
   const log = pino({ level: 'debug' }, sink);
 
+  const signingKey = await ensureSigningKey(client, namespace, 'narrowlink-signing-key');
   const cert = await makeTestCertificate(join(options.scratchDir, 'webhook-tls'));
   const webhook = await startWebhookServer({
     log,
+    loginStampKey: deriveLoginStampKey(signingKey.privateKeyPem),
     settings: { image: 'unused.example/narrowlink:0', resources: {}, gatewayUrl: 'wss://unused.example', tokenAudience: 'narrowlink', tokenExpirationSeconds: 600 },
     ownNamespace: namespace,
     host: '127.0.0.1',
@@ -320,7 +324,6 @@ export async function startLoginBackend(api: ApiServer, options: LoginBackendOpt
     200,
   );
 
-  const signingKey = await ensureSigningKey(client, namespace, 'narrowlink-signing-key');
   const operator = new Operator({
     client,
     log,
@@ -340,6 +343,7 @@ export async function startLoginBackend(api: ApiServer, options: LoginBackendOpt
     chartObjects,
     operator,
     webhook,
+    webhookConfiguration: configuration,
     async stop() {
       await operator.stop();
       await webhook.close();

@@ -4,8 +4,8 @@
  * its control loop, all from ./login-fixtures.ts. Users authenticated three ways (client certificate with O=
  * groups, static bearer token, ServiceAccount token) each create a ClientLoginRequest with their own credential
  * and get a token whose sub/groups are exactly what the API server authenticated, bound to their key. A request
- * naming another user, a spec change, a user without the RBAC grant, a second request over the rate limit and
- * requests left behind are each checked. The tests share one apiserver and run in order.
+ * naming another user, a spec change, a user without the RBAC grant, a second request over the rate limit, a
+ * request that bypassed the webhook (its configuration deleted) and requests left behind are each checked. The tests share one apiserver and run in order.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -16,10 +16,11 @@ import { after, describe, it } from 'node:test';
 import { KubeConfig } from '@kubernetes/client-node';
 import { KubeError, type KubeObject, RestKubeClient, Resources } from '@narrowlink/kube';
 import { type ClientLoginRequest, loginRequestResource } from '@narrowlink/operator';
+import { LOGIN_STAMP_ANNOTATION } from '@narrowlink/operator/testing';
 import { generateProofKey, jwkThumbprint, verifyToken } from '@narrowlink/protocol';
 import { waitFor } from '../helpers/wait.ts';
 import { type ApiServer, type StaticTokenUser, useApiServer } from './cluster.ts';
-import { clientCertUser, type LoginBackend, serviceAccountUser, startLoginBackend, staticTokenUser, type TestUser } from './login-fixtures.ts';
+import { clientCertUser, LOGIN_WEBHOOK_CONFIGURATION, type LoginBackend, serviceAccountUser, startLoginBackend, staticTokenUser, type TestUser } from './login-fixtures.ts';
 import { toolsUnavailableReason } from './tools.ts';
 
 const NS = 'narrowlink-system';
@@ -217,6 +218,42 @@ describe('narrowlink login, cluster side, on a real kube-apiserver', () => {
     assert.equal(condition?.reason, 'RateLimited');
     assert.match(condition?.message ?? '', /^alice asked for more than 1 tokens a minute; create a new request in \d+ s$/);
     assert.equal(request.status?.token, undefined);
+  });
+
+  it('with the webhook configuration gone, a request naming another user (and a copied stamp) is Denied: nothing is signed', async (t) => {
+    const api = await setup(t);
+    if (!api || !backend) return;
+    const admin = await RestKubeClient.fromKubeConfig(api.kubeConfig());
+    const webhookConfigurations = { group: 'admissionregistration.k8s.io', version: 'v1', plural: 'mutatingwebhookconfigurations', kind: 'MutatingWebhookConfiguration', namespaced: false };
+    // A stamp from a real request of alice's, to copy.
+    const { x } = generateProofKey();
+    const genuine = await admin.create(loginRequestResource, loginRequest({ publicKey: x }, 'genuine'));
+    const copied = genuine.metadata.annotations?.[LOGIN_STAMP_ANNOTATION];
+    assert.ok(copied, 'the webhook stamped the request');
+    await admin.delete(webhookConfigurations, undefined, LOGIN_WEBHOOK_CONFIGURATION);
+    try {
+      // The API server drops the webhook asynchronously: wait until a create naming a user is stored as written.
+      const forged = await waitFor('requests stored without the webhook', async () => {
+        const name = `forged-${Date.now()}`;
+        const created = await (await clientOf(alice)).create(
+          loginRequestResource,
+          {
+            ...loginRequest({ publicKey: x, username: 'admin', groups: ['system:masters', 'system:authenticated'] }, name),
+            metadata: { name, namespace: NS, annotations: { [LOGIN_STAMP_ANNOTATION]: copied } },
+          },
+        ).catch(() => undefined);
+        return created && (created.spec as { username?: string }).username === 'admin' ? created : undefined;
+      }, 30_000, 300);
+      const decided = await waitFor('the forged request decided', async () => {
+        const current = await admin.get(loginRequestResource, NS, forged.metadata.name ?? '');
+        return ready(current) ? (current as unknown as ClientLoginRequest) : undefined;
+      });
+      const condition = ready(decided as unknown as KubeObject);
+      assert.deepEqual([condition?.status, condition?.reason], ['False', 'Denied']);
+      assert.equal(decided.status?.token, undefined);
+    } finally {
+      await admin.apply(webhookConfigurations, backend.webhookConfiguration, { fieldManager: 'narrowlink-test', force: true });
+    }
   });
 
   it('requests nobody deleted are collected by the operator; the token never reaches its log', async (t) => {

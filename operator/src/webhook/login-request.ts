@@ -11,11 +11,15 @@
  *   e.g. labels or a deletion's finalizer bookkeeping, pass; status goes through the status subresource, which
  *   the webhook rules do not match).
  *
+ * The stamp also goes into the annotation `narrowlink.io/login-stamp`: an HMAC the operator verifies before
+ * signing (operator/src/login-stamp.ts), so a request that bypassed this webhook is never signed.
+ *
  * One mutating webhook does both, registered with `failurePolicy: Fail` and `reinvocationPolicy: Never`: when it
  * cannot be reached, nothing is created (an unstamped request is never signed; the reconciler checks too).
  * Dry-run requests get the same answer (no side effects).
  */
 import { isDeepStrictEqual } from 'node:util';
+import { LOGIN_STAMP_ANNOTATION, loginStamp } from '../login-stamp.ts';
 import { WebhookErrorCode } from './errors.ts';
 import { type JsonPatchOp, pointer } from './json-patch.ts';
 import type { AdmissionRequest, AdmissionResponse } from './review.ts';
@@ -47,8 +51,13 @@ function deny(uid: string, status: 400 | 403, code: WebhookErrorCode, message: s
   return { uid, allowed: false, status: { code: status, message: `${code}: ${message}`, reason: status === 403 ? 'Forbidden' : 'BadRequest' } };
 }
 
-/** Decides one AdmissionReview request for a ClientLoginRequest. Never throws. */
-export function reviewLoginRequest(request: AdmissionRequest): LoginReviewResult {
+/**
+ * Decides one AdmissionReview request for a ClientLoginRequest. Never throws.
+ *
+ * @param stampKey - HMAC key of the stamp annotation (`deriveLoginStampKey` of operator/src/login-stamp.ts); without it a CREATE is refused
+ *   (500): a request the operator could not verify would only end Denied.
+ */
+export function reviewLoginRequest(request: AdmissionRequest, stampKey: Buffer | undefined): LoginReviewResult {
   const { uid } = request;
   const isLoginRequest =
     request.kind.group === GROUP && request.kind.kind === KIND && (request.subResource === undefined || request.subResource === '');
@@ -86,13 +95,33 @@ export function reviewLoginRequest(request: AdmissionRequest): LoginReviewResult
   if (username === undefined || username === '') {
     return { response: deny(uid, 400, WebhookErrorCode.LOGIN_INVALID, 'the API server sent no authenticated user name'), outcome: 'invalid' };
   }
-  const userUid = request.userInfo?.uid;
+  if (stampKey === undefined) {
+    return {
+      response: { uid, allowed: false, status: { code: 500, message: `${WebhookErrorCode.INTERNAL}: the webhook has no login stamp key (see the operator log)`, reason: 'InternalError' } },
+      outcome: 'invalid',
+    };
+  }
+  const userUid = request.userInfo?.uid || undefined;
+  const groups = request.userInfo?.groups ?? [];
+  const stamp = loginStamp(stampKey, {
+    namespace: request.namespace ?? '',
+    publicKey: spec.publicKey,
+    ttlSeconds: spec.ttlSeconds,
+    username,
+    uid: userUid,
+    groups,
+  });
+  const metadata = isObject(request.object) && isObject(request.object.metadata) ? request.object.metadata : {};
   const patch: JsonPatchOp[] = [
     { op: 'add', path: pointer('spec', 'username'), value: username },
     // No uid from the authenticator (client certificates, most static tokens): leave the field out. An `add` of ""
     // arrives as null at the 1.20 API server's JSON patch, which the schema then refuses.
     ...(userUid ? [{ op: 'add' as const, path: pointer('spec', 'uid'), value: userUid }] : []),
-    { op: 'add', path: pointer('spec', 'groups'), value: request.userInfo?.groups ?? [] },
+    { op: 'add', path: pointer('spec', 'groups'), value: groups },
+    // `add` replaces a stamp the client wrote itself.
+    isObject(metadata.annotations)
+      ? { op: 'add', path: pointer('metadata', 'annotations', LOGIN_STAMP_ANNOTATION), value: stamp }
+      : { op: 'add', path: pointer('metadata', 'annotations'), value: { [LOGIN_STAMP_ANNOTATION]: stamp } },
   ];
   return {
     response: { uid, allowed: true, patchType: 'JSONPatch', patch: Buffer.from(JSON.stringify(patch)).toString('base64') },

@@ -53,6 +53,8 @@ export interface WebhookAppOptions {
   bodyLimitBytes?: number;
   /** The patch builder; tests inject a failing one. */
   patcher?: ReviewOptions['patcher'];
+  /** HMAC key of the login stamp (`deriveLoginStampKey(signing key)`); without it login requests are refused. */
+  loginStampKey?: Buffer;
   /** Called once per answered ClientLoginRequest review (metrics). Must not throw (errors are ignored). */
   onLoginReview?: (outcome: LoginReviewOutcome) => void;
 }
@@ -111,7 +113,7 @@ export function buildWebhookApp(options: WebhookAppOptions): FastifyInstance {
 
   app.post(MUTATE_LOGIN_REQUESTS_PATH, async (request) => {
     const admission = parseAdmissionReview(request.body);
-    const result = reviewLoginRequest(admission);
+    const result = reviewLoginRequest(admission, options.loginStampKey);
     const fields = {
       uid: admission.uid,
       namespace: admission.namespace,

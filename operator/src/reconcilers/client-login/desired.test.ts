@@ -3,6 +3,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { jwkThumbprint } from '@narrowlink/protocol';
 import type { ClientLoginRequest } from '../../crds/client-login-request.ts';
+import { deriveLoginStampKey, LOGIN_STAMP_ANNOTATION, loginStamp } from '../../login-stamp.ts';
 import { DEFAULT_LOGIN_SETTINGS, issuedStatus, type LoginSettings, planLogin, refusedStatus } from './desired.ts';
 import { LoginRateLimiter } from './rate-limit.ts';
 
@@ -10,12 +11,18 @@ const X = generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x a
 const T0 = Date.parse('2026-12-07T12:00:00Z');
 const SETTINGS: LoginSettings = { ...DEFAULT_LOGIN_SETTINGS, tokenTtlSeconds: 3600 };
 
-function request(spec: Partial<ClientLoginRequest['spec']>, extra: Partial<ClientLoginRequest> = {}): ClientLoginRequest {
+const KEY = deriveLoginStampKey(generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+
+/** A request as the webhook leaves it: spec plus the stamp over it (unless `stamp` says otherwise). */
+function request(spec: Partial<ClientLoginRequest['spec']>, extra: Partial<ClientLoginRequest> = {}, stamp?: string | null): ClientLoginRequest {
+  const full = { publicKey: X, ...spec } as ClientLoginRequest['spec'];
+  const computed = loginStamp(KEY, { namespace: 'narrowlink', publicKey: full.publicKey, ttlSeconds: full.ttlSeconds, username: full.username, uid: full.uid, groups: full.groups });
+  const annotations = stamp === null ? undefined : { [LOGIN_STAMP_ANNOTATION]: stamp ?? computed };
   return {
     apiVersion: 'narrowlink.io/v1alpha1',
     kind: 'ClientLoginRequest',
-    metadata: { name: 'login-abc', namespace: 'narrowlink', uid: 'uid-1', generation: 1, creationTimestamp: '2026-12-07T12:00:00Z' },
-    spec: { publicKey: X, ...spec } as ClientLoginRequest['spec'],
+    metadata: { name: 'login-abc', namespace: 'narrowlink', uid: 'uid-1', generation: 1, creationTimestamp: '2026-12-07T12:00:00Z', ...(annotations ? { annotations } : {}) },
+    spec: full,
     ...extra,
   };
 }
@@ -24,7 +31,7 @@ const STAMP = { username: 'alice', groups: ['devs', 'system:authenticated'] };
 
 describe('planLogin', () => {
   it('signs a stamped request for the stamped identity, bound to the key thumbprint, default lifetime = the cap', () => {
-    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + 1000), {
+    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + 1000, KEY), {
       action: 'sign',
       grant: { sub: 'alice', groups: ['devs', 'system:authenticated'], jkt: jwkThumbprint(X), ttlSeconds: 3600 },
     });
@@ -32,7 +39,7 @@ describe('planLogin', () => {
 
   it('caps the requested lifetime and keeps a shorter one', () => {
     const ttl = (ttlSeconds: number) => {
-      const plan = planLogin(request({ ...STAMP, ttlSeconds }), SETTINGS, T0);
+      const plan = planLogin(request({ ...STAMP, ttlSeconds }), SETTINGS, T0, KEY);
       assert.equal(plan.action, 'sign');
       return plan.action === 'sign' ? plan.grant.ttlSeconds : 0;
     };
@@ -49,11 +56,30 @@ describe('planLogin', () => {
     ['a group that is not a string', { ...STAMP, groups: [1 as unknown as string] }],
   ] as Array<[string, Partial<ClientLoginRequest['spec']>]>) {
     it(`denies a request with ${name}: nothing is signed`, () => {
-      const plan = planLogin(request(spec), SETTINGS, T0);
+      const plan = planLogin(request(spec), SETTINGS, T0, KEY);
       assert.equal(plan.action, 'refuse');
       assert.equal(plan.action === 'refuse' && plan.reason, 'Denied');
     });
   }
+
+  it('denies a request whose stamp is missing, forged, from another key, or over other fields', () => {
+    const otherKey = deriveLoginStampKey('another signing key');
+    const cases: Array<[string, ClientLoginRequest]> = [
+      ['no annotation', request(STAMP, {}, null)],
+      ['a made-up stamp', request(STAMP, {}, 'A'.repeat(43))],
+      ['a stamp under another key', request(STAMP, {}, loginStamp(otherKey, { namespace: 'narrowlink', publicKey: X, ...STAMP, ttlSeconds: undefined, uid: undefined }))],
+      ['the stamp of another user', request({ ...STAMP, username: 'admin' }, {}, loginStamp(KEY, { namespace: 'narrowlink', publicKey: X, ...STAMP, ttlSeconds: undefined, uid: undefined }))],
+      ['the stamp of other groups', request({ ...STAMP, groups: ['system:masters'] }, {}, loginStamp(KEY, { namespace: 'narrowlink', publicKey: X, ...STAMP, ttlSeconds: undefined, uid: undefined }))],
+      ['the stamp of another namespace', request(STAMP, {}, loginStamp(KEY, { namespace: 'elsewhere', publicKey: X, ...STAMP, ttlSeconds: undefined, uid: undefined }))],
+      ['the stamp of a longer lifetime', request({ ...STAMP, ttlSeconds: 600 }, {}, loginStamp(KEY, { namespace: 'narrowlink', publicKey: X, ...STAMP, ttlSeconds: 3600, uid: undefined }))],
+    ];
+    for (const [name, r] of cases) {
+      const plan = planLogin(r, SETTINGS, T0, KEY);
+      assert.equal(plan.action === 'refuse' && plan.reason, 'Denied', name);
+    }
+    // The control: the webhook's own stamp over exactly these fields is accepted.
+    assert.equal(planLogin(request({ ...STAMP, uid: 'u-9', ttlSeconds: 600 }), SETTINGS, T0, KEY).action, 'sign');
+  });
 
   it('refuses a malformed key or lifetime as Invalid', () => {
     for (const spec of [
@@ -62,7 +88,7 @@ describe('planLogin', () => {
       { ...STAMP, ttlSeconds: 0 },
       { ...STAMP, ttlSeconds: 1.5 },
     ]) {
-      const plan = planLogin(request(spec), SETTINGS, T0);
+      const plan = planLogin(request(spec), SETTINGS, T0, KEY);
       assert.equal(plan.action === 'refuse' && plan.reason, 'Invalid', JSON.stringify(spec));
     }
   });
@@ -71,13 +97,13 @@ describe('planLogin', () => {
     const decided = request(STAMP, {
       status: refusedStatus(request(STAMP), 'RateLimited', 'slow down', T0 + 2000),
     });
-    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 3000), { action: 'wait', requeueAfterMs: SETTINGS.retainAfterDoneMs - 1000 });
-    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 2000 + SETTINGS.retainAfterDoneMs), { action: 'collect', why: 'done' });
+    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 3000, KEY), { action: 'wait', requeueAfterMs: SETTINGS.retainAfterDoneMs - 1000 });
+    assert.deepEqual(planLogin(decided, SETTINGS, T0 + 2000 + SETTINGS.retainAfterDoneMs, KEY), { action: 'collect', why: 'done' });
   });
 
   it('collects any request requestTtlMs after creation, decided or not', () => {
-    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + SETTINGS.requestTtlMs), { action: 'collect', why: 'expired' });
-    assert.deepEqual(planLogin(request({}), SETTINGS, T0 + SETTINGS.requestTtlMs + 1), { action: 'collect', why: 'expired' });
+    assert.deepEqual(planLogin(request(STAMP), SETTINGS, T0 + SETTINGS.requestTtlMs, KEY), { action: 'collect', why: 'expired' });
+    assert.deepEqual(planLogin(request({}), SETTINGS, T0 + SETTINGS.requestTtlMs + 1, KEY), { action: 'collect', why: 'expired' });
   });
 
   it('issuedStatus: token, expiresAt (RFC 3339) and Ready=True Issued with observedGeneration', () => {

@@ -8,8 +8,9 @@
  * 2. A request that already carries a decision (`Ready` with any reason) is left alone until then: a request
  *    is signed at most once.
  * 3. A request without the webhook's stamp (`spec.username` non-empty, `spec.groups` a list of strings, `spec.uid`
- *    absent or a string) is `Denied`: the webhook was bypassed or not installed, and an identity the API server did not
- *    vouch for is never signed.
+ *    absent or a string, and the annotation `narrowlink.io/login-stamp` the HMAC of exactly these fields, the key
+ *    and the namespace) is `Denied`: the webhook was bypassed or not installed, and an identity the API server did
+ *    not vouch for is never signed.
  * 4. A public key that is not a canonical 32-byte Ed25519 `x`, or a `ttlSeconds` that is not a positive integer,
  *    is `Invalid` (the CRD schema refuses both already; this guards an edited or older schema).
  * 5. Otherwise: sign for `min(ttlSeconds ?? cap, cap)` seconds, bound to the key's thumbprint (subject to the
@@ -18,6 +19,7 @@
 import { isEd25519X, jwkThumbprint } from '@narrowlink/protocol';
 import { type ClientLoginRequest, LoginConditionType, LoginReason } from '../../crds/client-login-request.ts';
 import type { Condition } from '../../crds/common.ts';
+import { LOGIN_STAMP_ANNOTATION, verifyLoginStamp } from '../../login-stamp.ts';
 import { setCondition } from '../conditions.ts';
 
 /** Default cap (and default lifetime) of an issued token: 8 h. */
@@ -78,8 +80,12 @@ export function loginReady(request: ClientLoginRequest): Condition | undefined {
   return request.status?.conditions?.find((c) => c.type === LoginConditionType.Ready);
 }
 
-/** Decides what to do with `request` at `nowMs`. Pure. */
-export function planLogin(request: ClientLoginRequest, settings: LoginSettings, nowMs: number): LoginPlan {
+/**
+ * Decides what to do with `request` at `nowMs`. Pure.
+ *
+ * @param stampKey - HMAC key of the webhook's stamp (derived from the signing key, operator/src/login-stamp.ts).
+ */
+export function planLogin(request: ClientLoginRequest, settings: LoginSettings, nowMs: number, stampKey: Buffer): LoginPlan {
   const createdMs = parseTime(request.metadata.creationTimestamp) ?? nowMs;
   const collectAtMs = createdMs + settings.requestTtlMs;
   if (nowMs >= collectAtMs) return { action: 'collect', why: 'expired' };
@@ -97,7 +103,12 @@ export function planLogin(request: ClientLoginRequest, settings: LoginSettings, 
     spec.username !== '' &&
     (spec.uid === undefined || typeof spec.uid === 'string') &&
     Array.isArray(spec.groups) &&
-    spec.groups.every((g) => typeof g === 'string');
+    spec.groups.every((g) => typeof g === 'string') &&
+    verifyLoginStamp(
+      stampKey,
+      { namespace: request.metadata.namespace ?? '', publicKey: spec.publicKey, ttlSeconds: spec.ttlSeconds, username: spec.username, uid: spec.uid, groups: spec.groups },
+      request.metadata.annotations?.[LOGIN_STAMP_ANNOTATION],
+    );
   if (!stamped) {
     return {
       action: 'refuse',

@@ -17,6 +17,8 @@ export type LoginOutcome = 'issued' | 'denied' | 'invalid' | 'rate_limited' | 'c
 /** What the login reconciler needs besides the shared context. */
 export interface LoginReconcileDeps {
   settings: LoginSettings;
+  /** HMAC key of the webhook's stamp, derived from the signing key (the webhook derives the same). */
+  stampKey: Buffer;
   rateLimiter: LoginRateLimiter;
   /** Request uids decided by this process, until collected: a stale cache never makes it sign twice. */
   decided: Map<string, number>;
@@ -33,7 +35,7 @@ export async function reconcileLoginRequest(ctx: ReconcileContext, deps: LoginRe
   const uid = request.metadata.uid ?? '';
   const nowMs = ctx.now();
   // desired
-  let plan = planLogin(request, deps.settings, nowMs);
+  let plan = planLogin(request, deps.settings, nowMs, deps.stampKey);
   // A decision this process wrote that the cache does not show yet: wait for it instead of deciding again.
   if (plan.action !== 'collect' && plan.action !== 'wait' && deps.decided.has(uid)) plan = { action: 'wait', requeueAfterMs: 1_000 };
   const log = ctx.log.child({ component: 'login', request: `${namespace}/${name}` });
