@@ -469,6 +469,67 @@ describe('Mux: flow control', () => {
   });
 });
 
+describe('Mux: a blocked transport', () => {
+  test('stream writes send nothing while blocked; on unblock every waiting stream gets onCredit once', () => {
+    const p = pair();
+    const a = openStream(p);
+    const b = openStream(p);
+    p.initiator.setTransportBlocked(true);
+    assert.equal(a.client.stream.write(Buffer.from('held')), 0);
+    assert.equal(b.client.stream.write(Buffer.from('held')), 0);
+    assert.equal(a.client.stream.write(Buffer.from('again')), 0);
+    assert.equal(p.toAcceptor.length, 0, 'nothing went out');
+    assert.equal(a.client.stream.sendCredit, 4 * 1024 * 1024, 'credit is untouched');
+    p.initiator.sendControl({ type: 'list_agents', requestId: 1 });
+    assert.equal(p.toAcceptor.length, 1, 'control frames still go');
+    p.initiator.setTransportBlocked(false);
+    assert.equal(a.client.credits, 1);
+    assert.equal(b.client.credits, 1);
+    assert.equal(a.client.stream.write(Buffer.from('now')), 3);
+  });
+
+  test('a block raised by the adapter mid-write stops the write at a frame boundary', () => {
+    let sent = 0;
+    const p = pair({ initiator: { maxDataFrame: 1000 } });
+    const { client } = openStream(p);
+    const mux = p.initiator;
+    const original = p.toAcceptor.push.bind(p.toAcceptor);
+    p.toAcceptor.push = (...frames: Buffer[]) => {
+      sent += frames.length;
+      if (sent === 2) mux.setTransportBlocked(true);
+      return original(...frames);
+    };
+    assert.equal(client.stream.write(Buffer.alloc(5000)), 2000, 'two frames, then the block');
+    mux.setTransportBlocked(false);
+    assert.equal(client.credits, 1, 'the stream that met the block is told');
+  });
+
+  test('a stream that re-blocks the transport on unblock keeps the others waiting for the next drain', () => {
+    const p = pair();
+    const first = openStream(p);
+    const second = openStream(p);
+    const mux = p.initiator;
+    mux.setTransportBlocked(true);
+    first.client.stream.write(Buffer.from('x'));
+    second.client.stream.write(Buffer.from('y'));
+    first.client.stream.handlers.onCredit = () => mux.setTransportBlocked(true);
+    mux.setTransportBlocked(false);
+    assert.equal(second.client.credits, 0, 'still waiting');
+    mux.setTransportBlocked(false);
+    assert.equal(second.client.credits, 1);
+  });
+
+  test('a stream closed while waiting is forgotten', () => {
+    const p = pair();
+    const { client } = openStream(p);
+    p.initiator.setTransportBlocked(true);
+    client.stream.write(Buffer.from('x'));
+    client.stream.reset(StreamErrorCode.CANCELLED, 'bye');
+    p.initiator.setTransportBlocked(false);
+    assert.equal(client.credits, 0);
+  });
+});
+
 describe('Mux: session', () => {
   test('ping/pong reports the round trip on the injected clock', () => {
     let now = 1_000;

@@ -77,7 +77,10 @@ export interface StreamHandlers {
   onFin?(): void;
   /** The stream ended abnormally. `local` is true when this side reset it. */
   onReset?(reset: ResetPayload, local: boolean): void;
-  /** The peer granted more send credit (every WINDOW update). */
+  /**
+   * Writing may go on: the peer granted more send credit (every WINDOW update), or the session's transport drained
+   * after a `write()` met it blocked (see {@link Mux.setTransportBlocked}).
+   */
   onCredit?(): void;
   /** Both directions finished or the stream was reset: forget it. */
   onClose?(): void;
@@ -120,19 +123,22 @@ export class MuxStream {
   }
 
   /**
-   * Sends as much of `data` as the credit allows, in frames of at most maxDataFrame bytes.
-   * Returns the number of bytes sent; the caller keeps the rest until `onCredit`.
+   * Sends as much of `data` as the credit allows, in frames of at most maxDataFrame bytes, while the session's
+   * transport is not blocked. Returns the number of bytes sent; the caller keeps the rest until `onCredit`.
    */
   write(data: Uint8Array): number {
     if (this.state === 'closed' || this.localFin) return 0;
+    const session = this.session;
     const limit = Math.min(data.length, this.sendCredit);
-    const maxFrame = this.session.maxDataFrame;
+    const maxFrame = session.maxDataFrame;
     let sent = 0;
-    while (sent < limit) {
+    // Checked per frame: the adapter blocks the transport from inside _send as soon as its buffer is full.
+    while (sent < limit && !session.transportBlocked) {
       const n = Math.min(maxFrame, limit - sent);
-      this.session._send(encodeData(this.id, sent === 0 && n === data.length ? data : data.subarray(sent, sent + n)));
+      session._send(encodeData(this.id, sent === 0 && n === data.length ? data : data.subarray(sent, sent + n)));
       sent += n;
     }
+    if (sent < limit) session._waitForTransport(this);
     this.sendCredit -= sent;
     this.bytesOut += sent;
     return sent;
@@ -256,6 +262,10 @@ export class Mux {
   #pingSeq = 0;
   readonly #pingsInFlight = new Map<bigint, number>();
   #closed = false;
+  /** The transport's send buffer is over its high-water mark: stream writes wait (control frames still go). */
+  #transportBlocked = false;
+  /** Streams whose write met the transport blocked; told `onCredit` when it drains. */
+  readonly #waitingForTransport = new Set<MuxStream>();
   /** Total bytes of frames handed to the transport. */
   bytesSent = 0;
   bytesReceived = 0;
@@ -294,6 +304,36 @@ export class Mux {
 
   getStream(id: number): MuxStream | undefined {
     return this.#streams.get(id);
+  }
+
+  /** True while the adapter reports its transport's send buffer full (see {@link setTransportBlocked}). */
+  get transportBlocked(): boolean {
+    return this.#transportBlocked;
+  }
+
+  /**
+   * The adapter reports whether bytes handed to `send` are piling up in the transport (its buffer over a high-water
+   * mark). While blocked, stream writes send nothing and wait, so a peer that does not read pins at most the
+   * transport's buffer, not every stream's window; when unblocked, every waiting stream gets `onCredit`. Control
+   * frames are not held back: the adapter bounds those by reading less (the gateway stops reading the peer).
+   */
+  setTransportBlocked(blocked: boolean): void {
+    if (blocked === this.#transportBlocked) return;
+    this.#transportBlocked = blocked;
+    if (blocked || this.#waitingForTransport.size === 0) return;
+    const waiting = [...this.#waitingForTransport];
+    this.#waitingForTransport.clear();
+    for (const stream of waiting) {
+      if (stream.state === 'closed') continue;
+      // A stream's write may block the transport again: the ones not yet told keep waiting for the next drain.
+      if (this.#transportBlocked) this.#waitingForTransport.add(stream);
+      else stream.handlers.onCredit?.();
+    }
+  }
+
+  /** @internal A stream's write stopped at a blocked transport. */
+  _waitForTransport(stream: MuxStream): void {
+    if (this.#transportBlocked) this.#waitingForTransport.add(stream);
   }
 
   /** False once this side has used every stream id of its parity (see `onStreamIdsExhausted`). */
@@ -454,6 +494,8 @@ export class Mux {
 
   /** @internal */
   _forget(id: number): void {
+    const stream = this.#streams.get(id);
+    if (stream) this.#waitingForTransport.delete(stream);
     this.#streams.delete(id);
   }
 }
