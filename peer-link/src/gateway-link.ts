@@ -30,6 +30,7 @@ import {
   PROTOCOL_VERSION,
   peerSupportsMinor,
   REAUTH_PROOF_METHOD,
+  SendBuffer,
   StreamErrorCode,
   StreamResetError,
 } from '@narrowlink/protocol';
@@ -83,6 +84,8 @@ export interface GatewayLinkOptions {
   backoff?: BackoffOptions;
   /** Per-stream window this side grants, bytes. */
   streamWindow?: number;
+  /** High-water mark of the WebSocket's unsent bytes: above it stream writes wait. Default 1 MiB (SendBuffer). */
+  sendHighWaterBytes?: number;
   /** Max time for TCP + TLS + upgrade + hello, ms. Default 10 s. */
   connectTimeoutMs?: number;
   software?: string;
@@ -239,12 +242,20 @@ export class GatewayLink extends EventEmitter {
 
   /** The session's Mux over `ws`: frames both ways, control messages to #onControl, streams to `onOpenStream`. */
   #bindMux(ws: WebSocket, streamWindow: number): Mux {
+    // Stream writes wait while the socket holds more than the high-water mark of unsent bytes, so a slow gateway
+    // connection pins that much here, not one window per stream (the agent's bridges and the client's forwards stop
+    // reading their local sockets instead). This side never stops reading the gateway.
+    const sendBuffer = new SendBuffer({
+      ...(this.options.sendHighWaterBytes === undefined ? {} : { highWaterBytes: this.options.sendHighWaterBytes }),
+      onBlockedChange: (blocked) => mux.setTransportBlocked(blocked),
+    });
+    ws.once('close', () => sendBuffer.release());
     const mux = new Mux({
       role: 'initiator',
       localWindow: streamWindow,
       send: (bytes) => {
         this.#lastSentAt = performance.now();
-        ws.send(bytes, { binary: true });
+        ws.send(bytes, { binary: true }, sendBuffer.track(bytes.length));
       },
       handlers: {
         onControl: (message) => this.#onControl(mux, message),
