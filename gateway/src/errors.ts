@@ -19,6 +19,13 @@ export const GatewayErrorCode = {
   INTERNAL: 'NL_ERR_GATEWAY_INTERNAL',
   /** A session's request (`list_agents`, `reauth`) over its rate limit, or a session closed (4429) for going on. */
   RATE_LIMITED: 'NL_ERR_GATEWAY_RATE_LIMITED',
+  /**
+   * A session held more unsent bytes than its buffer budget (or held the most while the gateway was over its
+   * process budget): it was not reading what the gateway sent. Its streams were reset; closed with 4413.
+   */
+  BUFFER_LIMIT: 'NL_ERR_GATEWAY_BUFFER_LIMIT',
+  /** The peer stopped reading (nothing it was sent left the gateway) or answering PINGs; closed with 4408. */
+  PEER_STALLED: 'NL_ERR_GATEWAY_PEER_STALLED',
   /** Bad command line at startup (exit 2); never sent to a peer. */
   USAGE: 'NL_ERR_GATEWAY_USAGE',
 } as const;

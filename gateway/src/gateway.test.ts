@@ -14,6 +14,7 @@ import {
   PROTOCOL_VERSION,
   type ResetPayload,
   StreamErrorCode,
+  encodeFrame,
   signToken,
   validateGatewayConfig,
 } from '@narrowlink/protocol';
@@ -181,19 +182,23 @@ class Peer {
   }
 
   /** Sends hello and waits for hello_ok (or fails with the error the gateway sent). */
-  async hello(options: { instanceId?: string; role?: 'agent' | 'client'; version?: string } = {}): Promise<Extract<ControlMessage, { type: 'hello_ok' }>> {
+  async hello(
+    options: { instanceId?: string; role?: 'agent' | 'client'; version?: string; streamWindow?: number } = {},
+  ): Promise<Extract<ControlMessage, { type: 'hello_ok' }>> {
     const role = options.role ?? this.role;
     this.mux.sendControl({
       type: 'hello',
       version: options.version ?? PROTOCOL_VERSION,
       role,
       software: 'gateway.test',
-      streamWindow: DEFAULT_STREAM_WINDOW,
+      streamWindow: options.streamWindow ?? DEFAULT_STREAM_WINDOW,
       ...(this.role === 'agent' ? { agent: { instanceId: options.instanceId ?? 'i-1', expose: [{ name: 'pg', port: 5432 }] } } : {}),
     });
     await until(() => this.controls.some((c) => c.type === 'hello_ok' || c.type === 'error') || this.closeInfo !== undefined, 'hello_ok');
     const ok = this.controls.find((c) => c.type === 'hello_ok');
     if (!ok) throw new Error(`no hello_ok: ${JSON.stringify(this.controls)} ${JSON.stringify(this.closeInfo)}`);
+    // What the gateway lets us send per stream, as peer-link does.
+    this.mux.peerWindow = ok.streamWindow;
     return ok;
   }
 
@@ -839,5 +844,146 @@ describe('Gateway stream shares, pending opens and idle streams', () => {
     assert.equal(active.reset, undefined, 'the stream that carried bytes stays open');
     assert.equal(gw.gateway.openStreams, 1);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stream_idle_resets_total'), 2);
+  });
+});
+
+/** Bytes i..i+n of a repeating pattern, so every byte's place is checked. */
+function pattern(offset: number, length: number): Buffer {
+  const bytes = Buffer.alloc(length);
+  for (let i = 0; i < length; i++) bytes[i] = (offset + i) % 251;
+  return bytes;
+}
+
+/**
+ * Makes `peer` (an agent) answer every OPEN with `total` bytes of {@link pattern} as fast as credit allows, then FIN;
+ * with no total, endless bytes (the same chunk again: generating them must not starve the test's event loop).
+ */
+function produce(peer: Peer, total?: number): void {
+  const chunk = 64 * 1024;
+  const source = pattern(0, total ?? chunk);
+  peer.mux.handlers.onOpen = (stream) => {
+    stream.accept({ path: 'relay' });
+    let sent = 0;
+    const pump = (): void => {
+      while (stream.state !== 'closed' && (total === undefined || sent < total)) {
+        const n = stream.write(total === undefined ? source : source.subarray(sent, Math.min(sent + chunk, total)));
+        if (n === 0) return;
+        sent += n;
+      }
+      if (total !== undefined && sent >= total && stream.state !== 'closed') stream.fin();
+    };
+    stream.handlers = { onCredit: pump, onReset: () => {} };
+    pump();
+  };
+}
+
+/** Stops reading the peer's socket (what a client that never reads does), or starts again. */
+function setReading(peer: Peer, reading: boolean): void {
+  const socket = (peer.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  if (reading) socket.resume();
+  else socket.pause();
+}
+
+/** Samples `read()` every 2 ms until stopped; returns the peak. */
+function peakOf(read: () => number): { stop: () => number } {
+  let peak = read();
+  const timer = setInterval(() => {
+    peak = Math.max(peak, read());
+  }, 2);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      return Math.max(peak, read());
+    },
+  };
+}
+
+describe('Gateway memory: peers that do not read', () => {
+  const MiB = 1024 * 1024;
+
+  test('a client that stops reading holds at most its budget, is closed 4413 with a count, and another client keeps working', async () => {
+    const sessionBufferBytes = 12 * MiB;
+    const gw = await startGateway({ sessionBufferBytes, streamWindow: MiB });
+    const db = await agent(gw.url);
+    produce(db);
+    const abuser = await Peer.connect(gw.url, 'client', await token('client', 'mallory'));
+    // The largest window a hello may announce: before the fix the gateway queued up to this much per stream.
+    await abuser.hello({ streamWindow: 64 * MiB });
+    const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
+    // Sixteen OPENs go out; then the abuser reads nothing, not even their answers.
+    for (let i = 0; i < 16; i++) abuser.mux.open({ agent: 'db', port: 5432 });
+    setReading(abuser, false);
+    // 16 streams x 1 MiB window is over the 12 MiB budget: the gateway closes the session instead of holding it.
+    const deadline = performance.now() + 10_000;
+    while ((await metricValue(gw.metrics, 'narrowlink_gateway_buffer_limit_closes_total', { scope: 'session' })) < 1) {
+      assert.ok(performance.now() < deadline, 'the abuser is closed for its budget');
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await until(() => gw.gateway.bufferBudget.totalBytes < MiB, 'what the abuser held released', 10_000);
+    const held = peak.stop();
+    // The budget, plus at most one frame past it before the close, plus the session's high-water mark.
+    assert.ok(held <= sessionBufferBytes + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB`);
+
+    const alice = await client(gw.url);
+    const victim = await alice.open({ agent: 'db', port: 5432 });
+    assert.ok(victim.ok, 'the victim still opens streams to the same agent');
+    await until(() => victim.data.reduce((n, b) => n + b.length, 0) >= 2 * MiB, 'the victim receives bytes');
+    alice.ws.terminate();
+    db.ws.terminate();
+  });
+
+  test('a client that pauses within its budget loses nothing: the gateway holds one window per stream, then delivers it all', async () => {
+    const gw = await startGateway({ streamWindow: MiB });
+    const db = await agent(gw.url);
+    const total = 3 * MiB;
+    produce(db, total);
+    const alice = await Peer.connect(gw.url, 'client', await token('client', 'alice'));
+    await alice.hello({ streamWindow: 64 * MiB });
+    setReading(alice, false);
+    const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
+    const streams: { data: Buffer[]; fin: boolean }[] = [];
+    for (let i = 0; i < 4; i++) {
+      const entry = { data: [] as Buffer[], fin: false };
+      streams.push(entry);
+      const stream = alice.mux.open(
+        { agent: 'db', port: 5432 },
+        {
+          onData: (d) => {
+            entry.data.push(Buffer.from(d));
+            stream.consumed(d.length);
+          },
+          onFin: () => {
+            entry.fin = true;
+          },
+        },
+      );
+    }
+    // The OPENs reached the gateway (the client still sends); the answers and the data wait, unread, in the kernel's
+    // socket buffers first (several MiB on loopback), then in the gateway, up to the windows it granted the agent.
+    await until(() => db.opens.length === 4 || db.mux.streamCount === 4, 'the agent serving four streams', 5000);
+    await new Promise((r) => setTimeout(r, 500));
+    const held = peak.stop();
+    // 4 streams x 1 MiB granted to the agent, plus the 1 MiB high-water mark: not the 64 MiB the client announced.
+    assert.ok(held <= 4 * MiB + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB`);
+    setReading(alice, true);
+    await until(() => streams.every((s) => s.fin), 'every stream delivered to its FIN', 10_000);
+    for (const s of streams) assert.ok(Buffer.concat(s.data).equals(pattern(0, total)), 'every byte, in order');
+    alice.ws.terminate();
+    db.ws.terminate();
+  });
+
+  test('a peer that answers no PING and reads nothing is dropped with 4408 and counted', async () => {
+    const gw = await startGateway({ heartbeatIntervalMs: 100, deadPeerAfterMs: 400 });
+    const alice = await client(gw.url);
+    setReading(alice, false);
+    // It keeps sending (so the silence rule alone would never fire): liveness needs the PONGs.
+    const timer = setInterval(() => alice.ws.send(encodeFrame({ type: 'ping', opaque: new Uint8Array(8) }), { binary: true }), 50);
+    try {
+      await until(() => gw.gateway.sessionCount === 0, 'the session dropped', 5000);
+    } finally {
+      clearInterval(timer);
+    }
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_stalled_sessions_total'), 1);
+    alice.ws.terminate();
   });
 });

@@ -37,11 +37,12 @@ import type { WebSocket } from 'ws';
 import { type AgentAttachment, AgentRegistry, normalizeAgentRef } from './agent-registry.ts';
 import { Authenticator, closeRevokedSessions, type ProofContext } from './auth.ts';
 import { DirectPathBroker } from './direct-broker.ts';
+import { type BudgetScope, BufferBudget } from './buffer-budget.ts';
 import { GatewayError, GatewayErrorCode } from './errors.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
-import { PeerSession, type SessionIdentity, type SessionKind } from './peer-session.ts';
+import { PeerSession, SessionCloseCode, type SessionIdentity, type SessionKind } from './peer-session.ts';
 import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
 import { decideRelayOpen } from './relay-open.ts';
 import { type RelayClient, type RelayedStream, RelayStreams } from './relay-streams.ts';
@@ -74,7 +75,27 @@ export interface GatewayOptions {
   rateLimits?: Partial<RateLimits>;
   /** How far a key-bound token's proof `iat` may lie from the gateway's clock, either way, seconds. Default 60. */
   proofMaxAgeSeconds?: number;
+  /** Bytes one session may hold in the gateway (unsent + relay queues). Default 64 MiB; see buffer-budget.ts. */
+  sessionBufferBytes?: number;
+  /** Bytes all sessions together may hold. Default 128 MiB. */
+  processBufferBytes?: number;
+  /** High-water mark of each session's unsent bytes. Default 1 MiB; see protocol's send-buffer.ts. */
+  sendHighWaterBytes?: number;
+  /** PING a session that sent nothing for this long (told to peers in hello_ok). Default HEARTBEAT_INTERVAL_MS. */
+  heartbeatIntervalMs?: number;
+  /**
+   * A peer is dead once it sent nothing, read nothing while its send buffer was full, or left a PING unanswered for
+   * this long. Default HEARTBEAT_DEAD_AFTER_MS (three intervals).
+   */
+  deadPeerAfterMs?: number;
 }
+
+/**
+ * Largest per-stream window of a peer the gateway honours (what it may send before the peer's WINDOW). Peers may
+ * announce up to 64 MiB; honouring less is safe as long as it is at least a quarter of the announced window,
+ * because a receiver grants credit in batches of a quarter of its own window (MuxStream.consumed).
+ */
+export const MAX_HONOURED_STREAM_WINDOW = 16 * 1024 * 1024;
 
 /** The client-side role of a session. */
 interface ClientState extends RelayClient {
@@ -97,6 +118,11 @@ export class Gateway {
   readonly openTimeoutMs: number;
   readonly handshakeTimeoutMs: number;
   readonly rateLimits: RateLimits;
+  readonly sendHighWaterBytes: number | undefined;
+  readonly heartbeatIntervalMs: number;
+  readonly deadPeerAfterMs: number;
+  /** What the gateway holds on peers' behalf, per session and in all (see buffer-budget.ts). */
+  readonly bufferBudget: BufferBudget<PeerSession>;
   /** Each session's rate-limit buckets, created on its first limited request. */
   readonly #limiters = new WeakMap<PeerSession, SessionRateLimiter>();
   /** Relayed streams: shares, open timer, splice, re-check, idle limit. */
@@ -124,6 +150,15 @@ export class Gateway {
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...options.rateLimits };
+    this.sendHighWaterBytes = options.sendHighWaterBytes;
+    this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
+    this.deadPeerAfterMs = options.deadPeerAfterMs ?? HEARTBEAT_DEAD_AFTER_MS;
+    this.bufferBudget = new BufferBudget<PeerSession>({
+      ...(options.sessionBufferBytes === undefined ? {} : { sessionBytes: options.sessionBufferBytes }),
+      ...(options.processBufferBytes === undefined ? {} : { processBytes: options.processBufferBytes }),
+      onTotalChanged: (delta) => this.metrics.bufferedBytes.inc(delta),
+      onExceeded: (session, scope, heldBytes) => this.#overBudget(session, scope, heldBytes),
+    });
     this.#onAgentsChanged = options.onAgentsChanged;
     this.#now = options.now ?? Date.now;
     const config = (): GatewayConfig | undefined => this.#config;
@@ -159,7 +194,7 @@ export class Gateway {
     });
     // One sweep for all sessions (heartbeats, dead peers, token expiry): a timer per idle session
     // would cost memory at thousands of sessions.
-    this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, HEARTBEAT_INTERVAL_MS / 4));
+    this.#sweepTimer = setInterval(() => this.#sweep(), Math.min(1000, this.heartbeatIntervalMs / 4));
     this.#sweepTimer.unref();
   }
 
@@ -248,6 +283,8 @@ export class Gateway {
       log,
       localWindow: this.streamWindow,
       maxStreams: this.maxStreamsPerSession,
+      budget: this.bufferBudget,
+      ...(this.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: this.sendHighWaterBytes }),
       handlers: {
         onControl: (message) => this.#onControl(session, message),
         onSessionError: (error) => {
@@ -377,7 +414,7 @@ export class Gateway {
       session.close(4400, e.code);
       return;
     }
-    session.mux.peerWindow = message.streamWindow;
+    session.mux.peerWindow = Math.min(message.streamWindow, MAX_HONOURED_STREAM_WINDOW);
     const role = session.kind === 'agent' ? this.#helloAgent(session, message) : this.#helloClient(session, message);
     // The agent may have been refused (the session is closing then).
     if (!role) return;
@@ -394,7 +431,7 @@ export class Gateway {
       sessionId: session.id,
       identity: { sub: session.identity.sub, groups: session.identity.groups, typ: session.kind, expiresAt: session.identity.expiresAtMs },
       streamWindow: this.streamWindow,
-      heartbeatIntervalMs: HEARTBEAT_INTERVAL_MS,
+      heartbeatIntervalMs: this.heartbeatIntervalMs,
     });
     // Only peers that know the probing messages get them (an older 1.x peer would reject an unknown one).
     if (peerSupportsMinor(message.version, NAT_PROBING_MINOR)) {
@@ -497,6 +534,19 @@ export class Gateway {
     this.#relay.open(client, stream, decision, instance, startedAt, fail);
   }
 
+  /** A session over a buffer budget: counted, logged, then closed by the session itself (see closeOverBudget). */
+  #overBudget(session: PeerSession, scope: BudgetScope, heldBytes: number): void {
+    if (session.state === 'closing' || session.state === 'closed') return;
+    const limitBytes = scope === 'session' ? this.bufferBudget.sessionBytes : this.bufferBudget.processBytes;
+    this.metrics.bufferLimitCloses.inc({ scope });
+    session.log.warn({ scope, heldBytes, limitBytes }, 'session over its buffer budget (it does not read what it is sent); closing it');
+    session.closeOverBudget(
+      scope === 'session'
+        ? `this session held ${heldBytes} bytes it did not read, over its budget of ${limitBytes}`
+        : `the gateway is over its buffer budget of ${limitBytes} bytes and this session held the most (${heldBytes})`,
+    );
+  }
+
   /** The client roles of the open sessions. */
   *#clients(): Generator<ClientState> {
     for (const role of this.#roles.values()) if (role.kind === 'client') yield role;
@@ -506,15 +556,26 @@ export class Gateway {
     const now = performance.now();
     const wall = this.#now();
     for (const session of this.#sessions) {
-      if (session.state === 'closed') continue;
-      if (now - session.lastReceivedAt > HEARTBEAT_DEAD_AFTER_MS) {
+      // A closing session is terminated by its own close timer; judging it again would only repeat the verdict.
+      if (session.state === 'closed' || session.state === 'closing') continue;
+      const deadAfterMs = this.deadPeerAfterMs;
+      if (session.sendBuffer.stalledForMs(now) > deadAfterMs || now - (session.pingOutstandingSince ?? now) > deadAfterMs) {
+        // Alive means reading too: a peer that sends (PINGs, say) but takes nothing the gateway sends is dead. Checked
+        // first so that such a peer is told why (the silence rule below would also fire: a blocked peer is not read).
+        this.metrics.stalledSessions.inc();
+        session.log.warn({ unsentBytes: session.sendBuffer.unflushedBytes }, 'peer stopped reading or answering PINGs; dropping session');
+        session.mux.sendControl({ type: 'error', code: GatewayErrorCode.PEER_STALLED, message: 'the peer stopped reading what the gateway sends' });
+        session.close(SessionCloseCode.PEER_STALLED, GatewayErrorCode.PEER_STALLED);
+      } else if (now - session.lastReceivedAt > deadAfterMs) {
         session.log.warn('peer silent past the heartbeat deadline; dropping session');
         session.terminate();
       } else if (wall >= session.identity.expiresAtMs) {
         session.mux.sendControl({ type: 'error', code: ErrorCode.TOKEN_EXPIRED, message: 'session token expired; reconnect with a fresh token' });
         session.close(4401, ErrorCode.TOKEN_EXPIRED);
-      } else if (session.state === 'open' && now - session.lastSentAt > HEARTBEAT_INTERVAL_MS) {
-        session.mux.ping();
+      } else if (session.state === 'open' && session.pingOutstandingSince === undefined && now - session.lastPongAt > this.heartbeatIntervalMs) {
+        // Every interval, whatever else is sent: a peer that floods the gateway but never reads would otherwise keep
+        // it busy answering and never be asked to prove it reads.
+        session.ping(now);
       }
     }
     // Policies with expiresAt lapse without a reload: recompile those clients when due.

@@ -4,7 +4,7 @@ import { assertCountersEndInTotal, assertHistogramsInSeconds, assertLabelsBounde
 import { createMetrics } from './metrics.ts';
 
 /** Label names whose values come from small fixed sets (never ids, addresses or user names). */
-const BOUNDED_LABELS = new Set(['kind', 'direction', 'result', 'reason', 'type']);
+const BOUNDED_LABELS = new Set(['kind', 'direction', 'result', 'reason', 'type', 'scope']);
 
 describe('gateway metrics', () => {
   const metrics = createMetrics({ defaultMetrics: false });
@@ -13,6 +13,8 @@ describe('gateway metrics', () => {
   test('the registry holds exactly the documented metrics', () => {
     assert.deepEqual(all.map((m) => m.name).sort(), [
       'narrowlink_gateway_auth_failures_total',
+      'narrowlink_gateway_buffer_limit_closes_total',
+      'narrowlink_gateway_buffered_bytes',
       'narrowlink_gateway_config_reloads_total',
       'narrowlink_gateway_direct_paths_total',
       'narrowlink_gateway_direct_paths_up',
@@ -27,6 +29,7 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_relay_queued_bytes',
       'narrowlink_gateway_sessions',
       'narrowlink_gateway_sessions_revoked_total',
+      'narrowlink_gateway_stalled_sessions_total',
       'narrowlink_gateway_stream_idle_resets_total',
       'narrowlink_gateway_stream_open_seconds',
       'narrowlink_gateway_stream_share_refusals_total',
@@ -64,6 +67,7 @@ describe('gateway metrics', () => {
         narrowlink_gateway_rate_limited_total: ['kind'],
         narrowlink_gateway_stream_share_refusals_total: ['kind'],
         narrowlink_gateway_stream_shares_full: ['kind'],
+        narrowlink_gateway_buffer_limit_closes_total: ['scope'],
       },
     );
     assertLabelsBounded(all, BOUNDED_LABELS);

@@ -9,6 +9,9 @@ export interface GatewayMetrics {
   sessions: Gauge<'kind'>;
   streamsOpen: Gauge;
   relayQueuedBytes: Gauge;
+  bufferedBytes: Gauge;
+  bufferLimitCloses: Counter<'scope'>;
+  stalledSessions: Counter;
   streamsTotal: Counter<'result'>;
   relayBytes: Counter<'direction'>;
   streamOpenSeconds: Histogram;
@@ -40,6 +43,22 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     relayQueuedBytes: new Gauge({
       name: 'narrowlink_gateway_relay_queued_bytes',
       help: 'Payload bytes held in relay queues, waiting for credit from the slower side (bounded by the stream windows).',
+      registers,
+    }),
+    bufferedBytes: new Gauge({
+      name: 'narrowlink_gateway_buffered_bytes',
+      help: 'Bytes the gateway holds on peers\' behalf: unsent WebSocket bytes plus relay queues (what the buffer budgets count).',
+      registers,
+    }),
+    bufferLimitCloses: new Counter({
+      name: 'narrowlink_gateway_buffer_limit_closes_total',
+      help: 'Sessions closed (4413) for holding more unread bytes than the budget, by scope (session, process).',
+      labelNames: ['scope'],
+      registers,
+    }),
+    stalledSessions: new Counter({
+      name: 'narrowlink_gateway_stalled_sessions_total',
+      help: 'Sessions closed (4408) because the peer stopped reading what it was sent or answering PINGs.',
       registers,
     }),
     streamsTotal: new Counter({

@@ -11,6 +11,7 @@ import { describe, test } from 'node:test';
 import { type ControlMessage, decodeFrame, ErrorCode, encodeFrame, MAX_STREAM_ID, type MuxHandlers } from '@narrowlink/protocol';
 import { pino } from 'pino';
 import type { WebSocket } from 'ws';
+import { BufferBudget } from './buffer-budget.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { PeerSession, SessionCloseCode } from './peer-session.ts';
 
@@ -18,8 +19,26 @@ class FakeSocket extends EventEmitter {
   readonly sent: Buffer[] = [];
   readonly closes: { code: number; reason: string }[] = [];
   terminated = 0;
-  send(bytes: Buffer): void {
+  paused = false;
+  /** Send callbacks not called yet: the bytes have not left (a peer that does not read). */
+  readonly unflushed: (() => void)[] = [];
+  /** When true, every send is flushed at once (a peer that reads). */
+  flushing = true;
+  send(bytes: Buffer, _options?: unknown, flushed?: () => void): void {
     this.sent.push(bytes);
+    if (!flushed) return;
+    if (this.flushing) flushed();
+    else this.unflushed.push(flushed);
+  }
+  /** The peer reads everything sent so far. */
+  flush(): void {
+    for (const flushed of this.unflushed.splice(0)) flushed();
+  }
+  pause(): void {
+    this.paused = true;
+  }
+  resume(): void {
+    this.paused = false;
   }
   close(code: number, reason: string): void {
     this.closes.push({ code, reason });
@@ -36,7 +55,10 @@ class FakeSocket extends EventEmitter {
   }
 }
 
-function session(handlers: MuxHandlers, options: { onClosed?: () => void; firstLocalId?: number } = {}) {
+function session(
+  handlers: MuxHandlers,
+  options: { onClosed?: () => void; firstLocalId?: number; budget?: BufferBudget<PeerSession>; sendHighWaterBytes?: number } = {},
+) {
   const ws = new FakeSocket();
   const records: { level: number; msg: string }[] = [];
   const log = pino(
@@ -58,6 +80,8 @@ function session(handlers: MuxHandlers, options: { onClosed?: () => void; firstL
     maxStreams: 16,
     handlers,
     onClosed: options.onClosed ?? (() => {}),
+    budget: options.budget ?? new BufferBudget<PeerSession>({ onExceeded: () => {} }),
+    ...(options.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: options.sendHighWaterBytes }),
     ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
   });
   return { ws, peer, records };
@@ -126,5 +150,78 @@ describe('PeerSession stream id exhaustion', () => {
       [ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED],
     );
     assert.throws(() => peer.mux.open({ host: '127.0.0.1', port: 5432, client: 'alice' }), { code: ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED });
+  });
+});
+
+describe('PeerSession send buffer (a peer that does not read)', () => {
+  const ping = encodeFrame({ type: 'ping', opaque: new Uint8Array(8) });
+
+  test('over the high-water mark stream writes wait, the socket is not read, and a drain resumes both', () => {
+    const { ws, peer } = session({}, { sendHighWaterBytes: 64 * 1024 });
+    ws.flushing = false;
+    const opened = peer.mux.open({ host: 'h', port: 1, client: 'alice' });
+    opened.sendCredit = 1024 * 1024;
+    let credits = 0;
+    opened.handlers.onCredit = () => credits++;
+    const sent = opened.write(new Uint8Array(256 * 1024));
+    // Frames of 256 KiB: the first one crosses the mark, nothing more goes until the peer reads.
+    assert.equal(sent, 256 * 1024);
+    assert.equal(peer.mux.transportBlocked, true);
+    assert.equal(ws.paused, true, 'the peer socket is not read while its send buffer is full');
+    assert.equal(opened.write(new Uint8Array(1024)), 0, 'a blocked transport takes no stream bytes');
+    ws.flush();
+    assert.equal(peer.mux.transportBlocked, false);
+    assert.equal(ws.paused, false);
+    assert.equal(credits, 1, 'the stream that met the block is told to write again');
+    assert.equal(peer.sendBuffer.unflushedBytes, 0);
+  });
+
+  test('control replies stop once the buffer is full: a PING flood pins at most the high-water mark', () => {
+    const { ws, peer } = session({}, { sendHighWaterBytes: 16 * 1024 });
+    ws.flushing = false;
+    // What a real socket does when paused: the frames already read are still delivered, nothing after them.
+    let delivered = 0;
+    for (let i = 0; i < 100_000 && !ws.paused; i++) {
+      ws.emit('message', ping, true);
+      delivered++;
+    }
+    assert.equal(ws.paused, true);
+    assert.ok(peer.sendBuffer.unflushedBytes <= 16 * 1024 + 64, `unsent bytes ${peer.sendBuffer.unflushedBytes}`);
+    assert.ok(delivered < 2000, `stopped reading after ${delivered} PINGs`);
+    assert.equal(peer.bufferAccount.heldBytes, peer.sendBuffer.unflushedBytes, 'the budget counts what is really unsent');
+  });
+
+  test('a session over its budget is told with a typed code, its streams reset, closed with 4413', () => {
+    const { ws, peer } = session({});
+    const opened = peer.mux.open({ host: 'h', port: 1, client: 'alice' });
+    peer.closeOverBudget('held too much');
+    assert.equal(ws.paused, true);
+    assert.equal(opened.state, 'closed');
+    assert.deepEqual(ws.closes, [{ code: SessionCloseCode.BUFFER_LIMIT, reason: GatewayErrorCode.BUFFER_LIMIT }]);
+    const errors = ws.controls().filter((m) => m.type === 'error');
+    assert.deepEqual(errors, [{ type: 'error', code: GatewayErrorCode.BUFFER_LIMIT, message: 'held too much' }]);
+  });
+
+  test('closing releases the account and the unsent bytes', () => {
+    const budget = new BufferBudget<PeerSession>({ onExceeded: () => {} });
+    const { ws, peer } = session({}, { budget });
+    ws.flushing = false;
+    peer.sendControl({ type: 'error', code: 'X', message: 'y' });
+    assert.ok(budget.totalBytes > 0);
+    ws.emit('close');
+    assert.equal(budget.totalBytes, 0);
+    ws.flush();
+    assert.equal(budget.totalBytes, 0, 'a late flush callback changes nothing');
+  });
+
+  test('a PONG ends the outstanding PING', () => {
+    const { ws, peer } = session({});
+    peer.ping(1000);
+    peer.ping(2000);
+    assert.equal(peer.pingOutstandingSince, 1000, 'the oldest unanswered PING counts');
+    const sentPing = ws.sent.map((b) => decodeFrame(b)).find((f) => f.type === 'ping');
+    assert.ok(sentPing && sentPing.type === 'ping');
+    ws.emit('message', encodeFrame({ type: 'pong', opaque: sentPing.opaque }), true);
+    assert.equal(peer.pingOutstandingSince, undefined);
   });
 });

@@ -2,9 +2,19 @@
  * One peer's WebSocket bound to a Mux. Owns the explicit session state
  * (handshaking → open → closing → closed; see docs/lifecycle/gateway-session.md).
  */
-import { type ControlMessage, ErrorCode, type Identity, Mux, type MuxHandlers, type ProtocolError, StreamErrorCode } from '@narrowlink/protocol';
+import {
+  type ControlMessage,
+  ErrorCode,
+  type Identity,
+  Mux,
+  type MuxHandlers,
+  type ProtocolError,
+  SendBuffer,
+  StreamErrorCode,
+} from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
+import type { BufferAccount, BufferBudget } from './buffer-budget.ts';
 import type { BrokerPeer } from './direct-broker.ts';
 import { GatewayErrorCode } from './errors.ts';
 
@@ -30,6 +40,10 @@ export const SessionCloseCode = {
   STREAM_IDS_EXHAUSTED: 4409,
   /** A handler threw while processing this session's input: only this session ends. */
   INTERNAL_ERROR: 1011,
+  /** The session held more unsent bytes than its buffer budget (or the most, when the process was over its own). */
+  BUFFER_LIMIT: 4413,
+  /** The peer stopped reading (its send buffer made no progress) or stopped answering PINGs. */
+  PEER_STALLED: 4408,
 } as const;
 
 export class PeerSession implements BrokerPeer {
@@ -39,10 +53,17 @@ export class PeerSession implements BrokerPeer {
   readonly ws: WebSocket;
   readonly mux: Mux;
   readonly log: Logger;
+  /** What this session's WebSocket has not sent yet; while over its high-water mark, the peer's socket is not read. */
+  readonly sendBuffer: SendBuffer;
+  /** This session's share of the gateway's buffer budget (its send buffer, and for a client its relay queues). */
+  readonly bufferAccount: BufferAccount<PeerSession>;
+  /** performance.now() when the oldest unanswered PING went out; `undefined` when none is outstanding. */
+  pingOutstandingSince: number | undefined;
+  /** performance.now() of the last PONG (or of the session's start): the peer's reading, as heartbeats see it. */
+  lastPongAt: number;
   state: SessionState = 'handshaking';
-  /** performance.now() of the last message received / sent, for heartbeats. */
+  /** performance.now() of the last message received, for heartbeats. */
   lastReceivedAt: number;
-  lastSentAt: number;
   readonly #onClosed: (session: PeerSession) => void;
   /** A handler threw on this session's input: what else arrives is dropped (the session is closing). */
   #failed = false;
@@ -57,6 +78,10 @@ export class PeerSession implements BrokerPeer {
     maxStreams: number;
     handlers: MuxHandlers;
     onClosed: (session: PeerSession) => void;
+    /** The gateway's buffer budget; this session opens its account there. */
+    budget: BufferBudget<PeerSession>;
+    /** High-water mark of the WebSocket's unsent bytes (see SendBuffer). */
+    sendHighWaterBytes?: number;
     /** Test only: the first stream id the gateway opens on this session (see MuxOptions.firstLocalId). */
     firstLocalId?: number;
   }) {
@@ -66,17 +91,38 @@ export class PeerSession implements BrokerPeer {
     this.ws = options.ws;
     this.log = options.log;
     this.#onClosed = options.onClosed;
-    this.lastReceivedAt = this.lastSentAt = performance.now();
+    this.lastReceivedAt = this.lastPongAt = performance.now();
     const ws = options.ws;
+    this.bufferAccount = options.budget.open(this);
+    // Over the high-water mark: stream writes wait (credit reaches the far sender only as bytes leave), and the
+    // peer's socket is not read, so the replies its input would cause (PONGs, RESETs, agent lists) cannot pile up
+    // either. Only the gateway stops reading: peers always read, so the two sides can never wait on each other.
+    this.sendBuffer = new SendBuffer({
+      ...(options.sendHighWaterBytes === undefined ? {} : { highWaterBytes: options.sendHighWaterBytes }),
+      onBytes: (delta) => this.bufferAccount.add(delta),
+      onBlockedChange: (blocked) => {
+        this.mux.setTransportBlocked(blocked);
+        if (blocked) ws.pause();
+        else if (!this.#failed && this.state !== 'closing') ws.resume();
+      },
+    });
+    const handlers = options.handlers;
     this.mux = new Mux({
       role: 'acceptor',
       localWindow: options.localWindow,
       maxStreams: options.maxStreams,
       ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
-      handlers: { onStreamIdsExhausted: (error) => this.#idsExhausted(error), ...options.handlers },
+      handlers: {
+        onStreamIdsExhausted: (error) => this.#idsExhausted(error),
+        ...handlers,
+        onPong: (rttMs) => {
+          this.pingOutstandingSince = undefined;
+          this.lastPongAt = performance.now();
+          handlers.onPong?.(rttMs);
+        },
+      },
       send: (bytes) => {
-        this.lastSentAt = performance.now();
-        ws.send(bytes, { binary: true });
+        ws.send(bytes, { binary: true }, this.sendBuffer.track(bytes.length));
       },
     });
     // The handler boundary: anything thrown while handling this session's input (a bug, an unexpected state)
@@ -114,6 +160,24 @@ export class PeerSession implements BrokerPeer {
   /** Sends a control message on the session's mux. */
   sendControl(message: ControlMessage): void {
     this.mux.sendControl(message);
+  }
+
+  /** Sends a heartbeat PING; liveness then waits for its PONG (see `pingOutstandingSince`). */
+  ping(now: number): void {
+    this.pingOutstandingSince ??= now;
+    this.mux.ping();
+  }
+
+  /**
+   * Over a buffer budget: stops reading the peer, resets its streams (which frees what the relay held for them),
+   * tells it why and closes with 4413. Its other sessions and every other tenant are untouched.
+   */
+  closeOverBudget(message: string): void {
+    if (this.state === 'closing' || this.state === 'closed') return;
+    this.ws.pause();
+    this.mux.sendControl({ type: 'error', code: GatewayErrorCode.BUFFER_LIMIT, message });
+    this.mux.resetAll(StreamErrorCode.FLOW_CONTROL, message);
+    this.close(SessionCloseCode.BUFFER_LIMIT, GatewayErrorCode.BUFFER_LIMIT);
   }
 
   /** Moves to `next` if that is a forward transition; returns whether it did. */
@@ -161,12 +225,15 @@ export class PeerSession implements BrokerPeer {
   #closed(): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.sendBuffer.release();
     try {
       this.mux.close(StreamErrorCode.PEER_GONE, `${this.kind} session closed`);
     } catch (error) {
       // A stream's clean-up threw: every stream was still reset (Mux.close); the session's books must close too.
       this.log.error({ err: error }, 'stream clean-up failed while closing the session');
     }
+    // After the streams' resets: those release the relay queues charged to this account first.
+    this.bufferAccount.close();
     // Runs from the socket's close/error events: a throw here would be uncaught.
     try {
       this.#onClosed(this);

@@ -41,9 +41,13 @@ const config: GatewayConfig = validateGatewayConfig({
 class MemorySocket extends EventEmitter {
   readonly toPeer: Buffer[] = [];
   closed: { code: number; reason: string } | undefined;
-  send(bytes: Uint8Array): void {
+  /** The queue stands for the network: the bytes left the gateway at once (`flushed`). */
+  send(bytes: Uint8Array, _options?: unknown, flushed?: () => void): void {
     if (!this.closed) this.toPeer.push(Buffer.from(bytes));
+    flushed?.();
   }
+  pause(): void {}
+  resume(): void {}
   close(code: number, reason: string): void {
     if (this.closed) return;
     this.closed = { code, reason };

@@ -175,7 +175,12 @@ export class RelayStreams {
         stream.accept({ path: 'relay' });
         splice(stream, agentStream, {
           onBytes: (direction, bytes) => this.#metrics.relayBytes.inc({ direction }, bytes),
-          onQueued: (delta) => this.#metrics.relayQueuedBytes.inc(delta),
+          // Both directions are charged to the client: the tenant who opened the stream owns what it holds, whether
+          // it does not read (agent to client) or pushes to a target that does not (client to agent).
+          onQueued: (delta) => {
+            this.#metrics.relayQueuedBytes.inc(delta);
+            client.session.bufferAccount.add(delta);
+          },
           onClosed: () => {
             this.#metrics.streamsOpen.dec();
             this.#open--;

@@ -1,9 +1,10 @@
 /**
  * Splices two mux streams (client leg and agent leg) with backpressure both ways.
  *
- * Bytes arriving on one leg are forwarded to the other as soon as that leg has send credit, and
- * credit is returned to the sender only once the bytes left the gateway. So the gateway holds at
- * most one window per direction per stream, however slow either end reads.
+ * Bytes arriving on one leg are forwarded to the other as soon as that leg has send credit and its session's
+ * transport is not blocked (its unsent bytes under the high-water mark, see protocol's send-buffer.ts), and credit
+ * is returned to the sender only then. So the gateway holds at most one window per direction per stream, plus
+ * one bounded send buffer per session, however slow either end reads.
  */
 import { type MuxStream, StreamErrorCode } from '@narrowlink/protocol';
 
@@ -35,7 +36,7 @@ class Pipe {
   }
 
   onData(data: Uint8Array): void {
-    if (this.#queue.length === 0 && this.#sink.sendCredit >= data.length) {
+    if (this.#queue.length === 0 && this.#sink.sendCredit >= data.length && !this.#sink.session.transportBlocked) {
       const raw = this.#source.session.lastRawData;
       // Zero-copy: the received message already is a DATA frame; rewrite its id and pass it on.
       if (raw && raw.length === data.length + 9 && Buffer.isBuffer(raw)) this.#sink.forwardDataMessage(raw, data.length);

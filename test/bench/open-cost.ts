@@ -56,9 +56,13 @@ export function benchConfig(agents: number, policies: number): GatewayConfig {
 class MemorySocket extends EventEmitter {
   readonly toPeer: Buffer[] = [];
   closed = false;
-  send(bytes: Uint8Array): void {
+  /** The queue stands for the network: the bytes left the gateway at once (`flushed`). */
+  send(bytes: Uint8Array, _options?: unknown, flushed?: () => void): void {
     if (!this.closed) this.toPeer.push(bytes as Buffer);
+    flushed?.();
   }
+  pause(): void {}
+  resume(): void {}
   close(code: number, reason: string): void {
     if (this.closed) return;
     this.closed = true;
