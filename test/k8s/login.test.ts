@@ -251,6 +251,12 @@ describe('narrowlink login, cluster side, on a real kube-apiserver', () => {
       const condition = ready(decided as unknown as KubeObject);
       assert.deepEqual([condition?.status, condition?.reason], ['False', 'Denied']);
       assert.equal(decided.status?.token, undefined);
+      // ...and a Warning Event on it for the admin.
+      await waitFor('a Denied Event', async () =>
+        (await admin.list(Resources.event, { namespace: NS })).items.some(
+          (e) => (e.involvedObject as { name?: string }).name === forged.metadata.name && e.reason === 'Denied' && e.type === 'Warning',
+        ),
+      );
     } finally {
       await admin.apply(webhookConfigurations, backend.webhookConfiguration, { fieldManager: 'narrowlink-test', force: true });
     }

@@ -55,6 +55,8 @@ export async function reconcileLoginRequest(ctx: ReconcileContext, deps: LoginRe
       deps.decided.set(uid, nowMs);
       deps.onOutcome?.(plan.reason === LoginReason.Denied ? 'denied' : 'invalid');
       log.warn({ reason: plan.reason, user: request.spec?.username }, 'login request refused');
+      // Denied means the webhook was bypassed: worth an Event an admin sees in `kubectl get events`.
+      void ctx.events.record(cached, 'Warning', plan.reason, plan.message);
       return { requeueAfterMs: deps.settings.retainAfterDoneMs };
     }
     case 'sign': {
