@@ -186,6 +186,13 @@ describe('narrowlink login, cluster side, on a real kube-apiserver', () => {
     const admin = await RestKubeClient.fromKubeConfig(api.kubeConfig());
     await expectRefused(admin.create(loginRequestResource, loginRequest({ publicKey: x, username: 'alice', uid: '', groups: [] })), 403, /NL_ERR_WEBHOOK_LOGIN_IDENTITY_SUPPLIED/);
 
+    // Requests are answered in the login namespace only; elsewhere they are refused at once.
+    await expectRefused(
+      admin.create(loginRequestResource, { ...loginRequest({ publicKey: x }), metadata: { generateName: 'login-', namespace: 'default' } }),
+      400,
+      new RegExp(`NL_ERR_WEBHOOK_LOGIN_INVALID: ClientLoginRequests are answered only in namespace "${NS}"`),
+    );
+
     // A stored request cannot be re-pointed at another user or key, not even by the admin.
     const stored = await admin.create(loginRequestResource, loginRequest({ publicKey: x }, 'immutable'));
     assert.equal((stored.spec as { username?: string }).username, 'admin');

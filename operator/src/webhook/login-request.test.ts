@@ -51,6 +51,15 @@ describe('reviewLoginRequest', () => {
     assert.ok(verifyLoginStamp(KEY, { namespace: 'narrowlink', publicKey: X, ttlSeconds: undefined, username: 'alice', uid: 'u-1', groups: ['devs', 'system:authenticated'] }, patched.metadata.annotations[LOGIN_STAMP_ANNOTATION]));
   });
 
+  it('CREATE outside the login namespace is refused (400) naming the namespace; UPDATE there is not judged by it', () => {
+    const elsewhere = { ...create({ publicKey: X }), namespace: 'default' };
+    const result = reviewLoginRequest(elsewhere, KEY, 'narrowlink');
+    assert.equal(result.outcome, 'invalid');
+    assert.equal(result.response.status?.code, 400);
+    assert.match(result.response.status?.message ?? '', /^NL_ERR_WEBHOOK_LOGIN_INVALID: ClientLoginRequests are answered only in namespace "narrowlink"/);
+    assert.equal(reviewLoginRequest(create({ publicKey: X }), KEY, 'narrowlink').outcome, 'stamped');
+  });
+
   it('CREATE without a stamp key configured is refused (500), not admitted unverifiable', () => {
     const result = reviewLoginRequest(create({ publicKey: X }), undefined);
     assert.equal(result.response.allowed, false);

@@ -56,8 +56,10 @@ function deny(uid: string, status: 400 | 403, code: WebhookErrorCode, message: s
  *
  * @param stampKey - HMAC key of the stamp annotation (`deriveLoginStampKey` of operator/src/login-stamp.ts); without it a CREATE is refused
  *   (500): a request the operator could not verify would only end Denied.
+ * @param loginNamespace - the operator's namespace, the only one whose requests it signs: a CREATE elsewhere is
+ *   refused (400) with that namespace in the message, instead of waiting forever. Undefined: any namespace.
  */
-export function reviewLoginRequest(request: AdmissionRequest, stampKey: Buffer | undefined): LoginReviewResult {
+export function reviewLoginRequest(request: AdmissionRequest, stampKey: Buffer | undefined, loginNamespace?: string): LoginReviewResult {
   const { uid } = request;
   const isLoginRequest =
     request.kind.group === GROUP && request.kind.kind === KIND && (request.subResource === undefined || request.subResource === '');
@@ -74,6 +76,12 @@ export function reviewLoginRequest(request: AdmissionRequest, stampKey: Buffer |
   }
   if (request.operation !== 'CREATE') return { response: { uid, allowed: true }, outcome: 'skipped' };
 
+  if (loginNamespace !== undefined && request.namespace !== loginNamespace) {
+    return {
+      response: deny(uid, 400, WebhookErrorCode.LOGIN_INVALID, `ClientLoginRequests are answered only in namespace "${loginNamespace}" (narrowlink login -n ${loginNamespace})`),
+      outcome: 'invalid',
+    };
+  }
   const spec = isObject(request.object) ? request.object.spec : undefined;
   if (!isObject(spec)) {
     return { response: deny(uid, 400, WebhookErrorCode.LOGIN_INVALID, 'spec is required (spec.publicKey)'), outcome: 'invalid' };

@@ -113,7 +113,7 @@ export function buildWebhookApp(options: WebhookAppOptions): FastifyInstance {
 
   app.post(MUTATE_LOGIN_REQUESTS_PATH, async (request) => {
     const admission = parseAdmissionReview(request.body);
-    const result = reviewLoginRequest(admission, options.loginStampKey);
+    const result = reviewLoginRequest(admission, options.loginStampKey, options.ownNamespace);
     const fields = {
       uid: admission.uid,
       namespace: admission.namespace,
