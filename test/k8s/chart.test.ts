@@ -554,7 +554,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   ]);
   assert.deepEqual(loginHook.clientConfig.service, { name: 'narrowlink-operator', namespace: NS, path: '/mutate-clientloginrequests', port: 443 });
   assert.equal(loginHook.clientConfig.caBundle, undefined);
-  assert.equal(loginHook.namespaceSelector, undefined, 'login requests are stamped in every namespace');
+  assert.equal(loginHook.namespaceSelector, undefined, 'the webhook sees every namespace (and refuses requests outside the release namespace)');
   assert.equal(loginHook.objectSelector, undefined);
   assert.equal(
     webhookConfig.metadata.annotations?.['cert-manager.io/inject-ca-from'],
