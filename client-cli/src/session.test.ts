@@ -18,6 +18,7 @@ describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () 
     ['HTTP 503 (gateway not ready)', link(LinkErrorCode.REFUSED, { status: 503, gatewayCode: 'NL_ERR_GATEWAY_NOT_READY' }), ExitCode.UNREACHABLE],
     ['the gateway cannot be reached', link(LinkErrorCode.UNREACHABLE), ExitCode.UNREACHABLE],
     ['no session in time', link(LinkErrorCode.TIMEOUT), ExitCode.UNREACHABLE],
+    ['a request over the gateway rate limit', link(LinkErrorCode.RATE_LIMITED), ExitCode.FAILURE],
     ['anything else (a stream failure)', new Error('reset'), ExitCode.FAILURE],
     ['a thrown non-error', 'boom', ExitCode.FAILURE],
   ];

@@ -16,6 +16,7 @@ import {
   GatewayLink,
   generateIdentity,
   LinkError,
+  LinkErrorCode,
 } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import type { Reporter } from './reporter.ts';
@@ -97,6 +98,8 @@ export function exitCodeFor(error: unknown): ExitCode {
   if (error instanceof CliError) return error.exitCode;
   if (error instanceof LinkError) {
     if (error.status === 401 || error.status === 403 || isAuthRefusalCode(error.gatewayCode) || isTokenCode(error.gatewayCode)) return ExitCode.AUTH;
+    // The gateway answered: it is reachable, it refused this request for now.
+    if (error.code === LinkErrorCode.RATE_LIMITED) return ExitCode.FAILURE;
     return ExitCode.UNREACHABLE;
   }
   return ExitCode.FAILURE;

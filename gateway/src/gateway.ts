@@ -30,6 +30,8 @@ import {
   PROTOCOL_VERSION,
   ProtocolError,
   peerSupportsMinor,
+  formatRateLimitRefusal,
+  type RateLimitedRequest,
   StreamErrorCode,
 } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
@@ -396,9 +398,9 @@ export class Gateway {
   }
 
   /** The typed refusal of a `list_agents` or `reauth` over the limit: a session error that does not end the session. */
-  #sendRateLimited(session: PeerSession, kind: RateLimitKind): void {
+  #sendRateLimited(session: PeerSession, kind: RateLimitedRequest): void {
     const retryMs = this.#limiters.get(session)?.retryAfterMs(kind) ?? 0;
-    session.mux.sendControl({ type: 'error', code: GatewayErrorCode.RATE_LIMITED, message: `${kind} rate limit; retry in ${retryMs} ms` });
+    session.mux.sendControl({ type: 'error', code: GatewayErrorCode.RATE_LIMITED, message: formatRateLimitRefusal(kind, retryMs) });
   }
 
   #onHello(session: PeerSession, message: Hello): void {

@@ -12,6 +12,8 @@ export const LinkErrorCode = {
   TIMEOUT: 'NL_ERR_LINK_TIMEOUT',
   /** The link was closed locally. */
   CLOSED: 'NL_ERR_LINK_CLOSED',
+  /** The gateway refused a request (`list_agents`) over its per-session rate limit; retry after a pause. */
+  RATE_LIMITED: 'NL_ERR_LINK_RATE_LIMITED',
 } as const;
 export type LinkErrorCode = (typeof LinkErrorCode)[keyof typeof LinkErrorCode];
 

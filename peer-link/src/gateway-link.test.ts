@@ -3,14 +3,29 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, describe, test } from 'node:test';
-import { type ControlMessage, Mux, type MuxStream, type OpenPayload, PROTOCOL_VERSION, StreamResetError } from '@narrowlink/protocol';
+import {
+  type ControlMessage,
+  formatRateLimitRefusal,
+  Mux,
+  type MuxStream,
+  type OpenPayload,
+  PROTOCOL_VERSION,
+  RATE_LIMITED_ERROR_CODE,
+  StreamResetError,
+} from '@narrowlink/protocol';
 import { type WebSocket, WebSocketServer } from 'ws';
-import { LinkError } from './errors.ts';
+import { LinkError, LinkErrorCode } from './errors.ts';
 import { GatewayLink, type GatewayLinkOptions } from './gateway-link.ts';
 
 /** What the fake gateway does with one upgrade request. */
 type Behaviour =
-  | { kind: 'accept'; helloOk?: boolean; onOpen?: (stream: MuxStream, payload: OpenPayload) => void }
+  | {
+      kind: 'accept';
+      helloOk?: boolean;
+      onOpen?: (stream: MuxStream, payload: OpenPayload) => void;
+      /** Answers control messages after the hello. */
+      onControl?: (message: ControlMessage, mux: Mux) => void;
+    }
   | { kind: 'refuse'; status: number; body: string };
 
 interface Attempt {
@@ -43,7 +58,7 @@ async function fakeGateway(behave: (attempt: number) => Behaviour) {
         send: (bytes) => ws.send(bytes, { binary: true }),
         handlers: {
           onControl: (message) => {
-            if (message.type !== 'hello') return;
+            if (message.type !== 'hello') return behaviour.onControl?.(message, mux);
             attempt.hello = message;
             if (behaviour.helloOk === false) return;
             mux.sendControl({
@@ -225,6 +240,32 @@ describe('GatewayLink', () => {
       assert.equal(error.code, 'NL_ERR_STREAM_DENIED');
       return true;
     });
+  });
+
+  test('a list_agents refused over the rate limit fails at once with a typed error; the next one is answered', async () => {
+    let lists = 0;
+    const gw = await fakeGateway(() => ({
+      kind: 'accept',
+      onControl: (message, mux) => {
+        if (message.type !== 'list_agents') return;
+        // The real gateway's refusal: a session error naming the request kind, no request id.
+        if (++lists === 1) mux.sendControl({ type: 'error', code: RATE_LIMITED_ERROR_CODE, message: formatRateLimitRefusal('list_agents', 180) });
+        else mux.sendControl({ type: 'agents', requestId: message.requestId, agents: [] });
+      },
+    }));
+    const l = link({ url: gw.url }).start();
+    const startedAt = performance.now();
+    await assert.rejects(l.listAgents(5000), (error: unknown) => {
+      assert.ok(error instanceof LinkError);
+      assert.equal(error.code, LinkErrorCode.RATE_LIMITED);
+      assert.equal(error.gatewayCode, RATE_LIMITED_ERROR_CODE);
+      assert.equal(error.retryable, true);
+      assert.match(error.message, /retry in 180 ms/);
+      return true;
+    });
+    assert.ok(performance.now() - startedAt < 2000, 'not at the 5 s timeout');
+    assert.deepEqual(await l.listAgents(2000), []);
+    assert.equal(l.state, 'open', 'the session stays');
   });
 
   test('openStream gives up with TIMEOUT when the far side never answers', async () => {

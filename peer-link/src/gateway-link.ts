@@ -28,7 +28,9 @@ import {
   type OpenOk,
   type OpenPayload,
   PROTOCOL_VERSION,
+  parseRateLimitRefusal,
   peerSupportsMinor,
+  RATE_LIMITED_ERROR_CODE,
   REAUTH_PROOF_METHOD,
   SendBuffer,
   StreamErrorCode,
@@ -139,7 +141,8 @@ export class GatewayLink extends EventEmitter {
   /** Settles the current attempt's handshake on hello_ok (set by #awaitHello). */
   #onHelloOk: (() => void) | undefined;
   #requestSeq = 0;
-  readonly #pendingLists = new Map<number, (agents: AgentSummary[]) => void>();
+  /** Unanswered `list_agents` requests by id, oldest first (a rate-limit refusal fails the oldest). */
+  readonly #pendingLists = new Map<number, { resolve: (agents: AgentSummary[]) => void; reject: (error: LinkError) => void }>();
   #stopped = false;
   readonly #reauth: ReauthScheduler;
   /** NAT probing state of the current session. */
@@ -383,7 +386,7 @@ export class GatewayLink extends EventEmitter {
       clearInterval(this.#heartbeat);
       this.#reauth.stop();
     }
-    for (const resolve of this.#pendingLists.values()) resolve([]);
+    for (const pending of this.#pendingLists.values()) pending.resolve([]);
     this.#pendingLists.clear();
     return wasOpen;
   }
@@ -414,6 +417,20 @@ export class GatewayLink extends EventEmitter {
         return;
       }
       case 'error': {
+        // A `list_agents` over the gateway's rate limit: fail the oldest pending one now, not at its timeout.
+        const refusal = message.code === RATE_LIMITED_ERROR_CODE ? parseRateLimitRefusal(message.message) : undefined;
+        if (refusal?.kind === 'list_agents') {
+          const [oldest] = this.#pendingLists.values();
+          if (oldest) {
+            oldest.reject(
+              new LinkError(LinkErrorCode.RATE_LIMITED, `gateway refused list_agents over its rate limit; retry in ${refusal.retryAfterMs} ms`, {
+                gatewayCode: message.code,
+                retryable: true,
+              }),
+            );
+            return;
+          }
+        }
         const fatal = message.code === ErrorCode.PROTOCOL_VERSION || isAuthRefusalCode(message.code);
         this.#handshakeError = new LinkError(LinkErrorCode.HANDSHAKE, `${message.code}: ${message.message}`, {
           gatewayCode: message.code,
@@ -446,9 +463,9 @@ export class GatewayLink extends EventEmitter {
         this.emit('direct', message);
         return;
       case 'agents': {
-        const resolve = this.#pendingLists.get(message.requestId);
+        const pending = this.#pendingLists.get(message.requestId);
         this.#pendingLists.delete(message.requestId);
-        resolve?.(message.agents);
+        pending?.resolve(message.agents);
         return;
       }
       default:
@@ -608,9 +625,16 @@ export class GatewayLink extends EventEmitter {
         this.#pendingLists.delete(requestId);
         reject(new LinkError(LinkErrorCode.TIMEOUT, 'gateway did not answer list_agents in time', { retryable: true }));
       }, timeoutMs);
-      this.#pendingLists.set(requestId, (agents) => {
-        clearTimeout(timer);
-        resolve(agents);
+      this.#pendingLists.set(requestId, {
+        resolve: (agents) => {
+          clearTimeout(timer);
+          resolve(agents);
+        },
+        reject: (error) => {
+          clearTimeout(timer);
+          this.#pendingLists.delete(requestId);
+          reject(error);
+        },
       });
       mux.sendControl({ type: 'list_agents', requestId });
     });

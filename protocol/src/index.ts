@@ -3,6 +3,7 @@ export * from './frame-codec.ts';
 export * from './messages.ts';
 export * from './mux.ts';
 export * from './send-buffer.ts';
+export * from './rate-limit-refusal.ts';
 export * from './session-timing.ts';
 export * from './gateway-config.ts';
 export * from './gateway-status.ts';
