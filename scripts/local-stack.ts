@@ -8,7 +8,7 @@
  *   --port N   local port of the forward (default 8080; 0 picks a free one)
  *   --json     print one JSON line with the addresses once ready (for scripts)
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -16,8 +16,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
-import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
+import { parseArgs, promisify } from 'node:util';
+import { generateSigningKeyPair } from '@narrowlink/protocol';
 import { stringify } from 'yaml';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -52,6 +52,12 @@ function nextEvent(match: (line: Record<string, unknown>) => boolean, timeoutMs:
     };
     events.on('line', onLine);
   });
+}
+
+/** `narrowlink-gateway token create ARGS`: the token it prints (its only stdout line). */
+async function mintToken(args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)(process.execPath, [join(root, 'gateway/src/main.ts'), 'token', 'create', ...args]);
+  return stdout.trim();
 }
 
 /** Starts a component and resolves with its first JSON line carrying `event: "ready"`. */
@@ -100,10 +106,13 @@ async function main(): Promise<void> {
   await new Promise<void>((r) => demo.listen(0, '127.0.0.1', r));
   const demoPort = (demo.address() as { port: number }).port;
 
-  // 2. Throwaway identity: a signing key, an agent token and a client token.
+  // 2. Throwaway identity: a signing key, and an agent token and a client token minted with it by
+  // `narrowlink-gateway token create`, as a user of a standalone gateway would.
   const keys = await generateSigningKeyPair();
-  const agentToken = await signToken(keys.privateKeyPem, { typ: 'agent', sub: 'default/demo', ttlSeconds: 24 * 3600 });
-  const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'developer', groups: ['developers'], ttlSeconds: 24 * 3600 });
+  const signingKeyFile = join(workDir, 'signing.key');
+  writeFileSync(signingKeyFile, keys.privateKeyPem, { mode: 0o600 });
+  const agentToken = await mintToken(['--key', signingKeyFile, '--agent', 'default/demo', '--ttl', '24h']);
+  const clientToken = await mintToken(['--key', signingKeyFile, '--user', 'developer', '--group', 'developers', '--ttl', '24h']);
   const agentTokenFile = join(workDir, 'agent.token');
   const clientTokenFile = join(workDir, 'client.token');
   writeFileSync(agentTokenFile, agentToken, { mode: 0o600 });
@@ -168,6 +177,7 @@ async function main(): Promise<void> {
     say(`  path: ${pathText} -> 127.0.0.1:${demoPort}`);
     say(`  try:  curl ${url}`);
     say(`  more: NARROWLINK_GATEWAY=${gatewayUrl} NARROWLINK_TOKEN_FILE=${clientTokenFile} npx narrowlink ls`);
+    say(`  mint: npx narrowlink-gateway token create --key ${signingKeyFile} --user NAME --group developers --ttl 8h`);
     say(`  first answer: ${body.split('\n')[0]}`);
     say('Ctrl-C stops everything.');
   }

@@ -9,7 +9,7 @@
  * URL as the client dialled it; on `reauth` a `proof` next to the token with `htm` REAUTH and the same `htu` as
  * the session's upgrade, signed by the same key as the session's first token (a session cannot switch keys, nor
  * drop or gain a binding). Proof ids are remembered per gateway process (ProofReplayCache). See
- * docs/adr/0011-key-bound-client-tokens.md.
+ * docs/adr/0012-key-bound-client-tokens.md.
  */
 import {
   DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,

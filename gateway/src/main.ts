@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { podNamespace } from '@narrowlink/kube';
-import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
+import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_PROOF_MAX_AGE_SECONDS, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildAdminApp, buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
@@ -23,11 +23,14 @@ import { Gateway } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
 import { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_STREAM_SHARES } from './stream-shares.ts';
 import { NatProbeServer } from './nat-probe.ts';
+import { runTokenCommand } from './token-command.ts';
 import { DEFAULT_RATE_LIMITS, parseRateLimit, type RateLimit, type RateLimits } from './rate-limit.ts';
 
 const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and agents
 
 Usage: narrowlink-gateway --config FILE [options]
+       narrowlink-gateway token create --key FILE (--user U [--group G ...] | --agent NS/NAME) --ttl 8h
+                          (mints a token; see narrowlink-gateway token --help)
 
 Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LISTEN):
   --config FILE        gateway configuration (YAML or JSON), hot-reloaded on change
@@ -69,6 +72,11 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
                        filtering tests)
   --nat-probe-advertise IP[,IP2]  the address(es) peers are told to probe, when they reach the probe
                        ports through a load balancer (its public IPs; default: the bound addresses)
+  --public-url URL     the gateway's URL as clients dial it (wss://gw.example.com), when a proxy in front
+                       terminates TLS or rewrites Host: key-bound tokens' proofs must name it
+                       (default: the URL each request reached this listener with)
+  --proof-max-age-seconds N  how far a key-bound token's proof may be issued from this gateway's
+                       clock, either way (default 60)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
   -h, --help           show this help
 `;
@@ -116,6 +124,8 @@ async function main(): Promise<void> {
       'nat-probe-port': { type: 'string' },
       'nat-probe-second-address': { type: 'string' },
       'nat-probe-advertise': { type: 'string' },
+      'public-url': { type: 'string' },
+      'proof-max-age-seconds': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -166,6 +176,9 @@ async function main(): Promise<void> {
     perIdentity: integerOption('agent-streams-per-identity', DEFAULT_STREAM_SHARES.perIdentity, 1),
   };
   const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
+  const proofMaxAgeSeconds = integerOption('proof-max-age-seconds', DEFAULT_PROOF_MAX_AGE_SECONDS, 1);
+  const publicUrl = option(values, 'public-url');
+  if (publicUrl !== undefined && !/^wss?:\/\/[^/?#@\s]+\/?$/.test(publicUrl)) fail(GatewayErrorCode.USAGE, `--public-url wants ws(s)://HOST[:PORT], got "${publicUrl}"`);
   const rateLimit = (name: string, fallback: RateLimit): RateLimit => {
     const text = option(values, name);
     if (text === undefined) return fallback;
@@ -192,6 +205,7 @@ async function main(): Promise<void> {
     rateLimits,
     streamShares,
     streamIdleTimeoutMs,
+    proofMaxAgeSeconds,
     ...(tokenReviewer ? { tokenReviewer } : {}),
     ...(natProbe ? { natProbe } : {}),
     onAgentsChanged: () => reporter?.changed(),
@@ -218,7 +232,7 @@ async function main(): Promise<void> {
   }
 
   const tls = certFile && keyFile ? { cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') } : undefined;
-  const app = buildApp({ gateway, log, ...(tls ? { tls } : {}) });
+  const app = buildApp({ gateway, log, ...(tls ? { tls } : {}), ...(publicUrl ? { publicUrl } : {}) });
   await app.listen({ host, port });
   // cert-manager rotates the certificate: new handshakes pick it up, sessions stay.
   const tlsReloader = tls && certFile && keyFile ? new TlsReloader(app.server as unknown as HttpsServer, certFile, keyFile, log.child({ component: 'tls' }, { level: 'info' }), tls).start() : undefined;
@@ -380,7 +394,15 @@ async function kubernetesSource(
   });
 }
 
-main().catch((error: unknown) => {
+const crashed = (error: unknown): void => {
   process.stderr.write(`narrowlink-gateway: ${(error as Error).stack ?? String(error)}\n`);
   process.exit(1);
-});
+};
+// `token …` mints a token and exits (exitCode, not exit(): stdout may still be flushing into a pipe).
+if (process.argv[2] === 'token') {
+  runTokenCommand(process.argv.slice(3)).then((code) => {
+    process.exitCode = code;
+  }, crashed);
+} else {
+  main().catch(crashed);
+}
