@@ -35,7 +35,7 @@ const largest: { [K in ControlMessage['type']]: Extract<ControlMessage, { type: 
     streamWindow: 64 * 1024 * 1024,
     agent: { instanceId: text(128), expose: Array.from({ length: 256 }, () => ({ name: text(63), port: 65535, host: text(253) })) },
   },
-  reauth: { type: 'reauth', token: text(16_384) },
+  reauth: { type: 'reauth', token: text(16_384), proof: text(4096) },
   nat_report: {
     type: 'nat_report',
     localEndpoints: Array.from({ length: 32 }, () => ({ address: ipv6, port: 65535 })),

@@ -114,12 +114,12 @@ const FOREIGN_CONTROL_MAX = 4 * 1024;
 /**
  * What a gateway (the Mux `acceptor`) accepts from agents and clients. Sizes are the largest message the schema
  * allows with ASCII text (measured in frame-codec.test.ts), rounded up: an agent hello with 256 exposed ports of
- * 63-character names and 253-character hosts is 91,130 bytes; a reauth with a 16 KiB token 16,412; a nat_report
+ * 63-character names and 253-character hosts is 91,130 bytes; a reauth with a 16 KiB token and a 4 KiB proof 20,519; a nat_report
  * with 32 IPv6 endpoints 2,564.
  */
 export const GATEWAY_CONTROL_LIMITS: ControlLimits = {
   hello: 128 * 1024,
-  reauth: 20 * 1024,
+  reauth: 24 * 1024,
   nat_report: 4 * 1024,
   nat_reprobe: 256,
   direct_request: 1024,
