@@ -111,8 +111,10 @@ async function main(): Promise<void> {
   const keys = await generateSigningKeyPair();
   const signingKeyFile = join(workDir, 'signing.key');
   writeFileSync(signingKeyFile, keys.privateKeyPem, { mode: 0o600 });
-  const agentToken = await mintToken(['--key', signingKeyFile, '--agent', 'default/demo', '--ttl', '24h']);
-  const clientToken = await mintToken(['--key', signingKeyFile, '--user', 'developer', '--group', 'developers', '--ttl', '24h']);
+  const [agentToken, clientToken] = await Promise.all([
+    mintToken(['--key', signingKeyFile, '--agent', 'default/demo', '--ttl', '24h']),
+    mintToken(['--key', signingKeyFile, '--user', 'developer', '--group', 'developers', '--ttl', '24h']),
+  ]);
   const agentTokenFile = join(workDir, 'agent.token');
   const clientTokenFile = join(workDir, 'client.token');
   writeFileSync(agentTokenFile, agentToken, { mode: 0o600 });
