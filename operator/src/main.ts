@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { LeaderElector, podNamespace, RestKubeClient } from '@narrowlink/kube';
-import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME } from '@narrowlink/protocol';
+import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, type GatewayTokenRules, parseGatewayTokenRules } from '@narrowlink/protocol';
 import Fastify from 'fastify';
 import { pino } from 'pino';
 import { Operator } from './controller.ts';
@@ -39,6 +39,8 @@ Options (each also as env NARROWLINK_OPERATOR_<NAME>):
   --signing-key-secret NAME      Ed25519 signing key Secret, created when absent (default narrowlink-signing-key)
   --default-issuer NAME[/KIND]   cert-manager issuer for published domains without spec.issuerRef (KIND default ClusterIssuer)
   --allow-cross-namespace-policies  let a policy reach agents in other namespaces
+  --gateway-token-rules JSON     the gateway config's tokens section: {"maxLifetimeSeconds":{"client":N,"agent":N},
+                                 "deny":{"jti":[...],"sub":[...]}} (a change closes the sessions it denies)
   --login-token-ttl-seconds N    cap and default lifetime of tokens issued to ClientLoginRequests, 60-86400 (default 28800)
   --login-rate-limit-per-minute N  tokens one user may obtain per minute (burst the same; 0: no limit; default 10)
   --discovery-configmap NAME     keep ca.crt of this ConfigMap (narrowlink login's discovery) equal to ...
@@ -62,6 +64,7 @@ async function main(): Promise<void> {
       'signing-key-secret': { type: 'string' },
       'default-issuer': { type: 'string' },
       'allow-cross-namespace-policies': { type: 'boolean' },
+      'gateway-token-rules': { type: 'string' },
       'login-token-ttl-seconds': { type: 'string' },
       'login-rate-limit-per-minute': { type: 'string' },
       'discovery-configmap': { type: 'string' },
@@ -106,6 +109,13 @@ async function main(): Promise<void> {
     tokenTtlSeconds: integerFlag('login-token-ttl-seconds', 60, MAX_LOGIN_TOKEN_TTL_SECONDS, DEFAULT_LOGIN_SETTINGS.tokenTtlSeconds),
     rateLimitPerMinute: integerFlag('login-rate-limit-per-minute', 0, 1_000_000, DEFAULT_LOGIN_SETTINGS.rateLimitPerMinute),
   };
+  const gatewayTokenRulesText = opt('gateway-token-rules');
+  let gatewayTokenRules: GatewayTokenRules | undefined;
+  try {
+    gatewayTokenRules = gatewayTokenRulesText ? parseGatewayTokenRules(gatewayTokenRulesText) : undefined;
+  } catch (error) {
+    throw new OperatorError(OperatorErrorCode.USAGE, `--gateway-token-rules: ${(error as Error).message}`, { cause: error });
+  }
   const discoveryConfigMap = opt('discovery-configmap') || undefined;
   const discoveryCaSecret = opt('discovery-ca-secret') || undefined;
   if ((discoveryConfigMap === undefined) !== (discoveryCaSecret === undefined)) {
@@ -185,6 +195,7 @@ async function main(): Promise<void> {
         namespace,
         gatewayConfigSecret: opt('gateway-config-secret') ?? DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
         allowCrossNamespacePolicies: values['allow-cross-namespace-policies'] === true || env('allow-cross-namespace-policies') === 'true',
+        ...(gatewayTokenRules ? { gatewayTokenRules } : {}),
         login,
         ...(discoveryConfigMap && discoveryCaSecret ? { discovery: { configMap: discoveryConfigMap, caSecret: discoveryCaSecret } } : {}),
         ...(issuerName ? { defaultIssuerRef: { name: issuerName, kind: issuerKind ?? 'ClusterIssuer', group: 'cert-manager.io' } } : {}),

@@ -8,6 +8,7 @@ import {
   type GatewayConfig,
   gatewayConfigSchema,
   parseGatewayConfig,
+  parseGatewayTokenRules,
   portSpecRange,
   validateGatewayConfig,
 } from './gateway-config.ts';
@@ -314,5 +315,22 @@ describe('gateway config: schema errors name the field path', () => {
 
   it('reports the root of a non-object', () => {
     expectInvalid(null, '(root):');
+  });
+});
+
+describe('gateway config: token rules text (the operator\'s --gateway-token-rules)', () => {
+  it('parses a valid section', () => {
+    assert.deepEqual(parseGatewayTokenRules('{"maxLifetimeSeconds":{"agent":86400},"deny":{"sub":["bob"]}}'), {
+      maxLifetimeSeconds: { agent: 86400 },
+      deny: { sub: ['bob'] },
+    });
+  });
+  it('refuses bad JSON with CONFIG_PARSE and a bad section with CONFIG_INVALID naming the field', () => {
+    assert.throws(() => parseGatewayTokenRules('{'), (e: unknown) => e instanceof ConfigError && e.code === ErrorCode.CONFIG_PARSE);
+    assert.throws(
+      () => parseGatewayTokenRules('{"maxLifetimeSeconds":{"client":5}}'),
+      (e: unknown) => e instanceof ConfigError && e.code === ErrorCode.CONFIG_INVALID && /maxLifetimeSeconds\.client/.test(e.message),
+    );
+    assert.throws(() => parseGatewayTokenRules('{"deny":{"ip":["x"]}}'), (e: unknown) => e instanceof ConfigError && e.code === ErrorCode.CONFIG_INVALID);
   });
 });

@@ -220,10 +220,11 @@ export const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = {
 export const MAX_TOKEN_DENY_ENTRIES = 10_000;
 
 /**
- * Token rules beyond the signature, all optional (absent: the defaults, nothing denied). The operator does not
- * render this section yet; write it into the document by hand (or with a tool of your own) to use it.
+ * Token rules beyond the signature, all optional (absent: the defaults, nothing denied). In a cluster the operator
+ * renders them from its `--gateway-token-rules` (the chart's `gateway.tokens`); standalone, write them into the
+ * document.
  */
-const tokenRulesSchema = z
+export const gatewayTokenRulesSchema = z
   .object({
     /** Longest `exp - iat` accepted per token type, seconds; default {@link DEFAULT_MAX_TOKEN_LIFETIME_SECONDS}. */
     maxLifetimeSeconds: z
@@ -261,8 +262,8 @@ export const gatewayConfigSchema = z
     allowCrossNamespacePolicies: z.boolean().default(false),
     agents: z.array(agentSchema).default([]),
     policies: z.array(policySchema).default([]),
-    /** Token lifetime limits and the denylist (see `tokenRulesSchema`); absent: defaults, nothing denied. */
-    tokens: tokenRulesSchema.optional(),
+    /** Token lifetime limits and the denylist (see `gatewayTokenRulesSchema`); absent: defaults, nothing denied. */
+    tokens: gatewayTokenRulesSchema.optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {
@@ -290,6 +291,8 @@ export type PolicyConfig = GatewayConfig['policies'][number];
 export type PolicyRule = PolicyConfig['rules'][number];
 export type Subject = PolicyConfig['subjects'][number];
 export type LabelSelector = z.infer<typeof labelSelectorSchema>;
+/** The `tokens` section of a gateway configuration. */
+export type GatewayTokenRules = z.infer<typeof gatewayTokenRulesSchema>;
 
 /** `${namespace}/${name}`: the key for agents (and policies) across the gateway. */
 export function agentKey(namespace: string, name: string): string {
@@ -307,6 +310,22 @@ export function validateGatewayConfig(value: unknown): GatewayConfig {
   throw new ConfigError(ErrorCode.CONFIG_INVALID, `invalid gateway config:\n${lines.join('\n')}`, {
     cause: result.error,
   });
+}
+
+/**
+ * Parses the JSON text of a `tokens` section (the operator's `--gateway-token-rules`). CONFIG_PARSE on bad JSON,
+ * CONFIG_INVALID on a section the gateway would refuse.
+ */
+export function parseGatewayTokenRules(text: string): GatewayTokenRules {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(ErrorCode.CONFIG_PARSE, `token rules are not JSON: ${(error as Error).message}`, { cause: error });
+  }
+  const result = gatewayTokenRulesSchema.safeParse(value);
+  if (result.success) return result.data;
+  throw new ConfigError(ErrorCode.CONFIG_INVALID, `invalid token rules:\n${result.error.issues.flatMap(formatIssue).join('\n')}`, { cause: result.error });
 }
 
 /** Parses YAML or JSON text (JSON is YAML) and validates it. CONFIG_PARSE on syntax errors. */

@@ -32,6 +32,7 @@ import { Secret } from 'kubernetes-models/v1/Secret';
 import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
+import { parseGatewayTokenRules } from '@narrowlink/protocol';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from './tools.ts';
 
@@ -709,6 +710,19 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
       });
     }
   }
+
+  it('gateway.tokens reaches the operator as --gateway-token-rules JSON the operator accepts; unset, no flag', async (t) => {
+    if (!toolsOrSkip(t)) return;
+    const rules = { maxLifetimeSeconds: { client: 86400 }, deny: { jti: ['0f3c'], sub: ['mallory', 'shop/legacy'] } };
+    const op = deployment(await render({ gateway: { tokens: rules } }), 'narrowlink-operator').spec.template.spec.containers[0];
+    const text = argValue(op?.args ?? [], '--gateway-token-rules');
+    assert.ok(text, 'the flag is rendered');
+    assert.deepEqual(parseGatewayTokenRules(text), rules);
+    const plain = deployment(await render({}), 'narrowlink-operator').spec.template.spec.containers[0];
+    assert.equal((plain?.args ?? []).includes('--gateway-token-rules'), false);
+    // The schema refuses what the gateway would (a typo must fail `helm install`, not the operator at start).
+    await assert.rejects(render({ gateway: { tokens: { deny: { ip: ['10.0.0.1'] } } } }));
+  });
 
   it('custom images, pull secrets and resources reach the operator, gateway and sidecar flags', async (t) => {
     if (!toolsOrSkip(t)) return;

@@ -3,6 +3,7 @@
  * API, so a reconcile costs no list), the event recorder, the clock, and the operator's settings.
  */
 import type { Informer, KubeClient } from '@narrowlink/kube';
+import type { GatewayTokenRules } from '@narrowlink/protocol';
 import type { Logger } from 'pino';
 import type { EventRecorder } from '../events.ts';
 import type { IssuerRef } from '../objects.ts';
@@ -16,6 +17,8 @@ export interface OperatorSettings {
   namespace: string;
   gatewayConfigSecret: string;
   allowCrossNamespacePolicies: boolean;
+  /** The gateway config's `tokens` section (lifetime limits, denylist); absent: the gateway's defaults. */
+  gatewayTokenRules?: GatewayTokenRules;
   defaultIssuerRef?: IssuerRef;
   /** `narrowlink login`: token lifetime cap, request collection, rate limit. Default `DEFAULT_LOGIN_SETTINGS`. */
   login?: LoginSettings;

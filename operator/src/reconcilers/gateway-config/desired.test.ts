@@ -93,6 +93,15 @@ describe('desiredGatewayConfig', () => {
     assert.equal(out.config.allowCrossNamespacePolicies, true);
   });
 
+  it('renders the chart\'s token rules with denylists deduplicated and sorted, and leaves them out when unset', () => {
+    const out = desiredGatewayConfig(
+      input([], [], { tokenRules: { maxLifetimeSeconds: { client: 3600 }, deny: { jti: ['b', 'a', 'b'], sub: ['mallory'] } } }),
+    );
+    assert.deepEqual(out.config.tokens, { maxLifetimeSeconds: { client: 3600 }, deny: { jti: ['a', 'b'], sub: ['mallory'] } });
+    assert.deepEqual(parseGatewayConfig(renderGatewayConfig(out.config)).tokens, out.config.tokens, 'the gateway reads them back');
+    assert.equal(desiredGatewayConfig(input([], [])).config.tokens, undefined);
+  });
+
   const agentCases: Array<{ name: string; agent: NarrowlinkAgent; reason: Problem['reason']; message: RegExp }> = [
     { name: 'name with a dot', agent: makeAgent('web.v2'), reason: 'InvalidName', message: /^metadata\.name: / },
     { name: 'name longer than 63', agent: makeAgent('a'.repeat(64)), reason: 'InvalidName', message: /^metadata\.name: .*63/ },

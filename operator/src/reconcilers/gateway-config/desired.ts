@@ -19,6 +19,7 @@ import {
   type AgentConfig,
   GATEWAY_CONFIG_SECRET_KEY,
   type GatewayConfig,
+  type GatewayTokenRules,
   gatewayConfigSchema,
   type PolicyConfig,
   validateGatewayConfig,
@@ -68,6 +69,8 @@ export interface GatewayConfigInput {
   signingPublicKeys: readonly string[];
   /** Chart value: may a policy reach agents in other namespaces. */
   allowCrossNamespacePolicies: boolean;
+  /** Chart value `gateway.tokens`: token lifetime limits and the denylist; absent: the gateway's defaults. */
+  tokenRules?: GatewayTokenRules;
   /** Now, ms since epoch: only classifies policies as expired. */
   nowMs: number;
 }
@@ -285,9 +288,23 @@ export function desiredGatewayConfig(input: GatewayConfigInput): DesiredGatewayC
     allowCrossNamespacePolicies: input.allowCrossNamespacePolicies,
     agents,
     policies,
+    ...(input.tokenRules ? { tokens: canonicalTokenRules(input.tokenRules) } : {}),
   });
   const out: DesiredGatewayConfig = { config, problems, expiredPolicies };
   if (nextExpiryMs !== undefined) out.nextExpiryMs = nextExpiryMs;
+  return out;
+}
+
+/** The same rules always render the same bytes: denylists deduplicated and sorted. */
+function canonicalTokenRules(rules: GatewayTokenRules): GatewayTokenRules {
+  const out: GatewayTokenRules = {};
+  if (rules.maxLifetimeSeconds) out.maxLifetimeSeconds = rules.maxLifetimeSeconds;
+  if (rules.deny) {
+    const deny: NonNullable<GatewayTokenRules['deny']> = {};
+    if (rules.deny.jti) deny.jti = [...new Set(rules.deny.jti)].sort();
+    if (rules.deny.sub) deny.sub = [...new Set(rules.deny.sub)].sort();
+    out.deny = deny;
+  }
   return out;
 }
 

@@ -27,6 +27,7 @@ export async function reconcileGatewayConfig(ctx: ReconcileContext): Promise<Gat
     policies,
     signingPublicKeys: [ctx.signingKey.publicKeyPem],
     allowCrossNamespacePolicies: ctx.settings.allowCrossNamespacePolicies,
+    ...(ctx.settings.gatewayTokenRules ? { tokenRules: ctx.settings.gatewayTokenRules } : {}),
     nowMs,
   });
   const secret = gatewayConfigSecret(desired.config, { namespace: ctx.settings.namespace, name: ctx.settings.gatewayConfigSecret });
