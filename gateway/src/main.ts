@@ -9,7 +9,14 @@ import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { podNamespace } from '@narrowlink/kube';
-import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, DEFAULT_PROOF_MAX_AGE_SECONDS, DEFAULT_STREAM_WINDOW, ErrorCode, type GatewayConfig } from '@narrowlink/protocol';
+import {
+  DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
+  DEFAULT_PROOF_MAX_AGE_SECONDS,
+  DEFAULT_SEND_HIGH_WATER_BYTES,
+  DEFAULT_STREAM_WINDOW,
+  ErrorCode,
+  type GatewayConfig,
+} from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildAdminApp, buildApp } from './app.ts';
 import { loadFromDefaultOrFile } from './kube.ts';
@@ -18,6 +25,7 @@ import { KubeSecretConfigSource } from './kube-config-source.ts';
 import { StatusReporter } from './status-reporter.ts';
 import { TlsReloader } from './tls-reloader.ts';
 import { KubeTokenReviewer } from './token-review.ts';
+import { DEFAULT_PROCESS_BUFFER_BYTES, DEFAULT_SESSION_BUFFER_BYTES } from './buffer-budget.ts';
 import { GatewayErrorCode } from './errors.ts';
 import { Gateway } from './gateway.ts';
 import { createMetrics, type GatewayMetrics } from './metrics.ts';
@@ -58,6 +66,13 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
                        (default 1024; an agent takes 4096 streams in all)
   --stream-idle-timeout-ms N  reset a relayed stream that carried no bytes either way for N ms
                        with IDLE_TIMEOUT (default 14400000, 4 h; 0 turns it off)
+  --session-buffer-bytes N  bytes one session may make the gateway hold (unsent, plus a client's
+                       relayed streams' queues) before its streams are reset and it is closed with
+                       4413 NL_ERR_GATEWAY_BUFFER_LIMIT (default 67108864, 64 MiB)
+  --process-buffer-bytes N  the same for all sessions together; over it the session holding the
+                       most is closed (default 134217728, 128 MiB)
+  --send-high-water-bytes N  unsent bytes of a session above which its streams wait and its
+                       socket is not read (default 1048576)
   --rate-limit-open R:B  per client session: OPENs per second R, bursts of B (default 1000:2000);
                        over it the OPEN is reset RATE_LIMITED. Each --rate-limit-* takes R:B, or 0 (off)
   --rate-limit-list-agents R:B  per session: list_agents requests (default 5:20)
@@ -115,6 +130,9 @@ async function main(): Promise<void> {
       'agent-streams-per-session': { type: 'string' },
       'agent-streams-per-identity': { type: 'string' },
       'stream-idle-timeout-ms': { type: 'string' },
+      'session-buffer-bytes': { type: 'string' },
+      'process-buffer-bytes': { type: 'string' },
+      'send-high-water-bytes': { type: 'string' },
       'rate-limit-open': { type: 'string' },
       'rate-limit-list-agents': { type: 'string' },
       'rate-limit-direct-request': { type: 'string' },
@@ -176,6 +194,9 @@ async function main(): Promise<void> {
     perIdentity: integerOption('agent-streams-per-identity', DEFAULT_STREAM_SHARES.perIdentity, 1),
   };
   const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
+  const sessionBufferBytes = integerOption('session-buffer-bytes', DEFAULT_SESSION_BUFFER_BYTES, 1024 * 1024);
+  const processBufferBytes = integerOption('process-buffer-bytes', DEFAULT_PROCESS_BUFFER_BYTES, 1024 * 1024);
+  const sendHighWaterBytes = integerOption('send-high-water-bytes', DEFAULT_SEND_HIGH_WATER_BYTES, 16 * 1024);
   const proofMaxAgeSeconds = integerOption('proof-max-age-seconds', DEFAULT_PROOF_MAX_AGE_SECONDS, 1);
   const publicUrl = option(values, 'public-url');
   if (publicUrl !== undefined && !/^wss?:\/\/[^/?#@\s]+\/?$/.test(publicUrl)) fail(GatewayErrorCode.USAGE, `--public-url wants ws(s)://HOST[:PORT], got "${publicUrl}"`);
@@ -205,6 +226,9 @@ async function main(): Promise<void> {
     rateLimits,
     streamShares,
     streamIdleTimeoutMs,
+    sessionBufferBytes,
+    processBufferBytes,
+    sendHighWaterBytes,
     proofMaxAgeSeconds,
     ...(tokenReviewer ? { tokenReviewer } : {}),
     ...(natProbe ? { natProbe } : {}),
