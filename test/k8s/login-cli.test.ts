@@ -5,12 +5,13 @@
  * nothing but a kubeconfig: alice, authenticated by a client certificate with `O=devs`, runs `narrowlink login`
  * (token, key, gateway URL and CA cached), then `narrowlink forward` with no --gateway, --token or --ca-file
  * reaches the agent's TCP echo through the relay, bytes verified. An AccessPolicy naming `User alice` lets her in
- * and not bob (same group, also logged in); mallory, without the narrowlink-login binding, gets exit 3 naming the
- * missing permission; a wrong -n says narrowlink is not installed there.
+ * and not bob (same group, also logged in); `forward` renews the token in-process and its session outlives the
+ * first token; a static-token user and a ServiceAccount log in the same way; mallory, without the narrowlink-login
+ * binding, gets exit 3 naming the missing permission; a wrong -n says narrowlink is not installed there.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { createPrivateKey } from 'node:crypto';
+import { createPrivateKey, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -23,11 +24,14 @@ import { startStack, type Stack } from '../e2e/stack.ts';
 import { SCRIPTS } from '../helpers/paths.ts';
 import { type StartedProcess, startProcess } from '../helpers/processes.ts';
 import { sendAndHash, startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
-import { type ApiServer, useApiServer } from './cluster.ts';
-import { clientCertUser, type LoginBackend, startLoginBackend, type TestUser } from './login-fixtures.ts';
+import { type ApiServer, type StaticTokenUser, useApiServer } from './cluster.ts';
+import { clientCertUser, type LoginBackend, serviceAccountUser, startLoginBackend, staticTokenUser, type TestUser } from './login-fixtures.ts';
 import { toolsUnavailableReason } from './tools.ts';
 
 const NS = 'narrowlink-system';
+/** A user the apiserver authenticates by a static bearer token (its token file is read at startup). */
+const CAROL: StaticTokenUser = { token: randomBytes(24).toString('hex'), user: 'carol', uid: 'carol-uid', groups: ['ops'] };
+
 /** The operator's cap on token lifetimes in this suite: short, so that `forward` has to renew while we watch. */
 const TOKEN_TTL_SECONDS = 60;
 
@@ -62,7 +66,7 @@ interface Run {
 }
 
 describe('narrowlink login → forward on a real kube-apiserver, gateway and agent', () => {
-  const k8s = useApiServer();
+  const k8s = useApiServer({ staticTokenUsers: [CAROL] });
   let dir: string | undefined;
   let backend: LoginBackend | undefined;
   let stack: Stack | undefined;
@@ -105,7 +109,16 @@ describe('narrowlink login → forward on a real kube-apiserver, gateway and age
       scratchDir: dir,
       login: { tokenTtlSeconds: TOKEN_TTL_SECONDS },
       chartValues: {
-        login: { tokenTtlSeconds: TOKEN_TTL_SECONDS, subjects: [{ kind: 'Group', name: 'devs' }], gatewayUrls: [stack.url], caBundle: stack.tls?.ca ?? '' },
+        login: {
+          tokenTtlSeconds: TOKEN_TTL_SECONDS,
+          subjects: [
+            { kind: 'Group', name: 'devs' },
+            { kind: 'User', name: 'carol' },
+            { kind: 'ServiceAccount', name: 'robot', namespace: 'ci' },
+          ],
+          gatewayUrls: [stack.url],
+          caBundle: stack.tls?.ca ?? '',
+        },
       },
     });
     // The gateway trusts what the operator signs (in a cluster: the operator writes its key into the gateway config).
@@ -194,6 +207,8 @@ describe('narrowlink login → forward on a real kube-apiserver, gateway and age
       assert.equal(await held.roundTrip('after'), 'after', 'the stream opened under the first token still works');
       const sent = await sendAndHash(port, 64 * 1024, 9);
       assert.equal(sent.replySha256, sent.sentSha256, 'new streams open after the first token expired');
+      const output = JSON.stringify(forward.lines) + forward.stderrLines.join('\n');
+      assert.ok(!output.includes(first.token) && !output.includes(second.token), 'forward never prints a token');
       assert.deepEqual(
         forward.lines.filter((line) => line.event === 'reconnecting' || line.event === 'token-renewal-failed'),
         [],
@@ -218,6 +233,20 @@ describe('narrowlink login → forward on a real kube-apiserver, gateway and age
     assert.deepEqual((JSON.parse(bobLs.stdout) as { agents: unknown[] }).agents, []);
     const status = await cli(['status', '--local', '-o', 'json', '--kubeconfig', bob.kubeconfigPath]);
     assert.equal((JSON.parse(status.stdout) as { login: { user: string } }).login.user, 'bob');
+  });
+
+  it('a static bearer token user and a ServiceAccount (a CI robot) log in with the same command; the token says who the API server authenticated', async (t) => {
+    const api = await setup(t);
+    if (!api || !dir || !backend) return;
+    for (const user of [await staticTokenUser(api, dir, CAROL), await serviceAccountUser(api, dir, { namespace: 'ci', name: 'robot' })]) {
+      const result = await cli(['login', '--kubeconfig', user.kubeconfigPath, '-n', NS, '-o', 'json']);
+      assert.equal(result.code, 0, result.stderr);
+      const summary = JSON.parse(result.stdout) as { user: string; groups: string[]; cacheFile: string };
+      assert.deepEqual([summary.user, summary.groups], [user.username, user.groups]);
+      const { token } = JSON.parse(readFileSync(summary.cacheFile, 'utf8')) as { token: string };
+      const claims = await verifyToken(token, { publicKeysPem: [backend.signingKey.publicKeyPem], expectedType: 'client' });
+      assert.deepEqual([claims.sub, claims.groups], [user.username, user.groups]);
+    }
   });
 
   it('mallory without the narrowlink-login binding: exit 3, NL_ERR_CLI_LOGIN_FORBIDDEN naming the permission and the ClusterRole; a wrong -n: exit 2, NL_ERR_CLI_NOT_INSTALLED', async (t) => {
