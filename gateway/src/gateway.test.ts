@@ -293,6 +293,16 @@ describe('Gateway sessions', () => {
     peer.mux.sendControl({ type: 'list_agents', requestId: 1 });
     assert.equal((await peer.waitClosed()).code, 4400);
     assert.equal(peer.error()?.code, 'NL_ERR_PROTOCOL_UNEXPECTED');
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_protocol_errors_total', { reason: 'NL_ERR_PROTOCOL_UNEXPECTED' }), 1);
+  });
+
+  test('a frame of an unknown type closes the session 4400 and is counted by its code', async () => {
+    const gw = await startGateway();
+    const peer = await client(gw.url);
+    peer.ws.send(Buffer.from([0x7f, 0, 0, 0, 0, 0, 0, 0, 0]), { binary: true });
+    assert.equal((await peer.waitClosed()).code, 4400);
+    assert.equal(peer.error()?.code, 'NL_ERR_FRAME_UNKNOWN_TYPE');
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_protocol_errors_total', { reason: 'NL_ERR_FRAME_UNKNOWN_TYPE' }), 1);
   });
 
   test('handshake timeout closes a session that never says hello', async () => {

@@ -286,10 +286,12 @@ export class Gateway {
       localWindow: this.streamWindow,
       maxStreams: this.maxStreamsPerSession,
       budget: this.bufferBudget,
+      onIdsExhausted: (code) => this.metrics.protocolErrors.inc({ reason: code }),
       ...(this.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: this.sendHighWaterBytes }),
       handlers: {
         onControl: (message) => this.#onControl(session, message),
         onSessionError: (error) => {
+          this.metrics.protocolErrors.inc({ reason: error.code });
           log.warn({ code: error.code, msg: error.message }, 'peer broke the protocol; closing session');
           session.mux.sendControl({ type: 'error', code: error.code, message: error.message.slice(0, 1024) });
           session.close(4400, error.code);
@@ -511,6 +513,7 @@ export class Gateway {
   }
 
   #protocolViolation(session: PeerSession, what: string): void {
+    this.metrics.protocolErrors.inc({ reason: ErrorCode.PROTOCOL_UNEXPECTED });
     session.mux.sendControl({ type: 'error', code: ErrorCode.PROTOCOL_UNEXPECTED, message: what });
     session.close(4400, ErrorCode.PROTOCOL_UNEXPECTED);
   }

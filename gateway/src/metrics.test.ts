@@ -23,6 +23,7 @@ describe('gateway metrics', () => {
       'narrowlink_gateway_nat_classifications_total',
       'narrowlink_gateway_nat_probes_total',
       'narrowlink_gateway_policy_resets_total',
+      'narrowlink_gateway_protocol_errors_total',
       'narrowlink_gateway_rate_limit_closes_total',
       'narrowlink_gateway_rate_limited_total',
       'narrowlink_gateway_relay_bytes_total',
@@ -68,6 +69,7 @@ describe('gateway metrics', () => {
         narrowlink_gateway_stream_share_refusals_total: ['kind'],
         narrowlink_gateway_stream_shares_full: ['kind'],
         narrowlink_gateway_buffer_limit_closes_total: ['scope'],
+        narrowlink_gateway_protocol_errors_total: ['reason'],
       },
     );
     assertLabelsBounded(all, BOUNDED_LABELS);

@@ -12,6 +12,7 @@ export interface GatewayMetrics {
   bufferedBytes: Gauge;
   bufferLimitCloses: Counter<'scope'>;
   stalledSessions: Counter;
+  protocolErrors: Counter<'reason'>;
   streamsTotal: Counter<'result'>;
   relayBytes: Counter<'direction'>;
   streamOpenSeconds: Histogram;
@@ -59,6 +60,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     stalledSessions: new Counter({
       name: 'narrowlink_gateway_stalled_sessions_total',
       help: 'Sessions closed (4408) because the peer stopped reading what it was sent or answering PINGs.',
+      registers,
+    }),
+    protocolErrors: new Counter({
+      name: 'narrowlink_gateway_protocol_errors_total',
+      help: 'Sessions closed for breaking the protocol (4400: bad frames, control messages over their size or depth caps, …) or for using all their stream ids (4409), by error code.',
+      labelNames: ['reason'],
       registers,
     }),
     streamsTotal: new Counter({

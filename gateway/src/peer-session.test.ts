@@ -57,7 +57,13 @@ class FakeSocket extends EventEmitter {
 
 function session(
   handlers: MuxHandlers,
-  options: { onClosed?: () => void; firstLocalId?: number; budget?: BufferBudget<PeerSession>; sendHighWaterBytes?: number } = {},
+  options: {
+    onClosed?: () => void;
+    firstLocalId?: number;
+    budget?: BufferBudget<PeerSession>;
+    sendHighWaterBytes?: number;
+    onIdsExhausted?: (code: string) => void;
+  } = {},
 ) {
   const ws = new FakeSocket();
   const records: { level: number; msg: string }[] = [];
@@ -82,6 +88,7 @@ function session(
     onClosed: options.onClosed ?? (() => {}),
     budget: options.budget ?? new BufferBudget<PeerSession>({ onExceeded: () => {} }),
     ...(options.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: options.sendHighWaterBytes }),
+    ...(options.onIdsExhausted ? { onIdsExhausted: options.onIdsExhausted } : {}),
     ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
   });
   return { ws, peer, records };
@@ -140,7 +147,8 @@ describe('PeerSession handler boundary', () => {
 describe('PeerSession stream id exhaustion', () => {
   test('the session that used its last stream id is told with a typed code and closed with 4409', () => {
     // The gateway is the acceptor: even ids. One open to go.
-    const { ws, peer } = session({}, { firstLocalId: MAX_STREAM_ID - 1 });
+    const counted: string[] = [];
+    const { ws, peer } = session({}, { firstLocalId: MAX_STREAM_ID - 1, onIdsExhausted: (code) => counted.push(code) });
     const stream = peer.mux.open({ host: '127.0.0.1', port: 5432, client: 'alice' });
     assert.equal(stream.id, MAX_STREAM_ID - 1);
     assert.deepEqual(ws.closes, [{ code: SessionCloseCode.STREAM_IDS_EXHAUSTED, reason: ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED }]);
@@ -150,6 +158,7 @@ describe('PeerSession stream id exhaustion', () => {
       [ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED],
     );
     assert.throws(() => peer.mux.open({ host: '127.0.0.1', port: 5432, client: 'alice' }), { code: ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED });
+    assert.deepEqual(counted, [ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED], 'counted once (metrics)');
   });
 });
 

@@ -65,6 +65,7 @@ export class PeerSession implements BrokerPeer {
   /** performance.now() of the last message received, for heartbeats. */
   lastReceivedAt: number;
   readonly #onClosed: (session: PeerSession) => void;
+  readonly #onIdsExhausted: ((code: string) => void) | undefined;
   /** A handler threw on this session's input: what else arrives is dropped (the session is closing). */
   #failed = false;
 
@@ -82,6 +83,8 @@ export class PeerSession implements BrokerPeer {
     budget: BufferBudget<PeerSession>;
     /** High-water mark of the WebSocket's unsent bytes (see SendBuffer). */
     sendHighWaterBytes?: number;
+    /** Counts a session closed for using all of its stream ids (metrics). */
+    onIdsExhausted?: (code: string) => void;
     /** Test only: the first stream id the gateway opens on this session (see MuxOptions.firstLocalId). */
     firstLocalId?: number;
   }) {
@@ -91,6 +94,7 @@ export class PeerSession implements BrokerPeer {
     this.ws = options.ws;
     this.log = options.log;
     this.#onClosed = options.onClosed;
+    this.#onIdsExhausted = options.onIdsExhausted;
     this.lastReceivedAt = this.lastPongAt = performance.now();
     const ws = options.ws;
     this.bufferAccount = options.budget.open(this);
@@ -218,6 +222,7 @@ export class PeerSession implements BrokerPeer {
   /** The gateway opened its last stream id towards this peer: end the session so the peer reconnects afresh. */
   #idsExhausted(error: ProtocolError): void {
     this.log.warn({ code: error.code }, 'session used all of its stream ids; closing it so the peer reconnects');
+    this.#onIdsExhausted?.(error.code);
     this.mux.sendControl({ type: 'error', code: ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED, message: error.message });
     this.close(SessionCloseCode.STREAM_IDS_EXHAUSTED, ErrorCode.PROTOCOL_STREAM_IDS_EXHAUSTED);
   }
