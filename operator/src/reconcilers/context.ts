@@ -9,8 +9,13 @@ import type { EventRecorder } from '../events.ts';
 import type { IssuerRef } from '../objects.ts';
 import type { SigningKey } from '../signing-key.ts';
 import type { LoginSettings } from './client-login/desired.ts';
-import type { DiscoverySettings } from './discovery/reconcile.ts';
 import type { Problem } from './gateway-config/desired.ts';
+
+/** Where the discovery ConfigMap and the gateway TLS Secret are (both in the operator's namespace). */
+export interface DiscoverySettings {
+  configMap: string;
+  caSecret: string;
+}
 
 export interface OperatorSettings {
   /** Namespace of the operator and the gateway (config Secret, Lease). */

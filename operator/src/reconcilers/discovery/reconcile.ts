@@ -5,18 +5,13 @@
  * that one key). Re-checked every minute; the CA of the chart's PKI changes only when it is re-issued.
  */
 import { type KubeObject, Resources } from '@narrowlink/kube';
-import type { ReconcileContext, ReconcileResult } from '../context.ts';
+import type { DiscoverySettings, ReconcileContext, ReconcileResult } from '../context.ts';
 
 /** Data key of the CA bundle in the discovery ConfigMap and in a kubernetes.io/tls Secret. */
 export const CA_KEY = 'ca.crt';
 /** How often the CA is compared again, ms. */
 export const DISCOVERY_RECHECK_MS = 60_000;
 
-/** Where the discovery ConfigMap and the gateway TLS Secret are (both in the operator's namespace). */
-export interface DiscoverySettings {
-  configMap: string;
-  caSecret: string;
-}
 
 /**
  * The merge patch that makes `configMap`'s `ca.crt` equal the Secret's, or undefined when nothing is to do (no
