@@ -10,7 +10,6 @@ import {
   type MuxStream,
   type OpenPayload,
   PROTOCOL_VERSION,
-  RATE_LIMITED_ERROR_CODE,
   StreamResetError,
 } from '@narrowlink/protocol';
 import { type WebSocket, WebSocketServer } from 'ws';
@@ -94,6 +93,9 @@ const cleanups: Array<() => Promise<void>> = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
+
+/** The gateway's GatewayErrorCode.RATE_LIMITED (peer-link does not depend on the gateway package). */
+const GATEWAY_RATE_LIMITED = 'NL_ERR_GATEWAY_RATE_LIMITED';
 
 const pinnedBackoff = { baseMs: 10, maxMs: 50, random: () => 0.5 };
 
@@ -249,7 +251,7 @@ describe('GatewayLink', () => {
       onControl: (message, mux) => {
         if (message.type !== 'list_agents') return;
         // The real gateway's refusal: a session error naming the request kind, no request id.
-        if (++lists === 1) mux.sendControl({ type: 'error', code: RATE_LIMITED_ERROR_CODE, message: formatRateLimitRefusal('list_agents', 180) });
+        if (++lists === 1) mux.sendControl({ type: 'error', code: GATEWAY_RATE_LIMITED, message: formatRateLimitRefusal('list_agents', 180) });
         else mux.sendControl({ type: 'agents', requestId: message.requestId, agents: [] });
       },
     }));
@@ -258,7 +260,7 @@ describe('GatewayLink', () => {
     await assert.rejects(l.listAgents(5000), (error: unknown) => {
       assert.ok(error instanceof LinkError);
       assert.equal(error.code, LinkErrorCode.RATE_LIMITED);
-      assert.equal(error.gatewayCode, RATE_LIMITED_ERROR_CODE);
+      assert.equal(error.gatewayCode, GATEWAY_RATE_LIMITED);
       assert.equal(error.retryable, true);
       assert.match(error.message, /retry in 180 ms/);
       return true;

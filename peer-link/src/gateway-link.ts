@@ -30,7 +30,6 @@ import {
   PROTOCOL_VERSION,
   parseRateLimitRefusal,
   peerSupportsMinor,
-  RATE_LIMITED_ERROR_CODE,
   REAUTH_PROOF_METHOD,
   SendBuffer,
   StreamErrorCode,
@@ -418,7 +417,7 @@ export class GatewayLink extends EventEmitter {
       }
       case 'error': {
         // A `list_agents` over the gateway's rate limit: fail the oldest pending one now, not at its timeout.
-        const refusal = message.code === RATE_LIMITED_ERROR_CODE ? parseRateLimitRefusal(message.message) : undefined;
+        const refusal = parseRateLimitRefusal(message.message);
         if (refusal?.kind === 'list_agents') {
           const [oldest] = this.#pendingLists.values();
           if (oldest) {

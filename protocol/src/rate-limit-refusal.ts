@@ -1,15 +1,13 @@
 /**
  * The text of a gateway's rate-limit refusal of a request that has no reply of its own to carry it (`list_agents`,
- * `reauth`): a session `error` with code NL_ERR_GATEWAY_RATE_LIMITED whose message names the request kind first.
+ * `reauth`): a session `error` (the gateway's `GatewayErrorCode.RATE_LIMITED`) whose message names the request kind
+ * first, in this exact form, so a peer can tell it from any other error without knowing the gateway's codes.
  * The error message has no request id (its schema is strict, and older peers reject unknown fields), so the kind
  * is what lets a peer fail the request it was waiting for at once instead of timing out.
  */
 
 /** Request kinds a gateway refuses with a session error when over their rate limit. */
 export type RateLimitedRequest = 'list_agents' | 'reauth';
-
-/** The session error code of such a refusal (the gateway's `GatewayErrorCode.RATE_LIMITED`). */
-export const RATE_LIMITED_ERROR_CODE = 'NL_ERR_GATEWAY_RATE_LIMITED';
 
 /** The message of a refusal of `kind`, retryable after `retryAfterMs`. */
 export function formatRateLimitRefusal(kind: RateLimitedRequest, retryAfterMs: number): string {
