@@ -12,7 +12,7 @@ import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
 /** Name of the ConfigMap the chart publishes in its release namespace. */
 export const DISCOVERY_CONFIGMAP = 'narrowlink-discovery';
 /** The namespace `login` looks in when no `-n` is given (the chart's documented release namespace). */
-export const DEFAULT_NAMESPACE = 'narrowlink';
+export const DEFAULT_NAMESPACE = 'narrowlink-system';
 /** The ClusterRole the chart ships for `login` (create/get/list/watch/delete on clientloginrequests). */
 export const LOGIN_CLUSTER_ROLE = 'narrowlink-login';
 /** How long `login` waits for the operator to answer a request, ms. */

@@ -80,7 +80,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   const text = Buffer.concat(chunks).toString('utf8');
   const url = new URL(req.url ?? '/', 'https://x');
   requests.push({ method: req.method ?? '', path: url.pathname + url.search, authorization: req.headers.authorization, body: text ? JSON.parse(text) : undefined });
-  const discoveryPath = '/api/v1/namespaces/narrowlink/configmaps/narrowlink-discovery';
+  const discoveryPath = '/api/v1/namespaces/narrowlink-system/configmaps/narrowlink-discovery';
   const collection = `/apis/narrowlink.io/v1alpha1/namespaces/${LOGIN_NS}/clientloginrequests`;
   if (req.method === 'GET' && url.pathname === discoveryPath) {
     if (behaviour.discovery === 404) return status(res, 404, 'NotFound', 'configmaps "narrowlink-discovery" not found');
@@ -89,7 +89,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     res.end(
       JSON.stringify({
         kind: 'ConfigMap',
-        metadata: { name: 'narrowlink-discovery', namespace: 'narrowlink' },
+        metadata: { name: 'narrowlink-discovery', namespace: 'narrowlink-system' },
         data: {
           gatewayUrls: JSON.stringify([behaviour.discovery === 'bad-url' ? 'ws://gw.example.com' : 'wss://gw.example.com:443']),
           'ca.crt': cert.ca,
