@@ -155,6 +155,13 @@ export interface AbuseSoakResult {
    */
   abuse_gateway_buffered_mib: number | null;
   abuse_gateway_relay_queued_mib: number | null;
+  /**
+   * Where the RSS is, by the gateway's default Node metrics (peaks, MiB): V8 heap used and reserved, and memory
+   * outside the heap (Buffers: socket and WebSocket data).
+   */
+  abuse_gateway_heap_used_mib: number | null;
+  abuse_gateway_heap_total_mib: number | null;
+  abuse_gateway_external_mib: number | null;
   /** How much each of the gateway's refusal / close counters grew during the abuse (absent counters left out). */
   abuse_gateway_counters: Record<string, number>;
   abuse_rss_capped: boolean;
@@ -244,7 +251,13 @@ function startRssSampler(gatewayPid: number, agentPid: number): {
 }
 
 /** Gauges whose peak the soak reports, and counters whose growth it reports (names without `narrowlink_gateway_`). */
-const PEAK_GAUGES = ['buffered_bytes', 'relay_queued_bytes'] as const;
+const PEAK_GAUGES = [
+  'buffered_bytes',
+  'relay_queued_bytes',
+  'nodejs_heap_size_used_bytes',
+  'nodejs_heap_size_total_bytes',
+  'nodejs_external_memory_bytes',
+] as const;
 const COUNTERS = [
   'rate_limited_total',
   'rate_limit_closes_total',
@@ -470,6 +483,9 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         abuse_gateway_cpu_percent: Number.isNaN(cpuAfter - cpuBefore) ? null : round2(((cpuAfter - cpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
         abuse_gateway_buffered_mib: mib(metricsSampler.peaks.get('buffered_bytes')),
         abuse_gateway_relay_queued_mib: mib(metricsSampler.peaks.get('relay_queued_bytes')),
+        abuse_gateway_heap_used_mib: mib(metricsSampler.peaks.get('nodejs_heap_size_used_bytes')),
+        abuse_gateway_heap_total_mib: mib(metricsSampler.peaks.get('nodejs_heap_size_total_bytes')),
+        abuse_gateway_external_mib: mib(metricsSampler.peaks.get('nodejs_external_memory_bytes')),
         abuse_gateway_counters: Object.fromEntries([...countersAfter].map(([name, value]) => [name, value - (countersBefore.get(name) ?? 0)])),
         abuse_rss_capped: capped,
         abuse_gateway_exited: gatewayState.exit,
@@ -908,7 +924,7 @@ export function abuseSoakRows(r: AbuseSoakResult): Array<[string, string, string
     [
       'abuse soak: gateway RSS, peak',
       `${r.abuse_gateway_rss_mib} MiB`,
-      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; buffered_bytes peak ${r.abuse_gateway_buffered_mib ?? '-'} MiB; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
+      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; buffered_bytes peak ${r.abuse_gateway_buffered_mib ?? '-'} MiB, V8 heap ${r.abuse_gateway_heap_total_mib ?? '-'} MiB, external ${r.abuse_gateway_external_mib ?? '-'} MiB; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
     ],
   ];
 }
