@@ -235,6 +235,23 @@ describe('narrowlink login → forward on a real kube-apiserver, gateway and age
     assert.equal((JSON.parse(status.stdout) as { login: { user: string } }).login.user, 'bob');
   });
 
+  it('an AccessPolicy naming Group devs lets bob in: the group came from his client certificate\'s O= field', async (t) => {
+    if (!(await setup(t)) || !stack) return;
+    const bobLogin = await cli(['login', '--kubeconfig', bob.kubeconfigPath, '-n', NS]);
+    assert.equal(bobLogin.code, 0, bobLogin.stderr);
+    await stack.reloadConfig((config) => ({
+      ...config,
+      policies: [...config.policies, { name: 'devs', namespace: 'default', subjects: [{ kind: 'Group', name: 'devs' }], rules: [{ action: 'Allow' }] }],
+    }));
+    try {
+      const bobLs = await cli(['ls', '-o', 'json', '--kubeconfig', bob.kubeconfigPath]);
+      assert.equal(bobLs.code, 0, bobLs.stderr);
+      assert.deepEqual((JSON.parse(bobLs.stdout) as { agents: Array<{ name: string }> }).agents.map((a) => a.name), ['svc']);
+    } finally {
+      await stack.reloadConfig((config) => ({ ...config, policies: config.policies.filter((p) => p.name !== 'devs') }));
+    }
+  });
+
   it('a static bearer token user and a ServiceAccount (a CI robot) log in with the same command; the token says who the API server authenticated', async (t) => {
     const api = await setup(t);
     if (!api || !dir || !backend) return;
