@@ -19,6 +19,8 @@
  *   reconcile        the operator on a real kube-apiserver: 500 agents + 500 policies into the config Secret,
  *                    then one policy edit (./reconcile.ts; `--skip-reconcile` to leave it out, skipped with
  *                    the reason where the apiserver tier cannot run)
+ *   login            `narrowlink login` as a real process on a real kube-apiserver with the operator's webhook and
+ *                    control loop, 20 tries (./login.ts; `--skip-login` to leave it out, skipped with `--only-relay`)
  *
  * Throughput figures are medians of `--rounds` runs and count bytes at the sink (no hashing at the
  * sink, which would cap every path at the sink's sha256 speed; the e2e tests verify content).
@@ -42,6 +44,7 @@ import { measureDirect } from './direct.ts';
 import { measureDirectReady } from './natlab-ready.ts';
 import { type AbuseSoakResult, abuseSoakRows, measureAbuseSoak } from './abuse-soak.ts';
 import { measureOpenCostFlatness } from './open-cost.ts';
+import { type LoginOutcome, measureLogin } from './login.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
 
 const MIB = 1024 * 1024;
@@ -56,6 +59,7 @@ const { values } = parseArgs({
     'no-tls': { type: 'boolean' },
     'only-relay': { type: 'boolean' },
     'skip-reconcile': { type: 'boolean' },
+    'skip-login': { type: 'boolean' },
     'skip-abuse': { type: 'boolean' },
     'abuse-seconds': { type: 'string' },
     agents: { type: 'string' },
@@ -406,6 +410,14 @@ async function main(): Promise<void> {
     if ('skipped' in reconcile) log(`  reconcile: SKIPPED (${reconcile.skipped})`);
   }
 
+  let login: LoginOutcome | { skipped: string };
+  if (values['skip-login'] || values['only-relay']) login = { skipped: values['skip-login'] ? '--skip-login' : '--only-relay' };
+  else {
+    log('narrowlink login (real kube-apiserver, webhook and operator; 20 tries)…');
+    login = await measureLogin({ tries: 20, log });
+    if ('skipped' in login) log(`  login: SKIPPED (${login.skipped})`);
+  }
+
   const round2 = (x: number | undefined): number | null => (x === undefined ? null : Math.round(x * 100) / 100);
   const result = {
     stream_mib: streamBytes / MIB,
@@ -454,6 +466,9 @@ async function main(): Promise<void> {
           reconcile_skipped: reconcile.skipped,
         }
       : { ...reconcile, reconcile_skipped: null }),
+    ...('skipped' in login
+      ? { login_ms_p50: null, login_ms_p90: null, login_tries: null, login_failures: null, login_skipped: login.skipped }
+      : { ...login, login_skipped: null }),
     seconds: Math.round((performance.now() - started) / 100) / 10,
   };
   if (values.json) {
@@ -499,6 +514,13 @@ async function main(): Promise<void> {
           `operator reconcile (${reconcile.reconcile_objects.agents} agents + ${reconcile.reconcile_objects.policies} policies)`,
           `${reconcile.reconcile_seconds} s, ${reconcile.reconcile_requests} requests`,
           `${Object.entries(reconcile.reconcile_requests_by_verb).map(([verb, n]) => `${n} ${verb}`).join(', ')}; one policy edit ${reconcile.reconcile_incremental_ms} ms, ${reconcile.reconcile_incremental_requests} requests`,
+        ],
+    'skipped' in login
+      ? ['narrowlink login', `skipped (${login.skipped})`, '']
+      : [
+          'narrowlink login p50 / p90 (process start → token cached)',
+          `${login.login_ms_p50} / ${login.login_ms_p90} ms`,
+          `target p50 ≤ 1000 ms; ${login.login_tries} tries, ${login.login_failures} failed`,
         ],
   ];
   const w0 = Math.max(...rows.map((r) => r[0].length));
