@@ -1,7 +1,8 @@
 /**
  * The dialing side of a session, shared by the agent and the client: connects to the gateway
  * with a bearer token, says hello, keeps the session alive with heartbeats and reconnects with
- * jittered, capped exponential backoff. States: connecting → open → (connecting …) → closing → closed;
+ * jittered, capped exponential backoff (short for a peer whose session ended a moment ago, see reconnectDelayMs; a
+ * caller waiting for the session, e.g. a user's connection, triggers an attempt at once). States: connecting → open → (connecting …) → closing → closed;
  * see docs/lifecycle/peer-link.md.
  */
 import type { KeyObject } from 'node:crypto';
@@ -9,8 +10,7 @@ import type dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import {
   type AgentSummary,
-  backoffDelayMs,
-  type BackoffOptions,
+  type ReconnectBackoffOptions,
   type ClientOpen,
   type ControlMessage,
   checkVersion,
@@ -31,6 +31,7 @@ import {
   parseRateLimitRefusal,
   peerSupportsMinor,
   REAUTH_PROOF_METHOD,
+  reconnectDelayMs,
   SendBuffer,
   StreamErrorCode,
   StreamResetError,
@@ -82,7 +83,9 @@ export interface GatewayLinkOptions {
   reconnect?: boolean;
   /** Keep retrying when the gateway refuses our credentials (default false: such errors are fatal). */
   retryAuthFailures?: boolean;
-  backoff?: BackoffOptions;
+  backoff?: ReconnectBackoffOptions;
+  /** Wall clock for the reconnect policy (epoch ms); injected by tests. Default Date.now. */
+  now?: () => number;
   /** Per-stream window this side grants, bytes. */
   streamWindow?: number;
   /** High-water mark of the WebSocket's unsent bytes: above it stream writes wait. Default 1 MiB (SendBuffer). */
@@ -101,6 +104,18 @@ export interface GatewayLinkOptions {
   natProbe?: NatProbeTuning;
 }
 
+/** Payload of the `retry` event: the next attempt is due in `delayMs`. */
+export interface LinkRetry {
+  /** 1-based number of the attempt that failed (since the last open session). */
+  attempt: number;
+  delayMs: number;
+  /** Why the last attempt or session ended, when known. */
+  error: { code: string; message: string } | undefined;
+}
+
+/** reconnectNow() never starts attempts closer together than this (a burst of user connections is one attempt). */
+export const MIN_ATTEMPT_GAP_MS = 100;
+
 export interface LinkStats {
   state: LinkState;
   url: string;
@@ -116,7 +131,8 @@ export interface LinkStats {
 
 /**
  * Events: `state` (LinkState), `open` (HelloOk), `goaway` (reason), `nat` (LinkNatStatus, after probing),
- * `direct` (a direct-path control message: punch_plan, direct_refused, direct_policy, direct_close),
+ * `direct` (a direct-path control message: punch_plan, direct_refused, direct_policy, direct_close), `retry` (LinkRetry,
+ * when a reconnect is scheduled),
  * `error` is never emitted; `fatal` (LinkError) when credentials are refused and retrying cannot help.
  */
 export class GatewayLink extends EventEmitter {
@@ -128,6 +144,12 @@ export class GatewayLink extends EventEmitter {
   #attempt = 0;
   #reconnects = 0;
   #retryTimer: NodeJS.Timeout | undefined;
+  /** When the pending retry is due (performance.now() ms); undefined while an attempt runs or none is scheduled. */
+  #retryDueAt: number | undefined;
+  /** When the latest attempt started (performance.now() ms). */
+  #attemptStartedAt = Number.NEGATIVE_INFINITY;
+  /** When the last open session ended (wall clock ms); undefined before the first session and while one is open. */
+  #lostAt: number | undefined;
   #heartbeat: NodeJS.Timeout | undefined;
   #lastReceivedAt = 0;
   #lastSentAt = 0;
@@ -196,6 +218,8 @@ export class GatewayLink extends EventEmitter {
 
   #connect(): void {
     this.#setState('connecting');
+    this.#retryDueAt = undefined;
+    this.#attemptStartedAt = performance.now();
     this.#attempt++;
     void this.#dial().catch((error: unknown) => this.#onFailure(error));
   }
@@ -366,6 +390,7 @@ export class GatewayLink extends EventEmitter {
         return;
       }
       if (wasOpen) {
+        this.#lostAt = this.#now();
         this.#log.info({ code, reason: reason.toString() }, 'gateway session lost; reconnecting');
         this.#scheduleReconnect();
       }
@@ -405,6 +430,7 @@ export class GatewayLink extends EventEmitter {
         this.#nat.reset();
         this.#onHelloOk?.();
         this.#attempt = 0;
+        this.#lostAt = undefined;
         this.#lastError = undefined;
         this.#handshakeError = undefined;
         this.#connectedAt = Date.now();
@@ -533,17 +559,51 @@ export class GatewayLink extends EventEmitter {
       return;
     }
     this.#setState('connecting');
+    const delayMs = reconnectDelayMs(Math.max(0, this.#attempt - 1), this.#now(), this.#lostAt, this.options.backoff);
+    this.#armRetry(delayMs);
+    const last = this.#lastError;
+    this.emit('retry', {
+      attempt: Math.max(1, this.#attempt),
+      delayMs,
+      error: last ? { code: last.gatewayCode ?? last.code, message: last.message } : undefined,
+    } satisfies LinkRetry);
+  }
+
+  #now(): number {
+    return (this.options.now ?? Date.now)();
+  }
+
+  #armRetry(delayMs: number): void {
     clearTimeout(this.#retryTimer);
-    const delay = backoffDelayMs(Math.max(0, this.#attempt - 1), this.options.backoff);
+    this.#retryDueAt = performance.now() + delayMs;
     this.#retryTimer = setTimeout(() => {
       this.#reconnects++;
       this.#connect();
-    }, delay);
+    }, delayMs);
   }
 
-  /** Resolves once the session is open; rejects with LinkError on timeout or a fatal refusal. */
+  /**
+   * Someone is waiting for the session (a user's connection on `forward` or `socks`, a list request): when a retry
+   * is pending, make it now instead of at the end of the backoff (but at least MIN_ATTEMPT_GAP_MS after the last
+   * attempt started, so a burst of connections to a gateway that is still down costs one attempt, not one each).
+   * Called by waitOpen, openStream, listAgents and ping. True when it moved an attempt earlier.
+   */
+  reconnectNow(): boolean {
+    if (this.#stopped || this.state !== 'connecting' || this.#retryDueAt === undefined) return false;
+    const now = performance.now();
+    const earliest = Math.max(now, this.#attemptStartedAt + MIN_ATTEMPT_GAP_MS);
+    if (earliest >= this.#retryDueAt) return false;
+    this.#armRetry(earliest - now);
+    return true;
+  }
+
+  /**
+   * Resolves once the session is open; rejects with LinkError on timeout or a fatal refusal. A pending retry is made
+   * at once (reconnectNow): the caller is waiting.
+   */
   waitOpen(timeoutMs: number): Promise<void> {
     if (this.state === 'open') return Promise.resolve();
+    this.reconnectNow();
     return new Promise((resolve, reject) => {
       const cleanup = (): void => {
         clearTimeout(timer);
@@ -663,6 +723,7 @@ export class GatewayLink extends EventEmitter {
   async close(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
+    this.#retryDueAt = undefined;
     this.#reauth.stop();
     clearInterval(this.#heartbeat);
     const ws = this.#ws;

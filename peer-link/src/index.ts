@@ -1,5 +1,5 @@
 export { LinkError, LinkErrorCode } from './errors.ts';
-export { GatewayLink, type GatewayLinkOptions, type LinkLogger, type LinkNatStatus, type LinkState, type LinkStats } from './gateway-link.ts';
+export { GatewayLink, type GatewayLinkOptions, type LinkLogger, type LinkNatStatus, type LinkRetry, type LinkState, type LinkStats, MIN_ATTEMPT_GAP_MS } from './gateway-link.ts';
 export { type NatProbeOptions, type NatProbeOutcome, probeNat } from './nat-prober.ts';
 export { type BridgeResult, bridgeDirect, bridgeSocket } from './bridge.ts';
 export { AgentDirectPaths, type AgentDirectPathsOptions, DIRECT_STREAM_REVOKED, findAllowed } from './direct/agent-paths.ts';

@@ -8,6 +8,7 @@ import {
   reauthDueAt,
   reauthRecheckInMs,
   reauthResendInMs,
+  reconnectDelayMs,
   timerStepMs,
 } from './session-timing.ts';
 
@@ -173,4 +174,30 @@ describe('reauthResendInMs', () => {
       assert.equal(reauthResendInMs(nowMs, expiresAtMs), resend);
     });
   }
+});
+
+describe('reconnectDelayMs', () => {
+  test('a peer that never had a session backs off like backoffDelayMs (up to maxMs)', () => {
+    for (const attempt of [0, 3, 7, 20]) assert.equal(reconnectDelayMs(attempt, 5_000, undefined, { random: high }), backoffDelayMs(attempt, { random: high }));
+  });
+
+  test('a peer whose session just ended retries within recentMaxMs (default 1 s), however many attempts failed', () => {
+    const lostAtMs = 1_000_000;
+    for (const attempt of [0, 2, 3, 10, 100]) {
+      assert.ok(reconnectDelayMs(attempt, lostAtMs + 3_000, lostAtMs, { random: high }) <= 1000, `attempt ${attempt}`);
+    }
+    assert.equal(reconnectDelayMs(0, lostAtMs, lostAtMs, { random: high }), 250);
+    assert.equal(reconnectDelayMs(9, lostAtMs + 100, lostAtMs, { random: high }), 1000);
+  });
+
+  test('the cap grows with the outage (a quarter of it), up to maxMs', () => {
+    const lostAtMs = 0;
+    assert.equal(reconnectDelayMs(20, 8_000, lostAtMs, { random: high }), 2_000);
+    assert.equal(reconnectDelayMs(20, 40_000, lostAtMs, { random: high }), 10_000);
+    assert.equal(reconnectDelayMs(20, 10 * 60_000, lostAtMs, { random: high }), 30_000);
+    assert.equal(reconnectDelayMs(20, 40_000, lostAtMs, { random: high, outageFraction: 0.1, recentMaxMs: 500, maxMs: 3_000 }), 3_000);
+    assert.equal(reconnectDelayMs(20, 2_000, lostAtMs, { random: high, outageFraction: 0.1, recentMaxMs: 500 }), 500);
+    // A clock that went backwards counts as no outage.
+    assert.equal(reconnectDelayMs(20, -5_000, lostAtMs, { random: high }), 1000);
+  });
 });
