@@ -221,7 +221,7 @@ describe('GatewayLink', () => {
     const l = link({ url: gw.url }).start();
     await assert.rejects(l.waitOpen(200), { code: 'NL_ERR_LINK_TIMEOUT' });
     assert.ok(l.stats.attempts >= 2, 'kept retrying meanwhile');
-    assert.equal(l.stats.lastError?.code, 'NL_ERR_LINK_UNREACHABLE');
+    assert.equal(l.stats.lastError?.code, 'NL_ERR_LINK_CONNECTION_REFUSED');
   });
 
   test('openStream resolves on OPEN_OK and rejects with StreamResetError carrying the reset code', async () => {

@@ -38,6 +38,7 @@ import {
 } from '@narrowlink/protocol';
 import WebSocket from 'ws';
 import { LinkError, LinkErrorCode } from './errors.ts';
+import { checkGatewayUrl, classifyHttpAnswer, classifySocketError } from './link/dial-failure.ts';
 import { type LinkLogger, silentLogger } from './link/logger.ts';
 import { type LinkNatStatus, type NatProbeTuning, NatSession } from './link/nat-session.ts';
 import { ReauthScheduler } from './link/reauth.ts';
@@ -83,6 +84,12 @@ export interface GatewayLinkOptions {
   reconnect?: boolean;
   /** Keep retrying when the gateway refuses our credentials (default false: such errors are fatal). */
   retryAuthFailures?: boolean;
+  /**
+   * One-shot users (a CLI `ls`): a definitive answer (connection refused, no such host, TLS verification failure,
+   * an HTTP answer that is not the upgrade) ends the link at once with `fatal` instead of being retried. Default
+   * false: agents and long-running clients keep retrying, since a gateway that is restarting answers like that too.
+   */
+  failFast?: boolean;
   backoff?: ReconnectBackoffOptions;
   /** Wall clock for the reconnect policy (epoch ms); injected by tests. Default Date.now. */
   now?: () => number;
@@ -171,6 +178,8 @@ export class GatewayLink extends EventEmitter {
 
   constructor(options: GatewayLinkOptions) {
     super();
+    // Before anything can dial: a cleartext ws:// URL off loopback would carry the token unencrypted.
+    checkGatewayUrl(options.url);
     this.options = options;
     this.#log = options.log ?? silentLogger;
     this.#reauth = new ReauthScheduler({
@@ -247,6 +256,8 @@ export class GatewayLink extends EventEmitter {
 
   #openSocket(token: string, proof: string | undefined): WebSocket {
     const endpoint = this.#endpoint();
+    // Again at each dial: `options` is a public object, and the token must never leave in cleartext.
+    checkGatewayUrl(endpoint.href);
     const ws = new WebSocket(endpoint, {
       headers: {
         authorization: `Bearer ${token}`,
@@ -351,15 +362,12 @@ export class GatewayLink extends EventEmitter {
         } catch {
           // not a Narrowlink gateway, or a proxy in between: report the status alone
         }
-        const status = response.statusCode ?? 0;
-        const auth = status === 401 || status === 403;
         settle();
         ws.terminate();
         this.#onFailure(
-          new LinkError(LinkErrorCode.REFUSED, `gateway refused the session: HTTP ${status}${body.code ? ` ${body.code}` : ''}: ${body.message ?? 'no details'}`, {
-            status,
-            ...(body.code ? { gatewayCode: body.code } : {}),
-            retryable: !auth || (this.options.retryAuthFailures ?? false),
+          classifyHttpAnswer(response.statusCode ?? 0, body, this.#endpoint(), {
+            failFast: this.options.failFast ?? false,
+            retryAuthFailures: this.options.retryAuthFailures ?? false,
           }),
         );
       });
@@ -377,7 +385,8 @@ export class GatewayLink extends EventEmitter {
     });
     ws.on('error', (error) => {
       if (!settle()) return;
-      this.#onFailure(new LinkError(LinkErrorCode.UNREACHABLE, `cannot reach ${this.options.url}: ${error.message}`, { retryable: true, cause: error }));
+      // Classified (DNS, refused, TLS with the certificate's names) before the failure is acted on.
+      void classifySocketError(error, this.#endpoint(), this.options.failFast ?? false).then((linkError) => this.#onFailure(linkError));
     });
     ws.on('close', (code, reason) => {
       clearTimeout(handshakeTimer);
