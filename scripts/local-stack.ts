@@ -3,14 +3,16 @@
  * `npm start`: a complete Narrowlink stack on loopback, no cluster needed. Starts a gateway, an
  * agent exposing a small built-in demo HTTP service, and a client `forward`, each as its own
  * process, with a throwaway signing key and tokens; prints the local URL that answers through
- * the tunnel. Ctrl-C stops everything and removes the temporary files.
+ * the tunnel and every value the README's walk-through copies. Ctrl-C, SIGTERM and closing the terminal (SIGHUP)
+ * stop everything and remove the temporary directory (it holds the tokens and the signing key).
  *
- *   --port N   local port of the forward (default 8080; 0 picks a free one)
- *   --json     print one JSON line with the addresses once ready (for scripts)
+ *   --port N             local port of the forward (default 8080; 0 picks a free one)
+ *   --json               print one JSON line with the addresses once ready (for scripts)
+ *   --nat-probe-port N   the gateway's NAT probe UDP port (default 3478; 0 turns probing off, for tests)
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,19 +23,42 @@ import { generateSigningKeyPair } from '@narrowlink/protocol';
 import { stringify } from 'yaml';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const { values } = parseArgs({ options: { port: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } });
+const { values } = parseArgs({
+  options: { port: { type: 'string' }, json: { type: 'boolean' }, 'nat-probe-port': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+});
 if (values.help) {
-  process.stdout.write('Usage: npm start [-- --port N] [-- --json]\nStarts gateway, agent, demo service and a client forward on loopback.\n');
+  process.stdout.write('Usage: npm start [-- --port N] [-- --json] [-- --nat-probe-port N]\nStarts gateway, agent, demo service and a client forward on loopback.\n');
   process.exit(0);
 }
 const forwardPort = Number(values.port ?? 8080);
 
+/** Set once the terminal is gone (SIGHUP): writing to it would fail with EIO, so nothing more is printed. */
+let hungUp = false;
 const say = (line: string): void => {
-  if (!values.json) process.stdout.write(`${line}\n`);
+  if (!values.json && !hungUp) process.stdout.write(`${line}\n`);
 };
+// A closed terminal turns writes into EPIPE/EIO errors; they must not stop the clean-up below.
+process.stdout.on('error', () => undefined);
+process.stderr.on('error', () => undefined);
 
 const children: ChildProcess[] = [];
 const workDir = mkdtempSync(join(tmpdir(), 'narrowlink-local-'));
+// Last line of defence for the tokens: whatever path ends the process, the directory goes with it.
+process.on('exit', () => rmSync(workDir, { recursive: true, force: true }));
+
+/**
+ * Settles at the first stop signal. Installed before anything starts, so that a signal during start-up (SIGHUP when
+ * the terminal closes, which also reaches the children: they share its process group) never kills this process
+ * before it removed the directory: the default action of these signals skips every clean-up.
+ */
+const stopRequested = new Promise<NodeJS.Signals>((resolve) => {
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.on(signal, () => {
+      if (signal === 'SIGHUP') hungUp = true;
+      resolve(signal);
+    });
+  }
+});
 
 /** JSON lines of every component's stdout, for waiting on later events (the forward's `direct-up`). */
 const events = new EventEmitter<{ line: [Record<string, unknown>] }>();
@@ -140,7 +165,15 @@ async function main(): Promise<void> {
     }),
   );
 
-  const gateway = await startComponent('gateway', 'gateway/src/main.ts', ['--config', configFile, '--listen', '127.0.0.1:0', '--drain-ms', '1000']);
+  const gateway = await startComponent('gateway', 'gateway/src/main.ts', [
+    '--config',
+    configFile,
+    '--listen',
+    '127.0.0.1:0',
+    '--drain-ms',
+    '1000',
+    ...(values['nat-probe-port'] === undefined ? [] : ['--nat-probe-port', values['nat-probe-port']]),
+  ]);
   const gatewayUrl = gateway.url as string;
   say(`gateway  ${gatewayUrl} (config ${configFile})`);
   await startComponent('agent', 'agent-sidecar/src/main.ts', ['--gateway', gatewayUrl, '--token-file', agentTokenFile, '--expose', `http=127.0.0.1:${demoPort}`]);
@@ -167,35 +200,46 @@ async function main(): Promise<void> {
   if (!response.ok) throw new Error(`the demo service did not answer through the tunnel: HTTP ${response.status}`);
   const outcome = await direct;
   const path = outcome?.event === 'direct-up' ? 'direct' : 'relay';
+  const remote = outcome?.remote as { address?: string; port?: number } | undefined;
   const pathText =
     path === 'direct'
-      ? `direct (client -> QUIC ${JSON.stringify(outcome?.remote)} -> agent "demo", up in ${outcome?.ms} ms; the gateway ${gatewayUrl} only introduced them)`
+      ? `direct (client -> QUIC ${remote?.address}:${remote?.port} -> agent "demo", up in ${outcome?.ms} ms; the gateway ${gatewayUrl} only introduced them)`
       : `relay (client -> gateway ${gatewayUrl} -> agent "demo"; direct: ${outcome ? `${outcome.reason}: ${outcome.message}` : 'not up yet'})`;
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ event: 'ready', url, gateway: gatewayUrl, path, demoPort, clientTokenFile })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ event: 'ready', url, gateway: gatewayUrl, path, demoPort, clientTokenFile, configFile, signingKeyFile, workDir })}\n`,
+    );
   } else {
     say('');
     say(`The demo service answers through the tunnel at ${url}`);
     say(`  path: ${pathText} -> 127.0.0.1:${demoPort}`);
     say(`  try:  curl ${url}`);
-    say(`  more: NARROWLINK_GATEWAY=${gatewayUrl} NARROWLINK_TOKEN_FILE=${clientTokenFile} npx narrowlink ls`);
-    say(`  mint: npx narrowlink-gateway token create --key ${signingKeyFile} --user NAME --group developers --ttl 8h`);
     say(`  first answer: ${body.split('\n')[0]}`);
-    say('Ctrl-C stops everything.');
+    say('');
+    say('In another terminal:');
+    say(`  export NARROWLINK_GATEWAY=${gatewayUrl} NARROWLINK_TOKEN_FILE=${clientTokenFile}`);
+    say('  npx narrowlink ls');
+    say('  npx narrowlink socks --listen 127.0.0.1:1080 &');
+    say(`  curl --socks5-hostname 127.0.0.1:1080 http://demo:${demoPort}/    # SOCKS takes the port number: ${demoPort}`);
+    say(`  mint: npx narrowlink-gateway token create --key ${signingKeyFile} --user NAME --group developers --ttl 8h`);
+    say(`  edit: ${configFile}    # the gateway reloads it on save`);
+    say('Ctrl-C stops everything and removes the temporary directory.');
   }
 
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+  const childExited = new Promise<void>((resolve) => {
     for (const child of children) child.once('exit', () => resolve());
   });
+  await Promise.race([stopRequested, childExited]);
   say('stopping…');
   demo.close();
   await stopAll();
 }
 
-main().catch(async (error: unknown) => {
-  process.stderr.write(`npm start: ${(error as Error).message}\n`);
-  await stopAll();
-  process.exit(1);
-});
+main().then(
+  () => process.exit(existsSync(workDir) ? 1 : 0),
+  async (error: unknown) => {
+    if (!hungUp) process.stderr.write(`npm start: ${(error as Error).message}\n`);
+    await stopAll();
+    process.exit(1);
+  },
+);
