@@ -17,6 +17,7 @@ import {
   generateIdentity,
   LinkError,
   LinkErrorCode,
+  quicUnavailableReason,
 } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import type { Reporter } from './reporter.ts';
@@ -29,6 +30,13 @@ import type { Target } from './targets.ts';
  */
 export async function openDirectPaths(settings: Settings): Promise<ClientDirectPaths | undefined> {
   if (settings.mode === 'relay') return undefined;
+  // Where the native QUIC binding cannot load (no prebuilt binary for this platform, the single executable), the
+  // CLI works on the relay: say so once, with why, instead of failing later or silently.
+  const unavailable = quicUnavailableReason();
+  if (unavailable !== undefined) {
+    process.stderr.write(`narrowlink: running relay-only: ${unavailable}\n`);
+    return undefined;
+  }
   try {
     const paths = await ClientDirectPaths.create({ identity: await generateIdentity({ commonName: 'narrowlink-client' }) });
     paths.socket.unref();

@@ -2,7 +2,7 @@
  * How every QUIC connection of an endpoint is configured: the options an endpoint takes and the one quiche
  * `Config` built from them (TLS identity, ALPN, payload sizes, flow-control windows).
  */
-import quiche from '@matrixai/quic/native/quiche.js';
+import { quicheBinding } from './native.ts';
 import type { Config } from '@matrixai/quic/native/types.js';
 import type { PeerIdentity } from './identity.ts';
 
@@ -55,7 +55,7 @@ export function buildConfig(options: QuicheEndpointOptions): Config {
   const { identity } = options;
   // verifyPeer: request and receive the peer's certificate; verifyAllowFail: accept any chain (self-signed).
   // The fingerprint is checked after the handshake (QuicheConnection.#checkHandshake).
-  const config = quiche.Config.withBoringSslCtx(true, true, null, [Buffer.from(identity.keyPem)], [Buffer.from(identity.certPem)], null);
+  const config = quicheBinding().Config.withBoringSslCtx(true, true, null, [Buffer.from(identity.keyPem)], [Buffer.from(identity.certPem)], null);
   const payload = options.maxUdpPayloadBytes ?? DEFAULT_MAX_UDP_PAYLOAD_BYTES;
   config.setApplicationProtos([ALPN]);
   config.setMaxIdleTimeout(options.idleTimeoutMs ?? 30_000);

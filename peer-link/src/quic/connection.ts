@@ -12,7 +12,7 @@
  */
 import type { RemoteInfo, Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import quiche from '@matrixai/quic/native/quiche.js';
+import { quicheBinding } from './native.ts';
 import type { Connection, Host as HostPort, RecvInfo } from '@matrixai/quic/native/types.js';
 import { closeReasonOf, QUIC_APPLICATION_ERROR, QUIC_BAD_CERTIFICATE } from './close-reason.ts';
 import { DirectError, DirectErrorCode } from './errors.ts';
@@ -359,7 +359,7 @@ export class QuicheConnection extends EventEmitter implements DirectTransport, S
    */
   stopReading(id: number, code: number): void {
     try {
-      this.#conn.streamShutdown(id, quiche.Shutdown.Read, code);
+      this.#conn.streamShutdown(id, quicheBinding().Shutdown.Read, code);
     } catch {}
   }
 

@@ -17,7 +17,7 @@
 import { randomBytes } from 'node:crypto';
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIP } from 'node:net';
-import quiche from '@matrixai/quic/native/quiche.js';
+import { quicheBinding } from './native.ts';
 import type { Config, Host as HostPort } from '@matrixai/quic/native/types.js';
 import { buildConfig, DEFAULT_MAX_UDP_PAYLOAD_BYTES, DEFAULT_SOCKET_BUFFER_BYTES, type QuicheEndpointOptions } from './config.ts';
 import { type ConnectionHost, type Pending, QuicheConnection, type Role } from './connection.ts';
@@ -152,7 +152,7 @@ export class QuicheEndpoint {
     if (isIP(options.address) === 0) return Promise.reject(new DirectError(DirectErrorCode.SOCKET, `not an IP address: ${options.address}`));
     const scid = randomBytes(CID_LEN);
     const remote = { host: options.address, port: options.port };
-    const native = quiche.Connection.connect(null, scid, this.#local, remote, this.#config);
+    const native = quicheBinding().Connection.connect(null, scid, this.#local, remote, this.#config);
     const timeoutMs = options.timeoutMs ?? 5_000;
     return new Promise<DirectTransport>((resolve, reject) => {
       const pending: Pending = {
@@ -276,11 +276,11 @@ export class QuicheEndpoint {
     );
     if (!entry) return undefined;
     const version = msg.readUInt32BE(1);
-    if (!quiche.versionIsSupported(version)) return undefined;
+    if (!quicheBinding().versionIsSupported(version)) return undefined;
     const scid = randomBytes(CID_LEN);
     const odcid = Buffer.from(odcidKey, 'latin1');
     const remote = { host: rinfo.address, port: rinfo.port };
-    const native = quiche.Connection.accept(scid, odcid, this.#local, remote, this.#config);
+    const native = quicheBinding().Connection.accept(scid, odcid, this.#local, remote, this.#config);
     // The connection settles the accept() itself once it passed or failed verification.
     const conn = new QuicheConnection(this.#host, native, 'server', remote, entry.options.expectedFingerprint, entry);
     entry.conn = conn;

@@ -24,6 +24,8 @@ export const DirectErrorCode = {
   UNAVAILABLE: 'NL_ERR_DIRECT_UNAVAILABLE',
   /** The UDP socket could not be bound or failed. */
   SOCKET: 'NL_ERR_DIRECT_SOCKET',
+  /** The native QUIC binding cannot load on this platform or in this build (see quic/native.ts): relay only. */
+  NATIVE_UNAVAILABLE: 'NL_ERR_DIRECT_NATIVE_UNAVAILABLE',
 } as const;
 export type DirectErrorCode = (typeof DirectErrorCode)[keyof typeof DirectErrorCode];
 

@@ -4,7 +4,7 @@
  * reaches its connection only through `StreamHost`.
  */
 import { Duplex } from 'node:stream';
-import quiche from '@matrixai/quic/native/quiche.js';
+import { quicheBinding } from './native.ts';
 import type { Connection } from '@matrixai/quic/native/types.js';
 import { DirectError, DirectErrorCode } from './errors.ts';
 import type { DirectStream } from './transport.ts';
@@ -185,7 +185,7 @@ export class QuicheStream extends Duplex implements DirectStream {
     if (!this.#owner.closed) {
       if (!this.#readEnded) this.#owner.stopReading(this.id, code);
       try {
-        if (!this.#finSent) conn.streamShutdown(this.id, quiche.Shutdown.Write, code);
+        if (!this.#finSent) conn.streamShutdown(this.id, quicheBinding().Shutdown.Write, code);
       } catch {}
     }
     this.#owner.forget(this);
