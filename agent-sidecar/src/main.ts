@@ -9,6 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync, unlinkSync, writeFileSyn
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { AgentDirectPaths, generateIdentity } from '@narrowlink/peer-link';
+import { LOG_FORMATS, type LogFormat, prettyDestination, processLoggerOptions, wantsPretty } from '@narrowlink/protocol';
 import { Agent } from './agent.ts';
 import { AgentError, AgentErrorCode } from './errors.ts';
 import { AllowList, parseExposeList } from './expose.ts';
@@ -35,6 +36,8 @@ Options (env in brackets):
   --pid-file FILE      write the daemon's pid here (removed on exit)
   --log-file FILE      with --background: where logs go (default narrowlink-agent.log)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
+  --log-format FMT     auto|json|pretty: pretty = human lines (local time, level names), auto = pretty on a
+                       terminal, JSON lines otherwise (default auto)                  [NARROWLINK_LOG_FORMAT]
   -h, --help           show this help
 `;
 
@@ -55,6 +58,7 @@ function parse() {
       'pid-file': { type: 'string' },
       'log-file': { type: 'string' },
       'log-level': { type: 'string' },
+      'log-format': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -121,11 +125,13 @@ async function main(): Promise<void> {
     return;
   }
 
-  const log = pino({
-    level: values['log-level'] ?? 'info',
-    base: { component: 'agent' },
-    redact: { paths: ['token', '*.token', 'authorization', '*.authorization'], censor: '[redacted]' },
-  });
+  const logFormat = (values['log-format'] ?? env.NARROWLINK_LOG_FORMAT ?? 'auto') as LogFormat;
+  if (!LOG_FORMATS.includes(logFormat)) usage(`--log-format must be auto, json or pretty, got "${logFormat}"`);
+  // The link and the direct path log `{ msg: … }` next to a message: processLoggerOptions keeps it once, as `detail`.
+  const log = pino(
+    processLoggerOptions({ service: 'agent', level: values['log-level'] ?? 'info', redactPaths: ['token', '*.token', 'authorization', '*.authorization'] }),
+    wantsPretty(logFormat, process.stdout) ? prettyDestination(process.stdout) : undefined,
+  );
   const relayOnly = values['relay-only'] ?? env.NARROWLINK_RELAY_ONLY === '1';
   const directPort = Number(values['direct-port'] ?? env.NARROWLINK_DIRECT_PORT ?? 0);
   if (!Number.isInteger(directPort) || directPort < 0 || directPort > 65535) usage('--direct-port must be 0-65535');

@@ -16,6 +16,11 @@ import {
   DEFAULT_STREAM_WINDOW,
   ErrorCode,
   type GatewayConfig,
+  LOG_FORMATS,
+  type LogFormat,
+  prettyDestination,
+  processLoggerOptions,
+  wantsPretty,
 } from '@narrowlink/protocol';
 import { type Logger, pino } from 'pino';
 import { buildAdminApp, buildApp } from './app.ts';
@@ -93,6 +98,8 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --proof-max-age-seconds N  how far a key-bound token's proof may be issued from this gateway's
                        clock, either way (default 60)
   --log-level LEVEL    trace|debug|info|warn|error (default info)
+  --log-format FMT     auto|json|pretty: pretty = human lines (local time, level names), auto = pretty on a
+                       terminal, JSON lines otherwise (default auto)
   -h, --help           show this help
 `;
 
@@ -145,6 +152,7 @@ async function main(): Promise<void> {
       'public-url': { type: 'string' },
       'proof-max-age-seconds': { type: 'string' },
       'log-level': { type: 'string' },
+      'log-format': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -153,11 +161,20 @@ async function main(): Promise<void> {
     process.stdout.write(HELP);
     return;
   }
-  const log = pino({
-    level: option(values, 'log-level', 'info'),
-    base: { component: 'gateway' },
-    redact: { paths: ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization', '*.headers.authorization'], censor: '[redacted]' },
-  });
+  const logFormat = option(values, 'log-format', 'auto') as LogFormat;
+  if (!LOG_FORMATS.includes(logFormat)) {
+    process.stderr.write(`narrowlink-gateway: ${GatewayErrorCode.USAGE}: --log-format must be auto, json or pretty, got "${logFormat}"\n`);
+    process.exit(2);
+  }
+  // Root lines carry `service: gateway`, children `component` (session, tls, http, …): no key twice in a line.
+  const log = pino(
+    processLoggerOptions({
+      service: 'gateway',
+      level: option(values, 'log-level', 'info') as string,
+      redactPaths: ['token', '*.token', 'authorization', '*.authorization', 'headers.authorization', '*.headers.authorization'],
+    }),
+    wantsPretty(logFormat, process.stdout) ? prettyDestination(process.stdout) : undefined,
+  );
   const fail = (code: string, message: string): never => {
     log.fatal({ code }, message);
     process.stderr.write(`narrowlink-gateway: ${code}: ${message}\n`);

@@ -12,3 +12,4 @@ export * from './tokens.ts';
 export * from './proof.ts';
 export * from './nat/index.ts';
 export * from './direct-open.ts';
+export * from './log-format.ts';
