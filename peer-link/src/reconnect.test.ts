@@ -97,7 +97,8 @@ describe('GatewayLink reconnect scheduling', () => {
     );
     assert.ok(retries[1]?.error?.code, 'each retry carries the last error');
 
-    // Ten minutes of outage later the cap is 150 s: the doubling curve takes over (10 ms · 2^attempt).
+    // Ten minutes of outage later the cap is 60 s (the window's 60 s excluded, a quarter of the rest): the doubling
+    // curve takes over (10 ms · 2^attempt).
     nowMs += 600_000;
     const before = retries.length;
     await until(() => (retries.at(-1)?.delayMs ?? 0) >= 2_000, 'a retry delay of 2 s or more', 10_000);

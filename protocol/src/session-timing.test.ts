@@ -190,13 +190,15 @@ describe('reconnectDelayMs', () => {
     assert.equal(reconnectDelayMs(9, lostAtMs + 100, lostAtMs, { random: high }), 1000);
   });
 
-  test('the cap grows with the outage (a quarter of it), up to maxMs', () => {
+  test('past the window (default 60 s) the cap grows with a quarter of the outage beyond it, up to maxMs', () => {
     const lostAtMs = 0;
-    assert.equal(reconnectDelayMs(20, 8_000, lostAtMs, { random: high }), 2_000);
-    assert.equal(reconnectDelayMs(20, 40_000, lostAtMs, { random: high }), 10_000);
+    assert.equal(reconnectDelayMs(20, 59_000, lostAtMs, { random: high }), 1000);
+    assert.equal(reconnectDelayMs(20, 68_000, lostAtMs, { random: high }), 2_000);
+    assert.equal(reconnectDelayMs(20, 100_000, lostAtMs, { random: high }), 10_000);
     assert.equal(reconnectDelayMs(20, 10 * 60_000, lostAtMs, { random: high }), 30_000);
-    assert.equal(reconnectDelayMs(20, 40_000, lostAtMs, { random: high, outageFraction: 0.1, recentMaxMs: 500, maxMs: 3_000 }), 3_000);
-    assert.equal(reconnectDelayMs(20, 2_000, lostAtMs, { random: high, outageFraction: 0.1, recentMaxMs: 500 }), 500);
+    const custom = { random: high, recentWindowMs: 10_000, outageFraction: 0.1, recentMaxMs: 500 };
+    assert.equal(reconnectDelayMs(20, 12_000, lostAtMs, custom), 500);
+    assert.equal(reconnectDelayMs(20, 40_000, lostAtMs, { ...custom, maxMs: 2_500 }), 2_500);
     // A clock that went backwards counts as no outage.
     assert.equal(reconnectDelayMs(20, -5_000, lostAtMs, { random: high }), 1000);
   });

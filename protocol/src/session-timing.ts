@@ -32,12 +32,14 @@ export function backoffDelayMs(attempt: number, options: BackoffOptions = {}): n
 export interface ReconnectBackoffOptions extends BackoffOptions {
   /**
    * Ceiling, before jitter, for a peer whose session was open a moment ago. Default 1 s: after a gateway restart the
-   * peer is back within about a second of the gateway being ready, instead of a doubling delay.
+   * peer is back within about a second of the gateway being ready, instead of after a doubling delay.
    */
   recentMaxMs?: number;
+  /** How long after losing its session a peer keeps the short ceiling: a restart's length. Default 60 s. */
+  recentWindowMs?: number;
   /**
-   * A peer that keeps failing after losing its session waits at most this fraction of the time since it lost it
-   * (but never less than recentMaxMs, never more than maxMs). Default 0.25: a 40 s outage costs at most 10 s more.
+   * Past the window, the ceiling grows with the outage: this fraction of the time beyond the window (never less than
+   * recentMaxMs, never more than maxMs). Default 0.25: two minutes of outage allow 15 s between attempts.
    */
   outageFraction?: number;
 }
@@ -46,14 +48,15 @@ export interface ReconnectBackoffOptions extends BackoffOptions {
  * Delay before reconnect attempt `attempt` (0-based, counted since the last open session or since start).
  * A peer that has never had a session (`lostAtMs` undefined: wrong address, gateway not up yet) backs off
  * exponentially up to maxMs as backoffDelayMs does. A peer whose session ended at `lostAtMs` uses the same curve but
- * capped at the larger of recentMaxMs and `outageFraction` of the outage so far: short retries right after a
- * restart, growing only while the gateway stays away. Pure: time comes in as `nowMs`.
+ * capped at recentMaxMs for recentWindowMs (a gateway restart: back within about a second of it being ready), then
+ * at a growing fraction of the outage, so a fleet does not keep knocking every second on a gateway that stays away.
+ * Pure: time comes in as `nowMs`.
  */
 export function reconnectDelayMs(attempt: number, nowMs: number, lostAtMs: number | undefined, options: ReconnectBackoffOptions = {}): number {
   if (lostAtMs === undefined) return backoffDelayMs(attempt, options);
   const max = options.maxMs ?? 30_000;
-  const outageMs = Math.max(0, nowMs - lostAtMs);
-  const cap = Math.min(max, Math.max(options.recentMaxMs ?? 1000, outageMs * (options.outageFraction ?? 0.25)));
+  const beyondWindowMs = Math.max(0, nowMs - lostAtMs - (options.recentWindowMs ?? 60_000));
+  const cap = Math.min(max, Math.max(options.recentMaxMs ?? 1000, beyondWindowMs * (options.outageFraction ?? 0.25)));
   return backoffDelayMs(attempt, { ...options, maxMs: cap });
 }
 
