@@ -17,8 +17,10 @@
  * optional dependency, and optional at runtime too: see peer-link/src/quic/native.ts) and ws's optional native
  * helpers `bufferutil` / `utf-8-validate` (ws loads them in a try/catch and works without them).
  *
- *   node client-cli/build/build.ts     then: npm pack ./client-cli/dist   (npm run pack:cli does both)
+ *   node client-cli/build/build.ts          (npm run build:cli)
+ *   node client-cli/build/build.ts --pack   also packs it: dist/narrowlink-cli-<version>.tgz   (npm run pack:cli)
  */
+import { execFileSync } from 'node:child_process';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -131,4 +133,10 @@ win32-x64; elsewhere the CLI says once that it runs relay-only, and everything w
 if (import.meta.main) {
   await buildPackage();
   process.stdout.write(`built ${path.relative(process.cwd(), DIST_DIR) || '.'} (${PACKAGE_NAME})\n`);
+  if (process.argv.includes('--pack')) {
+    const into = path.join(CLI_DIR, '..', 'dist');
+    await mkdir(into, { recursive: true });
+    const windows = process.platform === 'win32';
+    execFileSync(windows ? 'npm.cmd' : 'npm', ['pack', DIST_DIR, '--pack-destination', into], { stdio: 'inherit', shell: windows });
+  }
 }
