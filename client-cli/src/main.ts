@@ -4,148 +4,24 @@
  */
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
+import { StreamErrorCode, StreamResetError } from '@narrowlink/protocol';
 import type { ClientDirectPaths, DirectPathStatus, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import { startForwards } from './commands/forward.ts';
 import { runLogin, runLogout, summarise, summaryLines } from './commands/login.ts';
 import { startSocks } from './commands/socks.ts';
-import { DEFAULT_NAMESPACE } from './credentials/exchange.ts';
+import { COMMANDS, commandHelp, mainHelp, OPTIONS, SHELLS, type Shell, usageLines } from './cli/commands.ts';
+import { completionScript } from './cli/completion.ts';
 import { currentContextName } from './credentials/kubeconfig.ts';
 import { TokenRenewer } from './credentials/renewal.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
-import { type OutputFormat, Reporter } from './reporter.ts';
+import { type OutputFormat, Reporter, stderrLinkLogger } from './reporter.ts';
 import { createLink, DIRECT_WAIT_MS, exitCodeFor, openDirectPaths, openTarget, PortResolver } from './session.ts';
 import { resolveSettings, type Settings } from './settings.ts';
 import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
+import { CLI_VERSION } from './version.ts';
 
 /** How we were invoked: the kubectl plugin (`kubectl-narrowlink` on PATH) names itself `kubectl narrowlink`. */
 const PROGRAM = basename(process.argv[1] ?? '').startsWith('kubectl-narrowlink') ? 'kubectl narrowlink' : 'narrowlink';
-
-const COMMON = `Common options (env in brackets; also read from ~/.config/narrowlink/config.yaml):
-  --gateway URL       gateway URL, wss://host[:port] (ws:// on loopback)   [NARROWLINK_GATEWAY]
-  --token TOKEN       client token                                          [NARROWLINK_TOKEN]
-  --token-file FILE   read the token from FILE                              [NARROWLINK_TOKEN_FILE]
-  --ca-file FILE      extra CA certificates to trust (PEM)                  [NARROWLINK_CA_FILE]
-  --config FILE       settings file (gateway, token, tokenFile, caFile, mode) [NARROWLINK_CONFIG]
-  --mode MODE         auto | direct | relay (default auto)                  [NARROWLINK_MODE]
-  --context NAME      use the login of this kube context (default: the kubeconfig's current context)
-  --kubeconfig FILE   the kubeconfig to read the current context from (default: KUBECONFIG, ~/.kube/config)
-  --timeout-ms N      how long to wait for the gateway and a stream to open (default 15000)
-  -o, --output FMT    text | json
-  -h, --help          help for the command`;
-
-const HELP: Record<string, string> = {
-  main: `narrowlink: reach services inside your cluster through a Narrowlink gateway
-
-Usage: narrowlink COMMAND [options]
-
-Commands:
-  login      log in with your kube context's credentials (kubectl's): finds the gateway, caches a token
-  logout     forget the current context's cached token and key
-  ls         list the agents you may reach and their ports
-  forward    forward local ports to agents:  narrowlink forward 8080 demo:http
-  socks      run a local SOCKS5 proxy whose destinations are agents
-  connect    pipe stdin/stdout to an agent's port (ssh ProxyCommand)
-  status     who you are (user, groups, context, token expiry) and the gateway session
-
-Run "narrowlink COMMAND --help" for a command's options.
-
-Credentials: flags, then environment, then the config file, then the token "narrowlink login" cached for the
-kube context (--context, else the current one). With a login nothing else is needed.
-
-${COMMON}
-`,
-  ls: `Usage: narrowlink ls [-o json]
-
-Lists the agents your policies let you reach, with their exposed ports and connected instances.
-
-${COMMON}
-`,
-  forward: `Usage: narrowlink forward [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT_NAME|PORT]
-       narrowlink forward -L [LOCAL_ADDR:]LOCAL_PORT:AGENT[:PORT] [-L ...]
-
-Listens on a local port (127.0.0.1 unless given) and relays every connection to the agent's
-port. AGENT is NAME or NAMESPACE/NAME; the port may be left out when the agent exposes one.
-LOCAL_PORT 0 picks a free port (printed). Listeners stay open while the gateway reconnects.
-
-  -L SPEC             a forward spec; repeatable
-${COMMON}
-`,
-  socks: `Usage: narrowlink socks [--listen 127.0.0.1:1080] [--username U --password P]
-
-Runs a SOCKS5 proxy (CONNECT only). The destination host names the agent (AGENT,
-AGENT.NAMESPACE, optionally followed by .narrowlink); the destination port is the agent's port:
-  curl --socks5-hostname 127.0.0.1:1080 http://demo:8080/
-
-  --listen ADDR:PORT  where to listen (default 127.0.0.1:1080)
-  --username U        require SOCKS username/password authentication  [NARROWLINK_SOCKS_USERNAME]
-  --password P                                                       [NARROWLINK_SOCKS_PASSWORD]
-${COMMON}
-`,
-  connect: `Usage: narrowlink connect AGENT PORT
-
-Connects stdin and stdout to the agent's port. Exits 0 when the stream ends cleanly, 1 when it
-was reset. For ssh: ssh -o ProxyCommand='narrowlink connect %h 22' user@AGENT
-
-${COMMON}
-`,
-  login: `Usage: narrowlink login [--context NAME] [--kubeconfig FILE] [-n NAMESPACE] [-o json]
-
-Logs in to Narrowlink with the credentials of a kube context, exactly as kubectl uses them (client
-certificates, bearer tokens, token files, exec plugins such as EKS/GKE/OIDC helpers, in-cluster
-ServiceAccounts). Your Kubernetes credential goes to the API server only:
-  1. reads the ConfigMap narrowlink-discovery in NAMESPACE (gateway URL, its CA, where to log in);
-  2. makes an Ed25519 key that never leaves this machine and asks the operator, through a
-     ClientLoginRequest, for a token bound to it (the cluster's RBAC decides who may: ClusterRole
-     narrowlink-login);
-  3. caches token, key, gateway and CA for the context, readable by you only, in
-     $XDG_CONFIG_HOME/narrowlink/contexts/ (~/.config/...; %APPDATA%\\narrowlink\\contexts on Windows).
-Then ls, forward, socks, connect and status need no --gateway, --token or --ca-file; forward and
-socks renew the token before it expires while your kube credential still works.
-
-  --context NAME      the kube context (default: the kubeconfig's current context)
-  --kubeconfig FILE   the kubeconfig (default: KUBECONFIG, else ~/.kube/config, else in-cluster)
-  -n, --namespace NS  where narrowlink is installed: the chart's release namespace (default ${DEFAULT_NAMESPACE})
-  --timeout-ms N      how long to wait for the operator's answer (default 30000)
-  -o, --output FMT    text | json
-  -h, --help          help for the command
-`,
-  logout: `Usage: narrowlink logout [--context NAME] [--kubeconfig FILE] [-o json]
-
-Deletes the token and key "narrowlink login" cached for the kube context (default: the current one).
-The token itself stays valid until it expires (at most the operator's cap, default 8 h).
-`,
-  status: `Usage: narrowlink status [AGENT] [--local] [-o json]
-
-With a login: the kube context, cluster, your user and groups as the cluster authenticated them, the
-gateway and when the token expires (exit 3 when not logged in or expired). --local stops there;
-otherwise it connects to the gateway and reports the session: identity, token expiry, round trip, how many
-agents you may reach, and your NAT as the gateway's UDP probes saw it (type, public endpoint),
-which decides whether a direct path can work. With AGENT, also sets up a direct path to it and
-says whether it came up (how, how fast) or why not (e.g. BothSymmetric, UdpBlocked, Denied).
-
-${COMMON}
-`,
-};
-
-const OPTIONS = {
-  gateway: { type: 'string' },
-  token: { type: 'string' },
-  'token-file': { type: 'string' },
-  'ca-file': { type: 'string' },
-  config: { type: 'string' },
-  mode: { type: 'string' },
-  'timeout-ms': { type: 'string' },
-  output: { type: 'string', short: 'o' },
-  help: { type: 'boolean', short: 'h' },
-  L: { type: 'string', short: 'L', multiple: true },
-  listen: { type: 'string' },
-  username: { type: 'string' },
-  password: { type: 'string' },
-  context: { type: 'string' },
-  kubeconfig: { type: 'string' },
-  namespace: { type: 'string', short: 'n' },
-  local: { type: 'boolean' },
-} as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
 
@@ -162,10 +38,18 @@ function settingsFrom(values: Values): Settings {
   });
 }
 
-/** Help text with this invocation's name (`narrowlink` or `kubectl narrowlink`). */
-function help(command: string): string {
-  return (HELP[command] as string).replace(/(^|[\s'"`(=])narrowlink(?= )/gm, `$1${PROGRAM}`);
+/** Text with this invocation's name (`narrowlink` or `kubectl narrowlink`). */
+function named(text: string): string {
+  return text.replace(/(^|[\s'"`(=])narrowlink(?= |")/gm, `$1${PROGRAM}`);
 }
+
+/** Help for a command, or the main help. */
+function help(command: string): string {
+  return named(command === 'main' ? mainHelp() : commandHelp(command));
+}
+
+/** The command being run, for the usage lines that follow a usage error. */
+let currentCommand: string | undefined;
 
 /**
  * A login's token, renewed in-process before it expires (see credentials/renewal.ts); an expired one is renewed
@@ -181,6 +65,50 @@ async function withRenewal(settings: Settings, reporter: Reporter): Promise<Sett
 
 function usage(message: string): never {
   throw new CliError(CliErrorCode.USAGE, message, ExitCode.USAGE);
+}
+
+/** node:util parseArgs' errors (unknown option, missing value) as our usage errors, exit 2. */
+function parse(command: string | undefined, args: string[]): ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>> {
+  try {
+    return parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    const message = (error as Error).message;
+    const unknown = /Unknown option '([^']+)'/.exec(message)?.[1];
+    if (unknown) usage(`unknown option ${unknown}${command ? ` for ${command}` : ''}`);
+    const missing = /Option '([^']+)' argument missing/.exec(message)?.[1];
+    if (missing) usage(`${missing.replace(/^-\w, /, '')} needs a value`);
+    usage(message.split('. ')[0] ?? message);
+  }
+}
+
+/** A usage error for the first option given that `command` does not take. */
+function checkOptions(command: string, values: Record<string, unknown>): void {
+  const allowed = new Set<string>(COMMANDS[command]?.options ?? []);
+  for (const [name, value] of Object.entries(values)) {
+    if (value === undefined || allowed.has(name)) continue;
+    usage(`${name.length > 1 ? `--${name}` : `-${name}`} is not an option of ${command}`);
+  }
+}
+
+/** The closest command name, for "did you mean". */
+function closestCommand(name: string): string | undefined {
+  const distance = (a: string, b: string): number => {
+    const row = Array.from({ length: b.length + 1 }, (_, i) => i);
+    for (let i = 1; i <= a.length; i++) {
+      let previous = row[0] as number;
+      row[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const current = row[j] as number;
+        row[j] = Math.min((row[j] as number) + 1, (row[j - 1] as number) + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
+        previous = current;
+      }
+    }
+    return row[b.length] as number;
+  };
+  const ranked = Object.keys(COMMANDS)
+    .map((candidate) => ({ candidate, d: candidate.startsWith(name) ? 0 : distance(name, candidate) }))
+    .sort((a, b) => a.d - b.d);
+  return ranked[0] && ranked[0].d <= 2 ? ranked[0].candidate : undefined;
 }
 
 /** Resolves when the process is asked to stop. */
@@ -202,7 +130,7 @@ async function serveUntilStopped(
   start: (link: GatewayLink, direct: ClientDirectPaths | undefined) => Promise<{ close(): Promise<void>; ready: { fields: Record<string, unknown>; text: string } }>,
 ): Promise<number> {
   const direct = await openDirectPaths(settings);
-  const link = createLink(settings, reporter, { reconnect: true, direct, keepListening: true });
+  const link = createLink(settings, reporter, { reconnect: true, direct, keepListening: true, log: reporter.verbose ? stderrLinkLogger() : undefined });
   const fatal = new Promise<never>((_, reject) => link.once('fatal', reject));
   const service = await start(link, direct);
   link.start();
@@ -253,18 +181,50 @@ function describePath(agent: string | undefined, path: Awaited<ReturnType<typeof
 
 async function run(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
-  const { values, positionals } = parseArgs({ args: command ? argv.slice(1) : argv, options: OPTIONS, allowPositionals: true, strict: true });
+  currentCommand = command !== undefined && command in COMMANDS ? command : undefined;
+  if (command !== undefined && !(command in COMMANDS)) {
+    const suggestion = closestCommand(command);
+    usage(`unknown command "${command}"${suggestion ? ` (did you mean "${suggestion}"?)` : ''}; try ${PROGRAM} help`);
+  }
+  const { values, positionals } = parse(command, command ? argv.slice(1) : argv);
   if (!command) {
+    if (values.version) {
+      process.stdout.write(`${CLI_VERSION}\n`);
+      return ExitCode.OK;
+    }
+    if (positionals.length > 0 || Object.keys(values).some((name) => name !== 'help')) usage(`options come after the command: ${PROGRAM} COMMAND [options]`);
     process.stdout.write(help('main'));
     return values.help ? ExitCode.OK : ExitCode.USAGE;
   }
-  if (!(command in HELP) || command === 'main') usage(`unknown command "${command}"; try ${PROGRAM} --help`);
+  checkOptions(command, values);
   if (values.help) {
     process.stdout.write(help(command));
     return ExitCode.OK;
   }
+  if (command === 'help') {
+    if (positionals.length > 1) usage('help takes at most one COMMAND');
+    const topic = positionals[0];
+    if (topic !== undefined && !(topic in COMMANDS)) usage(`no help for "${topic}": not a command; try ${PROGRAM} help`);
+    process.stdout.write(help(topic ?? 'main'));
+    return ExitCode.OK;
+  }
+  if (command === 'completion') {
+    const shell = positionals[0];
+    if (positionals.length !== 1 || !SHELLS.includes(shell as Shell)) usage(`completion wants one of ${SHELLS.join(', ')}`);
+    process.stdout.write(completionScript(shell as Shell));
+    return ExitCode.OK;
+  }
   const output = (values.output ?? 'text') as OutputFormat;
   if (output !== 'text' && output !== 'json') usage(`--output must be text or json, got "${values.output}"`);
+  if (command === 'version') {
+    if (positionals.length > 0) usage('version takes no arguments');
+    if (output === 'json') process.stdout.write(`${JSON.stringify({ version: CLI_VERSION, node: process.version, platform: `${process.platform}-${process.arch}` })}\n`);
+    else process.stdout.write(`${CLI_VERSION}\n`);
+    return ExitCode.OK;
+  }
+  const verbose = values.verbose === true;
+  // -v: the link's log lines (dial attempts, refusals, retries) on stderr.
+  const linkLog = verbose ? stderrLinkLogger() : undefined;
   const timeoutMs = Number(values['timeout-ms'] ?? 15_000);
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) usage('--timeout-ms must be a positive number');
   const selection = { context: values.context, kubeconfig: values.kubeconfig };
@@ -276,8 +236,6 @@ async function run(argv: string[]): Promise<number> {
     if (positionals.length > 0) usage('logout takes no arguments');
     return runLogout(selection, output);
   }
-  if (values.namespace !== undefined) usage('-n/--namespace is a login option');
-  if (values.local && command !== 'status') usage('--local is a status option');
   let settings: Settings;
   try {
     settings = settingsFrom(values);
@@ -289,7 +247,7 @@ async function run(argv: string[]): Promise<number> {
     else process.stdout.write(`${summaryLines(summary, PROGRAM).join('\n')}\n`);
     return ExitCode.AUTH;
   }
-  const reporter = new Reporter(output);
+  const reporter = new Reporter(output, process.stdout, process.stderr, { verbose });
   if (command === 'status' && settings.login) {
     const summary = summarise(settings.login.context, settings.login);
     if (summary.state === 'expired' || values.local) {
@@ -310,7 +268,8 @@ async function run(argv: string[]): Promise<number> {
   switch (command) {
     case 'ls': {
       if (positionals.length > 0) usage('ls takes no arguments');
-      const link = createLink(settings, undefined, { reconnect: true }).start();
+      // One-shot: a definitive answer (refused, no such host, TLS, not a gateway) fails at once, not at the timeout.
+      const link = createLink(settings, undefined, { reconnect: true, failFast: true, log: linkLog }).start();
       try {
         const agents = await link.listAgents(timeoutMs);
         if (output === 'json') process.stdout.write(`${JSON.stringify({ agents }, null, 2)}\n`);
@@ -330,7 +289,7 @@ async function run(argv: string[]): Promise<number> {
       if (positionals.length > 1) usage('status takes at most one AGENT');
       const agentToTry = positionals[0];
       const direct = await openDirectPaths(settings);
-      const link = createLink(settings, undefined, { reconnect: true, direct }).start();
+      const link = createLink(settings, undefined, { reconnect: true, direct, failFast: true, log: linkLog }).start();
       try {
         await link.waitOpen(timeoutMs);
         const rttMs = await link.ping(timeoutMs);
@@ -339,7 +298,18 @@ async function run(argv: string[]): Promise<number> {
         const nat = await link.waitNat(Math.min(timeoutMs, NAT_WAIT_MS));
         const probing = link.natProbing;
         const hello = link.stats.helloOk;
-        const path = agentToTry ? await tryDirect(direct, agentToTry, Math.min(timeoutMs, DIRECT_WAIT_MS)) : undefined;
+        // An AGENT you may not reach (or with no instance attached) is reported as such, and exits 1: "relay to it"
+        // would read as reachable.
+        const listed = agentToTry ? agents.filter((a) => (agentToTry.includes('/') ? `${a.namespace}/${a.name}` === agentToTry : a.name === agentToTry)) : [];
+        const unreachable =
+          agentToTry === undefined
+            ? undefined
+            : listed.length === 0
+              ? `no agent "${agentToTry}" that you may reach (see ${PROGRAM} ls)`
+              : listed.every((a) => a.instances === 0)
+                ? `agent "${agentToTry}" has no connected instance right now`
+                : undefined;
+        const path = agentToTry && !unreachable ? await tryDirect(direct, agentToTry, Math.min(timeoutMs, DIRECT_WAIT_MS)) : undefined;
         const status = {
           gateway: settings.gateway,
           state: link.state,
@@ -352,6 +322,7 @@ async function run(argv: string[]): Promise<number> {
           mode: settings.mode,
           nat: nat ?? null,
           direct: path ?? null,
+          ...(agentToTry ? { agent: { name: agentToTry, reachable: unreachable === undefined, ...(unreachable ? { reason: unreachable } : {}) } } : {}),
           configFile: settings.configPath ?? null,
           login: settings.login ? summarise(settings.login.context, settings.login) : null,
         };
@@ -365,11 +336,12 @@ async function run(argv: string[]): Promise<number> {
               `round trip: ${status.rttMs} ms`,
               `agents:    ${status.reachableAgents} reachable, ${status.connectedAgents} connected`,
               `nat:       ${describeNat(nat, probing)}`,
-              `path:      ${describePath(agentToTry, path, settings.mode)}`,
+              `path:      ${unreachable ? `none: ${unreachable}` : describePath(agentToTry, path, settings.mode)}`,
               '',
             ].join('\n'),
           );
         }
+        if (unreachable) throw new StreamResetError(StreamErrorCode.NO_AGENT, unreachable);
         return ExitCode.OK;
       } finally {
         await link.close();
@@ -381,7 +353,7 @@ async function run(argv: string[]): Promise<number> {
       const target = parseTarget(`${positionals[0]}:${positionals[1]}`);
       // A one-shot stream gains nothing from a path that comes up after it started: only `direct` mode punches.
       const direct = settings.mode === 'direct' ? await openDirectPaths(settings) : undefined;
-      const link = createLink(settings, undefined, { reconnect: true, direct }).start();
+      const link = createLink(settings, undefined, { reconnect: true, direct, failFast: true, log: linkLog }).start();
       try {
         const opened = await openTarget(link, direct, new PortResolver(link), target, settings.mode, timeoutMs);
         const duplex = opened.duplex();
@@ -438,6 +410,8 @@ run(process.argv.slice(2)).then(
     const e = error as Error & { code?: string };
     const code = exitCodeFor(error);
     process.stderr.write(`narrowlink: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+    // A usage error shows the command's usage, as git and kubectl do.
+    if (error instanceof CliError && error.code === CliErrorCode.USAGE) process.stderr.write(`${named(usageLines(currentCommand))}\n`);
     process.exit(code);
   },
 );

@@ -17,6 +17,8 @@ import {
   generateIdentity,
   LinkError,
   LinkErrorCode,
+  type LinkLogger,
+  type LinkRetry,
   quicUnavailableReason,
 } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
@@ -49,7 +51,15 @@ export async function openDirectPaths(settings: Settings): Promise<ClientDirectP
 export function createLink(
   settings: Settings,
   reporter: Reporter | undefined,
-  options: { reconnect: boolean; direct?: ClientDirectPaths | undefined; keepListening?: boolean },
+  options: {
+    reconnect: boolean;
+    direct?: ClientDirectPaths | undefined;
+    keepListening?: boolean;
+    /** One-shot commands: a definitive answer (refused, no such host, TLS, not a gateway) fails at once. */
+    failFast?: boolean;
+    /** `-v`: the link's own log lines (dial attempts, retries, session events) on stderr. */
+    log?: LinkLogger | undefined;
+  },
 ): GatewayLink {
   let everOpen = false;
   const link = new GatewayLink({
@@ -60,6 +70,8 @@ export function createLink(
     // A login token is bound to this key: the link sends a proof of possession with every upgrade and re-auth.
     ...(settings.proofKey ? { proofKey: settings.proofKey } : {}),
     reconnect: options.reconnect,
+    failFast: options.failFast ?? false,
+    ...(options.log ? { log: options.log } : {}),
     // A refusal is final, except for a long-running command on a login whose session worked before: its token
     // expired while the kubeconfig credential could not renew it, and the renewer keeps trying on every dial, so
     // the command keeps listening and recovers once the user refreshes their cluster credential. Read by the link
@@ -75,13 +87,24 @@ export function createLink(
   });
   options.direct?.attach(link);
   if (reporter) {
-    link.on('state', (state: string) => {
-      // A session that was open and dropped is a reconnect too (`reconnects` only counts retries already made).
-      if (state === 'connecting' && (link.stats.reconnects > 0 || link.stats.connectedAt !== undefined)) {
-        reporter.event('reconnecting', { error: link.stats.lastError?.code }, `gateway unavailable (${link.stats.lastError?.message ?? 'connection lost'}); reconnecting`);
-      }
+    // Every retry is scheduled with its delay and cause; the user hears of it once per change of cause (a gateway
+    // that stays down is one line, not one per attempt; -v shows each attempt), and again after a session worked.
+    let reportedCause: string | undefined;
+    link.on('retry', (retry: LinkRetry) => {
+      const cause = retry.error?.code ?? 'SESSION_LOST';
+      if (cause === reportedCause && !reporter.verbose) return;
+      reportedCause = cause;
+      const seconds = retry.delayMs >= 1000 ? `${Math.round(retry.delayMs / 100) / 10} s` : `${Math.round(retry.delayMs)} ms`;
+      reporter.event(
+        'reconnecting',
+        { error: retry.error?.code, message: retry.error?.message, attempt: retry.attempt, delayMs: Math.round(retry.delayMs) },
+        `reconnecting in ${seconds}: ${retry.error ? `${retry.error.code}: ${retry.error.message}` : 'the gateway session was lost'}`,
+      );
     });
-    link.on('open', () => reporter.event('connected', { gateway: settings.gateway }, `connected to ${settings.gateway}`));
+    link.on('open', () => {
+      reportedCause = undefined;
+      reporter.event('connected', { gateway: settings.gateway }, `connected to ${settings.gateway}`);
+    });
     options.direct?.on('path', (path: DirectPathStatus) => {
       if (path.state === 'up') {
         reporter.event(
@@ -105,6 +128,8 @@ export function createLink(
 export function exitCodeFor(error: unknown): ExitCode {
   if (error instanceof CliError) return error.exitCode;
   if (error instanceof LinkError) {
+    // A URL refused before dialing is the user's configuration, not the network.
+    if (error.code === LinkErrorCode.INSECURE_URL) return ExitCode.USAGE;
     if (error.status === 401 || error.status === 403 || isAuthRefusalCode(error.gatewayCode) || isTokenCode(error.gatewayCode)) return ExitCode.AUTH;
     // The gateway answered: it is reachable, it refused this request for now.
     if (error.code === LinkErrorCode.RATE_LIMITED) return ExitCode.FAILURE;

@@ -6,7 +6,7 @@ import { after, describe, test } from 'node:test';
 import { generateProofKey, proofKeyX } from '@narrowlink/protocol';
 import { writeLogin } from './credentials/cache.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { defaultConfigPath, resolveSettings } from './settings.ts';
+import { defaultConfigPath, expandPath, resolveSettings } from './settings.ts';
 
 const dirs: string[] = [];
 after(() => {
@@ -234,5 +234,46 @@ describe('resolveSettings with a narrowlink login', () => {
     const cached = loggedIn();
     assertCliError(() => resolveSettings({ context: 'other' }, cached.env), 'NL_ERR_CLI_NOT_LOGGED_IN', ExitCode.AUTH);
     assert.equal(resolveSettings({ context: 'ctx' }, cached.env).login?.context, 'ctx');
+  });
+});
+
+describe('paths and gateway URLs', () => {
+  test('~, $VAR and braced variables are expanded; an unset variable is a config error; relative paths from a base dir', () => {
+    const env = { HOME: '/home/u', XDG_RUNTIME_DIR: '/run/user/1' };
+    assert.equal(expandPath('~/t', env), '/home/u/t');
+    assert.equal(expandPath('~', env), '/home/u');
+    assert.equal(expandPath('$XDG_RUNTIME_DIR/narrowlink/token', env), '/run/user/1/narrowlink/token');
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the CLI expands it, not JavaScript
+    assert.equal(expandPath('${HOME}/x', env), '/home/u/x');
+    assert.equal(expandPath('a~b/c', env), 'a~b/c', 'only a leading ~');
+    assert.equal(expandPath('token', env, '/etc/narrowlink'), '/etc/narrowlink/token');
+    assertCliError(() => expandPath('$NOPE/token', env), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('tokenFile and caFile in the config file: ~ expanded, relative to the file', () => {
+    const h = home();
+    writeFileSync(join(h.xdg, 'narrowlink', 'token'), 'from-relative\n');
+    writeFileSync(join(h.dir, 'token2'), 'from-home\n');
+    writeFileSync(h.configPath, 'gateway: wss://g.example\ntokenFile: token\n');
+    assert.equal(resolveSettings({}, { XDG_CONFIG_HOME: h.xdg }).token(), 'from-relative');
+    writeFileSync(h.configPath, 'gateway: wss://g.example\ntokenFile: ~/token2\n');
+    assert.equal(resolveSettings({}, { XDG_CONFIG_HOME: h.xdg, HOME: h.dir }).token(), 'from-home');
+  });
+
+  test('a missing or empty token file is a config error at once (exit 2), not at the first dial', () => {
+    const h = home();
+    assertCliError(() => resolveSettings({ gateway: 'wss://g.example', tokenFile: join(h.dir, 'missing') }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+    writeFileSync(join(h.dir, 'empty'), '\n');
+    assertCliError(() => resolveSettings({ gateway: 'wss://g.example', tokenFile: join(h.dir, 'empty') }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+  });
+
+  test('cleartext ws:// only to loopback: a remote ws:// gateway is a config error (exit 2)', () => {
+    const h = home();
+    for (const gateway of ['ws://192.0.2.2:47100', 'ws://gw.example.com', 'ws://[2001:db8::1]:80']) {
+      assertCliError(() => resolveSettings({ gateway, token: 't' }, { XDG_CONFIG_HOME: h.xdg }), 'NL_ERR_CLI_CONFIG');
+    }
+    for (const gateway of ['ws://127.0.0.1:1', 'ws://localhost:1', 'ws://[::1]:1', 'wss://gw.example.com']) {
+      assert.equal(resolveSettings({ gateway, token: 't' }, { XDG_CONFIG_HOME: h.xdg }).gateway, gateway);
+    }
   });
 });

@@ -7,7 +7,8 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { checkGatewayUrl, LinkError } from '@narrowlink/peer-link';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { type CacheLocation, type CachedLogin, readLogin } from './credentials/cache.ts';
@@ -56,12 +57,34 @@ export interface SettingsLocation extends Omit<CacheLocation, 'env'> {
 }
 
 export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME.length > 0 ? env.XDG_CONFIG_HOME : join(homedir(), '.config');
+  const base = env.XDG_CONFIG_HOME && env.XDG_CONFIG_HOME.length > 0 ? expandPath(env.XDG_CONFIG_HOME, env) : join(homeOf(env), '.config');
   return join(base, 'narrowlink', 'config.yaml');
 }
 
+function homeOf(env: NodeJS.ProcessEnv): string {
+  return env.HOME || env.USERPROFILE || homedir();
+}
+
+/**
+ * A path as a shell would have expanded it: a leading `~` or `~/` is the home directory, `$VAR` and `${VAR}` (e.g.
+ * `$XDG_RUNTIME_DIR/narrowlink/token`) are environment variables. Config files and quoted flags reach us unexpanded.
+ * A relative path is taken from `baseDir` (the config file's directory) when given. An unset variable is a config
+ * error, not an empty string: `$UNSET/token` must not become `/token`.
+ */
+export function expandPath(path: string, env: NodeJS.ProcessEnv = process.env, baseDir?: string): string {
+  let expanded = path.replace(/^~(?=$|[/\\])/, () => homeOf(env));
+  expanded = expanded.replace(/\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))/g, (_match, braced: string | undefined, bare: string | undefined) => {
+    const name = (braced ?? bare) as string;
+    const value = env[name];
+    if (value === undefined || value === '') throw new CliError(CliErrorCode.CONFIG, `path "${path}" names $${name}, which is not set`);
+    return value;
+  });
+  return baseDir && !isAbsolute(expanded) ? resolve(baseDir, expanded) : expanded;
+}
+
 export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = process.env, location: SettingsLocation = {}): Settings {
-  const explicitPath = flags.config ?? env.NARROWLINK_CONFIG;
+  const explicitConfig = flags.config ?? env.NARROWLINK_CONFIG;
+  const explicitPath = explicitConfig ? expandPath(explicitConfig, env) : undefined;
   const configPath = explicitPath ?? defaultConfigPath(env);
   let file: z.infer<typeof fileSettingsSchema> = {};
   if (existsSync(configPath)) {
@@ -71,7 +94,13 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
         const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
         throw new CliError(CliErrorCode.CONFIG, `${configPath}: ${issues}`);
       }
-      file = parsed.data;
+      // Paths in the file are the file's own: `~`, $VARS, and relative to the file's directory.
+      const base = dirname(configPath);
+      file = {
+        ...parsed.data,
+        ...(parsed.data.tokenFile ? { tokenFile: expandPath(parsed.data.tokenFile, env, base) } : {}),
+        ...(parsed.data.caFile ? { caFile: expandPath(parsed.data.caFile, env, base) } : {}),
+      };
     } catch (error) {
       if (error instanceof CliError) throw error;
       throw new CliError(CliErrorCode.CONFIG, `${configPath}: ${(error as Error).message}`, 2, { cause: error });
@@ -82,8 +111,8 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
   // The highest level that names a token wins (a --token-file flag beats `token:` in the file); within
   // one level an inline token beats a token file.
   const tokenLevel = [
-    { text: flags.token, file: flags.tokenFile },
-    { text: env.NARROWLINK_TOKEN, file: env.NARROWLINK_TOKEN_FILE },
+    { text: flags.token, file: flags.tokenFile ? expandPath(flags.tokenFile, env) : undefined },
+    { text: env.NARROWLINK_TOKEN, file: env.NARROWLINK_TOKEN_FILE ? expandPath(env.NARROWLINK_TOKEN_FILE, env) : undefined },
     { text: file.token, file: file.tokenFile },
   ].find((level) => level.text || level.file);
   const tokenText = tokenLevel?.text;
@@ -117,9 +146,35 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
   }
   const gateway = explicitGateway ?? login?.gatewayUrls[0];
   if (!gateway) throw new CliError(CliErrorCode.CONFIG, `no gateway: pass --gateway URL, set NARROWLINK_GATEWAY, or add "gateway:" to ${configPath}`);
-  if (!/^wss?:\/\//.test(gateway)) throw new CliError(CliErrorCode.CONFIG, `gateway URL must start with ws:// or wss://, got "${gateway}"`);
+  if (!/^wss?:\/\//.test(gateway)) {
+    const host = gateway.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '');
+    throw new CliError(CliErrorCode.CONFIG, `gateway URL must start with wss:// (ws:// only on loopback), got "${gateway}": try wss://${host}`);
+  }
+  // Cleartext ws:// off loopback would carry the token unencrypted: refused here, before anything is dialed (the
+  // link refuses it again, for every other user of it).
+  try {
+    checkGatewayUrl(gateway);
+  } catch (error) {
+    if (error instanceof LinkError) throw new CliError(CliErrorCode.CONFIG, error.message, ExitCode.USAGE, { cause: error });
+    throw error;
+  }
   const loginToken = login?.token;
-  const token = tokenText ? () => tokenText : tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : () => loginToken as string;
+  // A token file is read now, so a missing or empty one is a config error at once (exit 2), and again at each dial
+  // and re-auth, so a rotated token is picked up.
+  const readTokenFile = (path: string): string => {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8').trim();
+    } catch (error) {
+      throw new CliError(CliErrorCode.CONFIG, `cannot read token file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, ExitCode.USAGE, {
+        cause: error,
+      });
+    }
+    if (text.length === 0) throw new CliError(CliErrorCode.CONFIG, `token file ${path} is empty`);
+    return text;
+  };
+  if (!tokenText && tokenFile) readTokenFile(tokenFile);
+  const token = tokenText ? () => tokenText : tokenFile ? () => readTokenFile(tokenFile) : () => loginToken as string;
   let proofKey: KeyObject | undefined;
   if (login) {
     try {
@@ -128,7 +183,8 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
       throw new CliError(CliErrorCode.CACHE, `the proof key cached for context "${login.context}" does not load: run narrowlink login again`, ExitCode.USAGE, { cause: error });
     }
   }
-  const caFile = flags.caFile ?? env.NARROWLINK_CA_FILE ?? file.caFile;
+  const caFileText = flags.caFile ?? env.NARROWLINK_CA_FILE;
+  const caFile = caFileText ? expandPath(caFileText, env) : file.caFile;
   const mode = flags.mode ?? env.NARROWLINK_MODE ?? file.mode ?? 'auto';
   if (mode !== 'auto' && mode !== 'direct' && mode !== 'relay') throw new CliError(CliErrorCode.USAGE, `--mode must be auto, direct or relay, got "${mode}"`);
   let caPem: string | undefined;

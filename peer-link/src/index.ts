@@ -1,4 +1,5 @@
 export { LinkError, LinkErrorCode } from './errors.ts';
+export { checkGatewayUrl, isLoopbackHost } from './link/dial-failure.ts';
 export { GatewayLink, type GatewayLinkOptions, type LinkLogger, type LinkNatStatus, type LinkRetry, type LinkState, type LinkStats, MIN_ATTEMPT_GAP_MS } from './gateway-link.ts';
 export { type NatProbeOptions, type NatProbeOutcome, probeNat } from './nat-prober.ts';
 export { type BridgeResult, bridgeDirect, bridgeSocket } from './bridge.ts';

@@ -5,7 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { ClientDirectPaths, GatewayLink } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
-import type { Reporter } from '../reporter.ts';
+import { formatBytes, type Reporter, TrafficSummary } from '../reporter.ts';
 import { openTarget, PortResolver } from '../session.ts';
 import type { Settings } from '../settings.ts';
 import type { ForwardSpec } from '../targets.ts';
@@ -22,9 +22,11 @@ export async function startForwards(
   settings: Settings,
   specs: ForwardSpec[],
   reporter: Reporter,
-  options: { openTimeoutMs: number },
+  options: { openTimeoutMs: number; summaryIntervalMs?: number },
 ): Promise<ForwardHandle> {
   const resolver = new PortResolver(link);
+  // Normal mode: a summary line when something changed; -v: a line per connection when it ends.
+  const summary = new TrafficSummary(reporter, options.summaryIntervalMs);
   const sockets = new Set<Socket>();
   const servers: Server[] = [];
   const addresses: ForwardHandle['addresses'] = [];
@@ -41,13 +43,24 @@ export async function startForwards(
             opened.cancel('local connection closed while opening');
             return;
           }
-          reporter.event(
+          const from = `${socket.remoteAddress}:${socket.remotePort}`;
+          reporter.detail(
             'stream-open',
             { target: targetText, path: opened.path, ms: Math.round((performance.now() - started) * 100) / 100 },
-            `${socket.remoteAddress}:${socket.remotePort} -> ${targetText} via ${opened.path}`,
+            `${from} -> ${targetText} via ${opened.path}`,
           );
+          summary.opened();
           opened.bridge(socket).then((reset) => {
             if (reset) reporter.event('stream-reset', { target: targetText, code: reset.code, message: reset.message }, `${targetText}: stream reset: ${reset.code}: ${reset.message}`);
+            // The local socket's counters are the connection's bytes: read from the application (up), written to it (down).
+            const record = { path: opened.path, bytesUp: socket.bytesRead, bytesDown: socket.bytesWritten, failed: reset !== undefined };
+            const durationMs = Math.round(performance.now() - started);
+            summary.closed(record);
+            reporter.detail(
+              'stream-closed',
+              { target: targetText, path: opened.path, bytesUp: record.bytesUp, bytesDown: record.bytesDown, durationMs, ...(reset ? { code: reset.code } : {}) },
+              `${from} -> ${targetText} via ${opened.path}: ${formatBytes(record.bytesUp)} up, ${formatBytes(record.bytesDown)} down, ${durationMs >= 1000 ? `${Math.round(durationMs / 100) / 10} s` : `${durationMs} ms`}${reset ? `, ${reset.code}` : ''}`,
+            );
           });
           socket.resume();
         },
@@ -73,6 +86,7 @@ export async function startForwards(
     servers,
     addresses,
     async close() {
+      summary.stop();
       for (const server of servers) server.close();
       for (const socket of sockets) socket.destroy();
     },

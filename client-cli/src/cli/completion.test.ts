@@ -1,0 +1,92 @@
+/**
+ * The completion scripts: the bash one parses (`bash -n`) and completes through bash's own `complete`/`COMP_WORDS`
+ * machinery (commands, a command's options, option values, shells); zsh and fish parse where those shells exist; every
+ * script names every command, and `narrowlink completion bash` prints the same script.
+ */
+import assert from 'node:assert/strict';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { COMMANDS, SHELLS } from './commands.ts';
+import { completionScript } from './completion.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'nl-completion-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+const MAIN = join(dirname(fileURLToPath(import.meta.url)), '..', 'main.ts');
+
+function has(shell: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${shell}`]).status === 0;
+}
+
+const bashFile = join(dir, 'narrowlink.bash');
+writeFileSync(bashFile, completionScript('bash'));
+
+/** What bash completes for the command line `words` (the last word is the one being completed). */
+function complete(words: string[]): string[] {
+  const script = [
+    `source ${bashFile}`,
+    // The function bash would call for narrowlink, as `complete -p` registered it.
+    `fn=$(complete -p narrowlink | sed -E 's/.*-F ([^ ]+).*/\\1/')`,
+    `COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')})`,
+    `COMP_CWORD=${words.length - 1}`,
+    '"$fn" narrowlink',
+    `printf '%s\\n' "\${COMPREPLY[@]}"`,
+  ].join('\n');
+  return execFileSync('bash', ['-c', script], { encoding: 'utf8' })
+    .split('\n')
+    .filter((line) => line.length > 0);
+}
+
+describe('bash completion', () => {
+  test('parses (bash -n) and registers for narrowlink and kubectl-narrowlink', () => {
+    execFileSync('bash', ['-n', bashFile]);
+    const registered = execFileSync('bash', ['-c', `source ${bashFile}; complete -p narrowlink kubectl-narrowlink`], { encoding: 'utf8' });
+    assert.match(registered, /-F _narrowlink narrowlink/);
+    assert.match(registered, /-F _narrowlink kubectl-narrowlink/);
+  });
+
+  test('completes commands, options of the command, option values and shells', () => {
+    assert.deepEqual(complete(['narrowlink', 'fo']), ['forward']);
+    assert.deepEqual(complete(['narrowlink', '']).sort(), Object.keys(COMMANDS).sort());
+    assert.deepEqual(complete(['narrowlink', 'ls', '--mo']), ['--mode']);
+    assert.deepEqual(complete(['narrowlink', 'ls', '--mode', '']), ['auto', 'direct', 'relay']);
+    assert.deepEqual(complete(['narrowlink', 'status', '--lo']), ['--local']);
+    assert.deepEqual(complete(['narrowlink', 'ls', '--lo']), [], 'ls has no --local');
+    assert.deepEqual(complete(['narrowlink', 'socks', '--li']), ['--listen']);
+    assert.deepEqual(complete(['narrowlink', 'completion', 'z']), ['zsh']);
+    assert.deepEqual(complete(['narrowlink', 'help', 'lo']).sort(), ['login', 'logout']);
+    // An option's value is not the command: `--context dev ls --mo` still completes ls's options.
+    assert.deepEqual(complete(['narrowlink', '--context', 'dev', 'ls', '-o', '']), ['text', 'json']);
+  });
+
+  test('`narrowlink completion bash` prints this script', async () => {
+    const stdout = await new Promise<string>((resolve, reject) =>
+      execFile(process.execPath, [MAIN, 'completion', 'bash'], (error, out) => (error ? reject(error) : resolve(out))),
+    );
+    assert.equal(stdout, completionScript('bash'));
+  });
+});
+
+describe('other shells', () => {
+  test('every script names every command', () => {
+    for (const shell of SHELLS) {
+      const script = completionScript(shell);
+      for (const name of Object.keys(COMMANDS)) assert.ok(script.includes(name), `${shell} lacks ${name}`);
+    }
+  });
+
+  test('zsh parses', { skip: has('zsh') ? false : 'no zsh here' }, () => {
+    const file = join(dir, '_narrowlink');
+    writeFileSync(file, completionScript('zsh'));
+    execFileSync('zsh', ['-n', file]);
+  });
+
+  test('fish parses', { skip: has('fish') ? false : 'no fish here' }, () => {
+    const file = join(dir, 'narrowlink.fish');
+    writeFileSync(file, completionScript('fish'));
+    execFileSync('fish', ['--no-execute', file]);
+  });
+});
