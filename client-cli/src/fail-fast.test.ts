@@ -6,7 +6,7 @@
  * code, not their text. (`status AGENT` and forward's reporting need a gateway: test/e2e/cli.test.ts.)
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -189,5 +189,42 @@ describe('cleartext ws:// off loopback', () => {
     assert.equal((await run(['ls', '--token', 'secret-token'], { NARROWLINK_GATEWAY: `ws://${address}:${port}` })).code, ExitCode.USAGE);
     assert.equal(connections, 0);
     assert.equal(Buffer.concat(received).length, 0);
+  });
+});
+
+describe('long-running commands keep retrying definitive answers, and say so once per cause', () => {
+  test('forward against something answering 404: listening, one reconnecting event with the cause over many attempts', async () => {
+    let attempts = 0;
+    const port = await listen(
+      createHttpServer((_req, res) => {
+        attempts++;
+        res.writeHead(404).end();
+      }),
+    );
+    const env = { PATH: process.env.PATH, HOME: root, XDG_CONFIG_HOME: join(root, 'xdg'), KUBECONFIG: join(root, 'none') };
+    const child = spawn(process.execPath, [MAIN, 'forward', '0', 'demo:80', '--gateway', `ws://127.0.0.1:${port}`, ...token, '--mode', 'relay', '-o', 'json'], { env });
+    const events: Array<Record<string, unknown>> = [];
+    let buffered = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString('utf8');
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      for (const line of lines) if (line.trim()) events.push(JSON.parse(line) as Record<string, unknown>);
+    });
+    try {
+      // Driven by the listener's count, not by a clock: the link keeps dialing with its backoff.
+      while (attempts < 4) {
+        assert.equal(child.exitCode, null, 'forward gave up');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(events.some((e) => e.event === 'ready'), 'the listener opened');
+      const reconnecting = events.filter((e) => e.event === 'reconnecting');
+      assert.equal(reconnecting.length, 1, JSON.stringify(reconnecting));
+      assert.equal(reconnecting[0]?.error, LinkErrorCode.NOT_GATEWAY);
+      assert.equal(typeof reconnecting[0]?.delayMs, 'number');
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('close', r));
+    }
   });
 });
