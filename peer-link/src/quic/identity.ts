@@ -4,9 +4,18 @@
  * ever sees and forwards the certificate's fingerprint, so it can neither read nor impersonate a direct
  * connection: each side pins the fingerprint it was handed when the QUIC handshake completes.
  */
-import 'reflect-metadata';
 import { createHash, webcrypto } from 'node:crypto';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
+
+/**
+ * @peculiar/x509 (with reflect-metadata, which it needs loaded first) is a large module tree: loaded on the first
+ * identity, so commands that never set up a direct path (`--help`, `ls`, `login`) do not pay for it at start-up.
+ */
+let x509Module: Promise<typeof X509> | undefined;
+function loadX509(): Promise<typeof X509> {
+  x509Module ??= import('reflect-metadata').then(() => import('@peculiar/x509'));
+  return x509Module;
+}
 
 const ALGORITHM = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 /** Default certificate lifetime: a day. A peer makes a new identity at each start. */
@@ -37,6 +46,7 @@ export function fingerprint(certDer: Uint8Array): string {
 export async function generateIdentity(options: { lifetimeMs?: number; nowMs?: number; commonName?: string } = {}): Promise<PeerIdentity> {
   const nowMs = options.nowMs ?? Date.now();
   const notAfterMs = nowMs + (options.lifetimeMs ?? DEFAULT_IDENTITY_LIFETIME_MS);
+  const x509 = await loadX509();
   const keys = (await webcrypto.subtle.generateKey(ALGORITHM, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: Buffer.from(webcrypto.getRandomValues(new Uint8Array(8))).toString('hex').replace(/^[89a-f]/, '1'),
