@@ -5,10 +5,13 @@
  * single byte reaches the listener.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { type AddressInfo, createServer as createTcpServer, connect, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { makeTestCertificate, type TestCertificate } from '../../../test/helpers/tls.ts';
 import { LinkError, LinkErrorCode } from '../errors.ts';
@@ -95,6 +98,27 @@ describe('definitive dial failures end a fail-fast link at once', () => {
     assert.equal(error.code, LinkErrorCode.TLS);
     assert.equal(error.tlsFailure, 'name-mismatch');
     assert.match(error.message, /localhost/);
+  });
+
+  test('an expired certificate from a trusted CA: NL_ERR_LINK_TLS expired, with its end date', async () => {
+    // The helper's CA signs the helper's request again, valid only in 2020 (`openssl ca` takes explicit dates).
+    const dir = cert.dir;
+    writeFileSync(join(dir, 'index.txt'), '');
+    writeFileSync(join(dir, 'serial'), '1000\n');
+    writeFileSync(
+      join(dir, 'ca.cnf'),
+      ['[ca]', 'default_ca = d', '[d]', `database = ${join(dir, 'index.txt')}`, `new_certs_dir = ${dir}`, `serial = ${join(dir, 'serial')}`, 'default_md = sha256', 'policy = p', '[p]', 'commonName = supplied', ''].join('\n'),
+    );
+    const expiredFile = join(dir, 'expired.crt');
+    execFileSync('openssl', [
+      'ca', '-batch', '-config', join(dir, 'ca.cnf'), '-notext', '-startdate', '20200101000000Z', '-enddate', '20200102000000Z',
+      '-cert', cert.caFile, '-keyfile', join(dir, 'ca.key'), '-in', join(dir, 'server.csr'), '-out', expiredFile, '-extfile', join(dir, 'server.ext'),
+    ], { stdio: 'ignore' });
+    const port = await listen(createHttpsServer({ cert: readFileSync(expiredFile, 'utf8'), key: cert.key }, (_req, res) => res.writeHead(404).end()));
+    const { error } = await failFast({ url: `wss://localhost:${port}`, caPem: cert.ca });
+    assert.equal(error.code, LinkErrorCode.TLS);
+    assert.equal(error.tlsFailure, 'expired');
+    assert.match(error.message, /2020/);
   });
 
   test('wss:// to a server that does not speak TLS: NL_ERR_LINK_TLS not-tls', async () => {
