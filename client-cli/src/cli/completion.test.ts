@@ -1,6 +1,7 @@
 /**
  * The completion scripts: the bash one parses (`bash -n`) and completes through bash's own `complete`/`COMP_WORDS`
- * machinery (commands, a command's options, option values, shells); zsh and fish parse where those shells exist; every
+ * machinery (commands, a command's options, option values, shells); zsh parses and fish completes (`complete -C`) where
+ * those shells exist; every
  * script names every command, and `narrowlink completion bash` prints the same script.
  */
 import assert from 'node:assert/strict';
@@ -84,9 +85,18 @@ describe('other shells', () => {
     execFileSync('zsh', ['-n', file]);
   });
 
-  test('fish parses', { skip: has('fish') ? false : 'no fish here' }, () => {
+  test('fish parses and completes (complete -C)', { skip: has('fish') ? false : 'no fish here' }, () => {
     const file = join(dir, 'narrowlink.fish');
     writeFileSync(file, completionScript('fish'));
     execFileSync('fish', ['--no-execute', file]);
+    const fish = (line: string): string[] =>
+      execFileSync('fish', ['-c', `source ${file}; complete -C '${line}'`], { encoding: 'utf8' })
+        .split('\n')
+        .filter((l) => l.length > 0)
+        .map((l) => l.split('\t')[0] as string);
+    assert.deepEqual(fish('narrowlink fo'), ['forward']);
+    assert.deepEqual(fish('narrowlink ls --mo'), ['--mode']);
+    assert.deepEqual(fish('narrowlink ls --mode '), ['auto', 'direct', 'relay']);
+    assert.deepEqual(fish('narrowlink completion ').sort(), [...SHELLS].sort());
   });
 });
