@@ -15,7 +15,7 @@ import { currentContextName } from './credentials/kubeconfig.ts';
 import { TokenRenewer } from './credentials/renewal.ts';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
 import { type OutputFormat, Reporter, stderrLinkLogger } from './reporter.ts';
-import { createLink, DIRECT_WAIT_MS, exitCodeFor, openDirectPaths, openTarget, PortResolver } from './session.ts';
+import { createLink, credentialHint, DIRECT_WAIT_MS, exitCodeFor, openDirectPaths, openTarget, PortResolver } from './session.ts';
 import { resolveSettings, type Settings } from './settings.ts';
 import { type ForwardSpec, parseForwardFlag, parseLocal, parseTarget } from './targets.ts';
 import { CLI_VERSION } from './version.ts';
@@ -409,7 +409,8 @@ run(process.argv.slice(2)).then(
   (error: unknown) => {
     const e = error as Error & { code?: string };
     const code = exitCodeFor(error);
-    process.stderr.write(`narrowlink: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+    const hint = credentialHint(error, PROGRAM);
+    process.stderr.write(`narrowlink: ${e.code ? `${e.code}: ` : ''}${e.message}${hint ? `; ${hint}` : ''}\n`);
     // A usage error shows the command's usage, as git and kubectl do.
     if (error instanceof CliError && error.code === CliErrorCode.USAGE) process.stderr.write(`${named(usageLines(currentCommand))}\n`);
     process.exit(code);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { LinkError, LinkErrorCode } from '@narrowlink/peer-link';
 import { CliError, CliErrorCode, ExitCode } from './errors.ts';
-import { createLink, exitCodeFor } from './session.ts';
+import { createLink, credentialHint, exitCodeFor } from './session.ts';
 import type { Settings } from './settings.ts';
 
 describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () => {
@@ -17,6 +17,11 @@ describe('exitCodeFor: how a failure maps to the exit code scripts rely on', () 
     ['a protocol version mismatch', link(LinkErrorCode.HANDSHAKE, { gatewayCode: 'NL_ERR_PROTOCOL_VERSION' }), ExitCode.UNREACHABLE],
     ['HTTP 503 (gateway not ready)', link(LinkErrorCode.REFUSED, { status: 503, gatewayCode: 'NL_ERR_GATEWAY_NOT_READY' }), ExitCode.UNREACHABLE],
     ['the gateway cannot be reached', link(LinkErrorCode.UNREACHABLE), ExitCode.UNREACHABLE],
+    ['connection refused', link(LinkErrorCode.CONNECTION_REFUSED), ExitCode.UNREACHABLE],
+    ['no such host', link(LinkErrorCode.DNS), ExitCode.UNREACHABLE],
+    ['TLS verification', link(LinkErrorCode.TLS), ExitCode.UNREACHABLE],
+    ['HTTP 404 from something else', link(LinkErrorCode.NOT_GATEWAY, { status: 404 }), ExitCode.UNREACHABLE],
+    ['a cleartext ws:// URL off loopback (configuration)', link(LinkErrorCode.INSECURE_URL), ExitCode.USAGE],
     ['no session in time', link(LinkErrorCode.TIMEOUT), ExitCode.UNREACHABLE],
     ['a request over the gateway rate limit', link(LinkErrorCode.RATE_LIMITED), ExitCode.FAILURE],
     ['anything else (a stream failure)', new Error('reset'), ExitCode.FAILURE],
@@ -45,5 +50,15 @@ describe('createLink: which refusals a command survives', () => {
     const link = createLink({ ...base, login }, undefined, { reconnect: true, keepListening: true });
     link.emit('open');
     assert.equal(link.options.retryAuthFailures, true);
+  });
+});
+
+describe('credentialHint: the next step after a credential refusal', () => {
+  test('401 and 403 get one; other failures carry their fix in their own message', () => {
+    const refused = (status: number): LinkError => new LinkError(LinkErrorCode.REFUSED, 'x', { status, retryable: false });
+    assert.match(credentialHint(refused(401)) ?? '', /narrowlink login/);
+    assert.ok(credentialHint(refused(403)));
+    assert.equal(credentialHint(new LinkError(LinkErrorCode.CONNECTION_REFUSED, 'x', { retryable: false })), undefined);
+    assert.equal(credentialHint(new Error('x')), undefined);
   });
 });

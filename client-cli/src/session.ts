@@ -124,6 +124,17 @@ export function createLink(
   return link;
 }
 
+/**
+ * The next step for a credential refusal, appended to the gateway's message (which names the cause): the gateway
+ * speaks to every kind of peer, so the CLI says what a developer does about it. Undefined for other errors, whose
+ * messages carry their fix already.
+ */
+export function credentialHint(error: unknown, program = 'narrowlink'): string | undefined {
+  if (!(error instanceof LinkError) || exitCodeFor(error) !== ExitCode.AUTH) return undefined;
+  if (error.status === 403) return 'this gateway endpoint does not take that token: use a client token (not an agent token)';
+  return `get a fresh token with ${program} login, or pass a valid client token with --token / --token-file`;
+}
+
 /** Maps a link failure to the CLI's exit code. */
 export function exitCodeFor(error: unknown): ExitCode {
   if (error instanceof CliError) return error.exitCode;

@@ -277,3 +277,13 @@ describe('paths and gateway URLs', () => {
     }
   });
 });
+
+describe('config file mistakes', () => {
+  test('a misspelt key names the right one', () => {
+    const h = home('gateway: wss://g.example\ntoken_file: /t\n');
+    assert.throws(
+      () => resolveSettings({}, { XDG_CONFIG_HOME: h.xdg }),
+      (error: unknown) => error instanceof CliError && error.code === 'NL_ERR_CLI_CONFIG' && /did you mean tokenFile\?/.test(error.message),
+    );
+  });
+});

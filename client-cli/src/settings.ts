@@ -82,6 +82,14 @@ export function expandPath(path: string, env: NodeJS.ProcessEnv = process.env, b
   return baseDir && !isAbsolute(expanded) ? resolve(baseDir, expanded) : expanded;
 }
 
+/** " (did you mean tokenFile?)" for keys that differ from a known one only in case, `_` or `-`. */
+function didYouMean(keys: readonly PropertyKey[]): string {
+  const known = Object.keys(fileSettingsSchema.shape);
+  const fold = (key: string): string => key.toLowerCase().replace(/[-_]/g, '');
+  const matches = keys.map((key) => known.find((k) => fold(k) === fold(String(key)))).filter((k): k is string => k !== undefined);
+  return matches.length > 0 ? ` (did you mean ${matches.join(', ')}?)` : '';
+}
+
 export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = process.env, location: SettingsLocation = {}): Settings {
   const explicitConfig = flags.config ?? env.NARROWLINK_CONFIG;
   const explicitPath = explicitConfig ? expandPath(explicitConfig, env) : undefined;
@@ -91,7 +99,7 @@ export function resolveSettings(flags: SettingsInput, env: NodeJS.ProcessEnv = p
     try {
       const parsed = fileSettingsSchema.safeParse(parseYaml(readFileSync(configPath, 'utf8')) ?? {});
       if (!parsed.success) {
-        const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+        const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}${i.code === 'unrecognized_keys' ? didYouMean(i.keys) : ''}`).join('; ');
         throw new CliError(CliErrorCode.CONFIG, `${configPath}: ${issues}`);
       }
       // Paths in the file are the file's own: `~`, $VARS, and relative to the file's directory.
