@@ -258,6 +258,7 @@ export class GatewayLink extends EventEmitter {
     const endpoint = this.#endpoint();
     // Again at each dial: `options` is a public object, and the token must never leave in cleartext.
     checkGatewayUrl(endpoint.href);
+    this.#log.debug({ url: endpoint.href, attempt: this.#attempt }, 'dialing the gateway');
     const ws = new WebSocket(endpoint, {
       headers: {
         authorization: `Bearer ${token}`,
