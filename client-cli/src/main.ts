@@ -236,6 +236,11 @@ async function run(argv: string[]): Promise<number> {
     if (positionals.length > 0) usage('logout takes no arguments');
     return runLogout(selection, output);
   }
+  if (command === 'doctor') {
+    if (positionals.length > 1) usage('doctor takes at most one AGENT');
+    const { runDoctor } = await import('./commands/doctor.ts');
+    return await runDoctor({ resolveSettings: () => settingsFrom(values), agent: positionals[0], output, timeoutMs, program: PROGRAM });
+  }
   let settings: Settings;
   try {
     settings = settingsFrom(values);

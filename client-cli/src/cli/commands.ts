@@ -173,6 +173,20 @@ says whether it came up (how, how fast) or why not (e.g. BothSymmetric, UdpBlock
 when AGENT is not one you may reach or has no connected instance.
 `,
   },
+  doctor: {
+    summary: 'check what a connection needs, step by step (✓/✗ with the fix):  narrowlink doctor [AGENT]',
+    options: GATEWAY_OPTIONS,
+    gatewayOptions: true,
+    usage: `Usage: narrowlink doctor [AGENT] [-o json]
+
+Checks, in order, and prints ✓ or ✗ (– when it could not run) with what it saw and the fix: settings and
+token (found, unexpired, the login's context), gateway DNS, TCP, TLS (the certificate's names and issuer),
+the WebSocket upgrade, authentication, clock skew against the gateway, UDP to the NAT probe ports and the
+NAT type; with AGENT also whether your policies allow it, whether an instance is attached, and whether a
+direct path comes up (or why not). Exit code: 0 when all passed, else the first ✗'s: 2 settings,
+3 credentials, 4 gateway unreachable, 1 anything else.
+`,
+  },
   help: {
     summary: 'help for a command:  narrowlink help forward',
     options: ['help'],
