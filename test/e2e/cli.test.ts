@@ -2,7 +2,7 @@
  * The CLI against a real gateway and agent (loopback, NAT probing off so no UDP port is shared with other suites):
  * `status AGENT` exits 1 for an agent you may not reach or that has no connected instance, 0 once it is attached;
  * `forward -v` reports each connection when it ends (path, bytes each way, duration), and `-o json` carries the same
- * as a `stream-closed` event with the exact byte counts.
+ * as a `stream-closed` event with the exact byte counts; `forward` warns about a target that is not reachable.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -117,5 +117,17 @@ describe('forward -v', () => {
     };
     assert.equal((await lines(true)).length, 2);
     assert.equal((await lines(false)).length, 0);
+  });
+});
+
+describe('forward to a target that is not reachable', () => {
+  test('warns once the session is up (target-unavailable) and keeps listening', async () => {
+    const forward = await stack.startForward(['nosuch:80', 'idle:echo', 'demo:echo']);
+    const first = await forward.process.waitFor((line) => line.event === 'target-unavailable' && line.agent === 'nosuch');
+    assert.equal(first.listed, false);
+    const idle = await forward.process.waitFor((line) => line.event === 'target-unavailable' && line.agent === 'idle');
+    assert.equal(idle.listed, true);
+    assert.equal(forward.process.lines.filter((line) => line.event === 'target-unavailable' && line.agent === 'demo').length, 0);
+    await roundTrip(forward.ports[2] as number, 100);
   });
 });

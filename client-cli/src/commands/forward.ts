@@ -82,6 +82,22 @@ export async function startForwards(
     servers.push(server);
     addresses.push({ local: spec.localHost, port, agent: spec.target.agent, target: targetText });
   }
+  // A target that is not in `ls` (a typo, an agent not attached yet) would fail only at the first connection: say so
+  // once the session is up, and keep listening (the agent may attach later).
+  link.once('open', () => {
+    link.listAgents(options.openTimeoutMs).then(
+      (agents) => {
+        for (const spec of specs) {
+          const { agent } = spec.target;
+          const matches = agents.filter((a) => (agent.includes('/') ? `${a.namespace}/${a.name}` === agent : a.name === agent));
+          if (matches.length > 0 && matches.some((a) => a.instances > 0)) continue;
+          const why = matches.length === 0 ? `no agent "${agent}" that you may reach` : `agent "${agent}" has no connected instance`;
+          reporter.event('target-unavailable', { agent, listed: matches.length > 0 }, `warning: ${why} (yet); connections to it fail until it attaches; see narrowlink ls`);
+        }
+      },
+      () => undefined,
+    );
+  });
   return {
     servers,
     addresses,
