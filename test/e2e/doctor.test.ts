@@ -5,7 +5,11 @@
  */
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { generateProofKey, jwkThumbprint, signToken } from '@narrowlink/protocol';
+import { writeLogin } from '@narrowlink/client-cli';
 import { makeTestCertificate } from '../helpers/tls.ts';
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { type Stack, startStack } from './stack.ts';
@@ -131,6 +135,53 @@ describe('narrowlink doctor', () => {
     assert.match(first?.detail ?? '', /issued by/);
     assert.ok(first?.fix?.includes('--ca-file'));
     assert.ok(report.checks.filter((c) => ['websocket', 'auth', 'udp', 'nat'].includes(c.check)).every((c) => c.status === 'skip'));
+  });
+
+  test('a narrowlink login context: named in the config check; a key-bound token passes; an expired one says to log in (exit 3)', async () => {
+    const kubeconfig = path.join(stack.dir, 'kubeconfig');
+    await writeFile(
+      kubeconfig,
+      'apiVersion: v1\nkind: Config\ncurrent-context: dev\nclusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]\nusers: [{name: u, user: {token: x}}]\ncontexts: [{name: dev, context: {cluster: c, user: u}}]\n',
+    );
+    const key = generateProofKey();
+    const login = async (nowMs: number): Promise<void> => {
+      const token = await signToken(stack.keys.privateKeyPem, { typ: 'client', sub: 'alice', groups: ['e2e'], ttlSeconds: 3600, nowMs, cnf: { jkt: jwkThumbprint(key.x) } });
+      writeLogin(
+        {
+          version: 1,
+          context: 'dev',
+          cluster: 'c',
+          server: 'https://127.0.0.1:1',
+          kubeconfig,
+          namespace: 'narrowlink-system',
+          loginNamespace: 'narrowlink-system',
+          username: 'alice',
+          groups: ['e2e'],
+          token,
+          expiresAt: new Date(nowMs + 3600_000).toISOString(),
+          issuedAt: new Date(nowMs).toISOString(),
+          gatewayUrls: [stack.url],
+          caPem: stack.tls?.ca ?? '',
+          natProbePorts: [],
+          proofKeyPem: key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+        },
+        { env: { XDG_CONFIG_HOME: stack.env.XDG_CONFIG_HOME } },
+      );
+    };
+    await login(Date.now());
+    const fresh = await stack.runClient(['doctor', '-o', 'json'], { bare: true, env: { KUBECONFIG: kubeconfig } });
+    const report = parseReport(fresh.stdout, fresh.stderr);
+    assert.equal(fresh.code, 0, JSON.stringify(report.checks, null, 2));
+    assert.match(report.checks[0]?.detail ?? '', /login of kube context "dev"/);
+    assert.match(report.checks[1]?.detail ?? '', /bound to this machine's key/);
+
+    await login(Date.now() - 3 * 3600_000);
+    const expired = await stack.runClient(['doctor', '-o', 'json'], { bare: true, env: { KUBECONFIG: kubeconfig } });
+    const expiredReport = parseReport(expired.stdout, expired.stderr);
+    assert.equal(expired.code, 3, JSON.stringify(expiredReport.checks, null, 2));
+    const first = firstFailure(expiredReport);
+    assert.equal(first?.check, 'token');
+    assert.match(first?.fix ?? '', /narrowlink login/);
   });
 
   test('no config at all: config ✗, exit 2 (no hang)', async () => {

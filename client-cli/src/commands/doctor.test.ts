@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
-import { type CheckResult, doctorExitCode, humanDuration, readClaims, runChecks } from './doctor.ts';
+import { type CheckResult, doctorExitCode, humanDuration, judgeClock, readClaims, runChecks } from './doctor.ts';
 
 const jwt = (claims: object): string => `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
 
@@ -52,4 +52,16 @@ test('settings that do not resolve: config ✗ and every other check skipped, wi
   });
   assert.equal(insecure[0]?.status, 'fail');
   assert.equal(doctorExitCode(insecure), ExitCode.USAGE);
+});
+
+test('judgeClock: within the Date header resolution is no skew; beyond the token tolerance (30 s) fails, either way', () => {
+  const at = 1_800_000_000_000;
+  assert.deepEqual(judgeClock(at - 900, at), { skewS: 0, ok: true, text: 'the gateway clock agrees with this one (within 1 s)' });
+  assert.equal(judgeClock(at + 12_000, at).skewS, 12);
+  assert.equal(judgeClock(at + 12_000, at).ok, true);
+  assert.match(judgeClock(at + 12_000, at).text, /12 s behind/);
+  const ahead = judgeClock(at - 95_000, at);
+  assert.deepEqual([ahead.skewS, ahead.ok], [-95, false]);
+  assert.match(ahead.text, /95 s ahead of the gateway's: more than the 30 s/);
+  assert.equal(judgeClock(at + 31_000, at).ok, false);
 });

@@ -223,6 +223,19 @@ function gatewayDate(endpoint: URL, caPem: string | undefined, timeoutMs: number
   );
 }
 
+/**
+ * The gateway's clock (`dateMs`, from a Date header: whole seconds) against ours at the request's midpoint: the skew
+ * in whole seconds (positive: this clock is behind), and whether the gateway would still accept our tokens (it allows
+ * DEFAULT_CLOCK_TOLERANCE_SECONDS on exp/iat; proofs have more room).
+ */
+export function judgeClock(dateMs: number, midpointMs: number, limitS: number = DEFAULT_CLOCK_TOLERANCE_SECONDS): { skewS: number; ok: boolean; text: string } {
+  // Date has one-second resolution (truncated): a difference within 1.5 s is no skew.
+  const skewMs = dateMs - midpointMs;
+  const skewS = Math.abs(skewMs) < 1500 ? 0 : Math.round(skewMs / 1000);
+  const text = skewS === 0 ? 'the gateway clock agrees with this one (within 1 s)' : `this clock is ${Math.abs(skewS)} s ${skewS > 0 ? 'behind' : 'ahead of'} the gateway's`;
+  return Math.abs(skewS) > limitS ? { skewS, ok: false, text: `${text}: more than the ${limitS} s tokens allow` } : { skewS, ok: true, text };
+}
+
 function describeNat(nat: LinkNatStatus): string {
   const details: string[] = [];
   if (nat.portPreserving) details.push('port-preserving');
@@ -430,15 +443,10 @@ export async function runChecks(options: DoctorOptions, emit: (result: CheckResu
     const date = await gatewayDate(endpoint, settings.caPem, stepMs);
     if (!date) skip('clock', 'the gateway sent no Date header');
     else {
-      // Date has one-second resolution: a skew within a second is no skew.
-      const skewMs = date.dateMs - date.midpointMs;
-      const skewS = Math.abs(skewMs) < 1500 ? 0 : Math.round(skewMs / 1000);
-      // The gateway accepts tokens this far off (exp, iat); proofs have more room (60 s).
-      const limitS = DEFAULT_CLOCK_TOLERANCE_SECONDS;
-      const text = skewS === 0 ? 'the gateway clock agrees with this one (within 1 s)' : `this clock is ${Math.abs(skewS)} s ${skewS > 0 ? 'behind' : 'ahead of'} the gateway's`;
-      if (Math.abs(skewS) > limitS) {
-        fail('clock', 'other', `${text}: more than the ${limitS} s tokens allow`, 'synchronise this clock (Linux: timedatectl set-ntp true; macOS: sudo sntp -sS time.apple.com; Windows: w32tm /resync)', 'CLOCK_SKEW');
-      } else ok('clock', text);
+      const clock = judgeClock(date.dateMs, date.midpointMs);
+      if (!clock.ok) {
+        fail('clock', 'other', clock.text, 'synchronise this clock (Linux: timedatectl set-ntp true; macOS: sudo sntp -sS time.apple.com; Windows: w32tm /resync)', 'CLOCK_SKEW');
+      } else ok('clock', clock.text);
     }
   } catch (error) {
     skip('clock', `could not read the gateway's clock: ${(error as Error).message}`);
