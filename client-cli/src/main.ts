@@ -214,8 +214,10 @@ async function run(argv: string[]): Promise<number> {
     process.stdout.write(completionScript(shell as Shell));
     return ExitCode.OK;
   }
-  const output = (values.output ?? 'text') as OutputFormat;
-  if (output !== 'text' && output !== 'json') usage(`--output must be text or json, got "${values.output}"`);
+  // `ls -o name`: one agent per line as forward, connect and status take it, for scripts and shell completion.
+  const names = values.output === 'name' && command === 'ls';
+  const output = (names ? 'text' : (values.output ?? 'text')) as OutputFormat;
+  if (output !== 'text' && output !== 'json') usage(`--output must be text or json${command === 'ls' ? ' or name' : ''}, got "${values.output}"`);
   if (command === 'version') {
     if (positionals.length > 0) usage('version takes no arguments');
     if (output === 'json') process.stdout.write(`${JSON.stringify({ version: CLI_VERSION, node: process.version, platform: `${process.platform}-${process.arch}` })}\n`);
@@ -277,7 +279,12 @@ async function run(argv: string[]): Promise<number> {
       const link = createLink(settings, undefined, { reconnect: true, failFast: true, log: linkLog }).start();
       try {
         const agents = await link.listAgents(timeoutMs);
-        if (output === 'json') process.stdout.write(`${JSON.stringify({ agents }, null, 2)}\n`);
+        if (names) {
+          // A bare NAME where it is unique among your agents, NAMESPACE/NAME where it is not.
+          const seen = new Map<string, number>();
+          for (const a of agents) seen.set(a.name, (seen.get(a.name) ?? 0) + 1);
+          for (const a of agents) process.stdout.write(`${(seen.get(a.name) ?? 0) > 1 ? `${a.namespace}/${a.name}` : a.name}\n`);
+        } else if (output === 'json') process.stdout.write(`${JSON.stringify({ agents }, null, 2)}\n`);
         else {
           const rows = [['NAME', 'NAMESPACE', 'INSTANCES', 'MODE', 'PORTS']];
           for (const a of agents) rows.push([a.name, a.namespace, String(a.instances), a.mode, a.ports.map((p) => `${p.name}=${p.port}`).join(',')]);

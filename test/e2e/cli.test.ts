@@ -131,3 +131,14 @@ describe('forward to a target that is not reachable', () => {
     await roundTrip(forward.ports[2] as number, 100);
   });
 });
+
+describe('ls -o name', () => {
+  test('one agent per line, as forward takes it; -o name is ls-only (exit 2 elsewhere)', async () => {
+    const run = await stack.runClient(['ls', '-o', 'name']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(run.stdout.toString('utf8').trim().split('\n').sort(), ['demo', 'idle']);
+    const elsewhere = await stack.runClient(['status', '-o', 'name']);
+    assert.equal(elsewhere.code, 2);
+    assert.equal(errorCode(elsewhere.stderr), 'NL_ERR_CLI_USAGE');
+  });
+});

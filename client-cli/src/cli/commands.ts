@@ -66,6 +66,8 @@ export interface CommandSpec {
   gatewayOptions: boolean;
   /** Completion of positional arguments: fixed words (e.g. shells), or none. */
   words?: readonly string[];
+  /** Its positional arguments name agents: completion offers `ls -o name` (asked of the gateway, 3 s at most). */
+  agents?: boolean;
 }
 
 export const SHELLS = ['bash', 'zsh', 'fish', 'powershell'] as const;
@@ -112,15 +114,18 @@ The token itself stays valid until it expires (at most the operator's cap, defau
     summary: 'list the agents you may reach and their ports',
     options: GATEWAY_OPTIONS,
     gatewayOptions: true,
-    usage: `Usage: narrowlink ls [-o json]
+    usage: `Usage: narrowlink ls [-o json|name]
 
 Lists the agents your policies let you reach, with their exposed ports and connected instances.
+-o name prints one agent per line as forward, connect and status take it (NAME, or NAMESPACE/NAME
+where the name is not unique): for scripts, and what shell completion offers.
 `,
   },
   forward: {
     summary: 'forward local ports to agents:  narrowlink forward 8080 demo:http',
     options: [...GATEWAY_OPTIONS, 'L'],
     gatewayOptions: true,
+    agents: true,
     usage: `Usage: narrowlink forward [LOCAL_ADDR:]LOCAL_PORT AGENT[:PORT_NAME|PORT]
        narrowlink forward -L [LOCAL_ADDR:]LOCAL_PORT:AGENT[:PORT] [-L ...]
 
@@ -152,6 +157,7 @@ AGENT.NAMESPACE, optionally followed by .narrowlink); the destination port is th
     summary: "pipe stdin/stdout to an agent's port (ssh ProxyCommand)",
     options: GATEWAY_OPTIONS,
     gatewayOptions: true,
+    agents: true,
     usage: `Usage: narrowlink connect AGENT PORT
 
 Connects stdin and stdout to the agent's port. Exits 0 when the stream ends cleanly, 1 when it
@@ -162,6 +168,7 @@ was reset. For ssh: ssh -o ProxyCommand='narrowlink connect %h 22' user@AGENT
     summary: 'who you are (user, groups, context, token expiry) and the gateway session',
     options: [...GATEWAY_OPTIONS, 'local'],
     gatewayOptions: true,
+    agents: true,
     usage: `Usage: narrowlink status [AGENT] [--local] [-o json]
 
 With a login: the kube context, cluster, your user and groups as the cluster authenticated them, the
@@ -177,6 +184,7 @@ when AGENT is not one you may reach or has no connected instance.
     summary: 'check what a connection needs, step by step (✓/✗ with the fix):  narrowlink doctor [AGENT]',
     options: GATEWAY_OPTIONS,
     gatewayOptions: true,
+    agents: true,
     usage: `Usage: narrowlink doctor [AGENT] [-o json]
 
 Checks, in order, and prints ✓ or ✗ (– when it could not run) with what it saw and the fix: settings and

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -22,6 +22,13 @@ function has(shell: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${shell}`]).status === 0;
 }
 
+/** A stand-in `narrowlink` on PATH whose `ls -o name` lists two agents: what the scripts ask the gateway through. */
+const fakeBin = join(dir, 'bin');
+mkdirSync(fakeBin);
+writeFileSync(join(fakeBin, 'narrowlink'), '#!/bin/sh\nif [ "$1" = ls ] && [ "$2" = -o ] && [ "$3" = name ]; then printf "demo\\nteam/web\\n"; fi\n');
+chmodSync(join(fakeBin, 'narrowlink'), 0o755);
+const withFake = { ...process.env, PATH: `${fakeBin}:${process.env.PATH}` };
+
 const bashFile = join(dir, 'narrowlink.bash');
 writeFileSync(bashFile, completionScript('bash'));
 
@@ -36,7 +43,7 @@ function complete(words: string[]): string[] {
     '"$fn" narrowlink',
     `printf '%s\\n' "\${COMPREPLY[@]}"`,
   ].join('\n');
-  return execFileSync('bash', ['-c', script], { encoding: 'utf8' })
+  return execFileSync('bash', ['-c', script], { encoding: 'utf8', env: withFake })
     .split('\n')
     .filter((line) => line.length > 0);
 }
@@ -61,6 +68,13 @@ describe('bash completion', () => {
     assert.deepEqual(complete(['narrowlink', 'help', 'lo']).sort(), ['login', 'logout']);
     // An option's value is not the command: `--context dev ls --mo` still completes ls's options.
     assert.deepEqual(complete(['narrowlink', '--context', 'dev', 'ls', '-o', '']), ['text', 'json']);
+  });
+
+  test('completes agent names from ls -o name for forward, connect and status', () => {
+    assert.deepEqual(complete(['narrowlink', 'connect', 'd']), ['demo']);
+    assert.deepEqual(complete(['narrowlink', 'status', 't']), ['team/web']);
+    assert.deepEqual(complete(['narrowlink', 'forward', '8080', '']).sort(), ['demo', 'team/web']);
+    assert.deepEqual(complete(['narrowlink', 'ls', '']), [], 'ls takes no agent');
   });
 
   test('`narrowlink completion bash` prints this script', async () => {
@@ -90,7 +104,7 @@ describe('other shells', () => {
     writeFileSync(file, completionScript('fish'));
     execFileSync('fish', ['--no-execute', file]);
     const fish = (line: string): string[] =>
-      execFileSync('fish', ['-c', `source ${file}; complete -C '${line}'`], { encoding: 'utf8' })
+      execFileSync('fish', ['-c', `source ${file}; complete -C '${line}'`], { encoding: 'utf8', env: withFake })
         .split('\n')
         .filter((l) => l.length > 0)
         .map((l) => l.split('\t')[0] as string);
@@ -98,5 +112,6 @@ describe('other shells', () => {
     assert.deepEqual(fish('narrowlink ls --mo'), ['--mode']);
     assert.deepEqual(fish('narrowlink ls --mode '), ['auto', 'direct', 'relay']);
     assert.deepEqual(fish('narrowlink completion ').sort(), [...SHELLS].sort());
+    assert.deepEqual(fish('narrowlink connect d'), ['demo']);
   });
 });

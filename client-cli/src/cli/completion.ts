@@ -52,7 +52,7 @@ function sq(text: string): string {
 function bash(): string {
   const valued = (Object.keys(OPTIONS) as OptionName[]).filter(takesValue).flatMap(flagsOf);
   const cases = Object.entries(COMMANDS)
-    .map(([name, spec]) => `    ${name}) opts=${sq(spec.options.flatMap(flagsOf).join(' '))}; words=${sq(wordsOf(name, spec).join(' '))} ;;`)
+    .map(([name, spec]) => `    ${name}) opts=${sq(spec.options.flatMap(flagsOf).join(' '))}; words=${sq(wordsOf(name, spec).join(' '))}; agents=${spec.agents ? 1 : 0} ;;`)
     .join('\n');
   const valueCases = Object.entries(OPTION_VALUES)
     .map(([option, values]) => `    ${flagsOf(option as OptionName).join('|')}) COMPREPLY=($(compgen -W ${sq((values ?? []).join(' '))} -- "$cur")); return ;;`)
@@ -60,7 +60,7 @@ function bash(): string {
   const fileFlags = FILE_OPTIONS.flatMap(flagsOf).join('|');
   return `# bash completion for narrowlink; load with: source <(narrowlink completion bash)
 _narrowlink() {
-  local cur prev cmd w i skip opts words
+  local cur prev cmd w i skip opts words agents
   cur="\${COMP_WORDS[COMP_CWORD]}"
   prev=""
   if (( COMP_CWORD > 0 )); then prev="\${COMP_WORDS[COMP_CWORD-1]}"; fi
@@ -93,12 +93,15 @@ ${valueCases}
   fi
   opts=""
   words=""
+  agents=0
   case "$cmd" in
 ${cases}
   esac
   if [[ "$cur" == -* ]]; then
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))
   else
+    # Agent names from the gateway (your login or settings), bounded so a tab never hangs.
+    if (( agents )); then words="$words $("\${COMP_WORDS[0]}" ls -o name --timeout-ms 3000 2>/dev/null)"; fi
     COMPREPLY=($(compgen -W "$words" -- "$cur"))
   fi
 }
@@ -124,12 +127,19 @@ function zsh(): string {
   const cases = Object.entries(COMMANDS)
     .map(([name, spec]) => {
       const words = wordsOf(name, spec);
-      const positional = words.length > 0 ? ` '1:${name === 'help' ? 'command' : 'shell'}:(${words.join(' ')})'` : " '*:argument: '";
+      const positional =
+        words.length > 0 ? ` '1:${name === 'help' ? 'command' : 'shell'}:(${words.join(' ')})'` : spec.agents ? " '*:agent:_narrowlink_agents'" : " '*:argument: '";
       return `    ${name}) _arguments -s ${zshSpecs(spec).join(' ')}${positional} ;;`;
     })
     .join('\n');
   return `#compdef ${PROGRAMS.join(' ')}
 # zsh completion for narrowlink; load with: source <(narrowlink completion zsh), or save as _narrowlink on $fpath
+_narrowlink_agents() {
+  # Agent names from the gateway (your login or settings), bounded so a tab never hangs.
+  local -a agents
+  agents=(\${(f)"$(narrowlink ls -o name --timeout-ms 3000 2>/dev/null)"})
+  compadd -a agents
+}
 _narrowlink() {
   local -a commands
   commands=(
@@ -173,6 +183,7 @@ function fish(): string {
       }
       const words = wordsOf(name, spec);
       if (words.length > 0) lines.push(`complete -c ${program} ${when} -xa ${sq(words.join(' '))}`);
+      if (spec.agents) lines.push(`complete -c ${program} ${when} -xa '(${program} ls -o name --timeout-ms 3000 2>/dev/null)'`);
     }
   }
   return `${lines.join('\n')}\n`;
@@ -183,7 +194,7 @@ function powershell(): string {
     .map(([name, spec]) => {
       const options = spec.options.flatMap(flagsOf).map((flag) => `'${flag}'`);
       const words = wordsOf(name, spec).map((word) => `'${word}'`);
-      return `    '${name}' = @{ Options = @(${options.join(', ')}); Words = @(${words.join(', ')}) }`;
+      return `    '${name}' = @{ Options = @(${options.join(', ')}); Words = @(${words.join(', ')}); Agents = $${spec.agents ? 'true' : 'false'} }`;
     })
     .join('\n');
   const values = Object.entries(OPTION_VALUES)
@@ -222,6 +233,8 @@ ${values}
     $candidates = if ($wordToComplete.StartsWith('-')) { @('--help', '--version') } else { @($commands.Keys | Sort-Object) }
   } elseif ($commands.ContainsKey($command)) {
     $candidates = if ($wordToComplete.StartsWith('-')) { $commands[$command].Options } else { $commands[$command].Words }
+    # Agent names from the gateway (your login or settings), bounded so a tab never hangs.
+    if (-not $wordToComplete.StartsWith('-') -and $commands[$command].Agents) { $candidates = @($candidates) + @(& $commandAst.CommandElements[0].ToString() ls -o name --timeout-ms 3000 2>$null) }
   } else {
     $candidates = @()
   }
