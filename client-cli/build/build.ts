@@ -24,7 +24,7 @@ import { execFileSync } from 'node:child_process';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BuildOptions, build } from 'esbuild';
+import { type BuildOptions, build, type Plugin } from 'esbuild';
 
 /** The client-cli workspace directory. */
 export const CLI_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -38,6 +38,24 @@ export const MIN_NODE = '22.19.0';
 /** Packages the bundle leaves to runtime resolution (see the file comment). */
 export const EXTERNAL = ['@matrixai/quic', '@matrixai/quic/*', 'bufferutil', 'utf-8-validate'];
 
+/**
+ * client-node's generated code (dist/gen: ~800 model and API modules) is reached from KubeConfig's module only for
+ * two names it uses when building API clients, which the CLI never does. The package does not declare itself free
+ * of side effects, so esbuild would keep every generated module; they are plain class and constant definitions, and
+ * saying so lets esbuild drop the unused ones (the chunk `login` loads goes from 2.5 MB to a fraction).
+ */
+const clientNodeGeneratedIsPure: Plugin = {
+  name: 'client-node-generated-is-pure',
+  setup(pluginBuild) {
+    pluginBuild.onResolve({ filter: /^\.{1,2}\// }, async (args) => {
+      if (args.pluginData === 'resolving' || !/[\\/]@kubernetes[\\/]client-node[\\/]dist[\\/]/.test(args.importer)) return undefined;
+      const resolved = await pluginBuild.resolve(args.path, { kind: args.kind, importer: args.importer, resolveDir: args.resolveDir, pluginData: 'resolving' });
+      if (resolved.errors.length > 0 || !/[\\/]client-node[\\/]dist[\\/]gen[\\/]/.test(resolved.path)) return undefined;
+      return { path: resolved.path, sideEffects: false };
+    });
+  },
+};
+
 /** esbuild's view of the workspace: the sources are TypeScript that esbuild strips as Node does. */
 export const BUNDLE_DEFAULTS: BuildOptions = {
   bundle: true,
@@ -46,6 +64,7 @@ export const BUNDLE_DEFAULTS: BuildOptions = {
   legalComments: 'linked',
   logLevel: 'warning',
   conditions: ['node', 'import'],
+  plugins: [clientNodeGeneratedIsPure],
 };
 
 /**

@@ -4,8 +4,14 @@
  * (test/k8s/cluster.ts) with the operator's webhook and control loop running in this process
  * (test/k8s/login-fixtures.ts `startLoginBackend`, exactly what the login tests use).
  *
- *   node test/bench/login.ts [--tries N]   prints one JSON object
- *   measureLogin({ tries })                 what `npm run bench` calls
+ *   node test/bench/login.ts [--tries N] [--cli packaged|source|FILE]   prints one JSON object
+ *   measureLogin({ tries, cli })            what `npm run bench` calls
+ *
+ * Which CLI (`--cli`, env NARROWLINK_BENCH_CLI): `packaged` (default: what a user runs, the @narrowlink/cli package
+ * built from this tree by client-cli/build/build.ts, started through its bin entry, compile cache included; the
+ * warm-up try fills the cache as a user's first run does), `source` (the TypeScript sources, as `npm start` and
+ * the tests run them), or the path of any narrowlink executable (an `npm install -g` prefix's bin, the single
+ * executable); a `.mjs`/`.ts` path is run by this Node.
  *
  * Clock: from spawning the CLI until it exited 0 with the context's token cached (the file exists and carries a
  * token): kubeconfig load, discovery ConfigMap, Ed25519 key, ClientLoginRequest create (webhook stamps it),
@@ -36,18 +42,31 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? Number.NaN;
 }
 
-function runLogin(kubeconfig: string, env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+/** The command that starts the CLI: `[file, ...leading args]`. */
+async function cliCommand(cli: string): Promise<string[]> {
+  if (cli === 'source') return [process.execPath, SCRIPTS.client];
+  if (cli === 'packaged') {
+    const { buildPackage, DIST_DIR } = await import('../../client-cli/build/build.ts');
+    await buildPackage();
+    return [process.execPath, join(DIST_DIR, 'bin', 'narrowlink.mjs')];
+  }
+  return /\.(mjs|js|ts)$/.test(cli) ? [process.execPath, cli] : [cli];
+}
+
+function runLogin(command: string[], kubeconfig: string, env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
   const startedAt = performance.now();
+  const [file = process.execPath, ...leading] = command;
   return new Promise((resolve) => {
-    execFile(process.execPath, [SCRIPTS.client, 'login', '--kubeconfig', kubeconfig, '-n', NS, '-o', 'json'], { env, timeout: 60_000 }, (error, stdout, stderr) => {
+    execFile(file, [...leading, 'login', '--kubeconfig', kubeconfig, '-n', NS, '-o', 'json'], { env, timeout: 60_000 }, (error, stdout, stderr) => {
       resolve({ code: error ? ((error as { code?: number }).code ?? 1) : 0, stdout, stderr, ms: performance.now() - startedAt });
     });
   });
 }
 
 /** Runs `tries` logins (plus one warm-up); skipped when this machine cannot run the apiserver tier. */
-export async function measureLogin(options: { tries?: number; log?: (line: string) => void } = {}): Promise<LoginOutcome | { skipped: string }> {
+export async function measureLogin(options: { tries?: number; cli?: string; log?: (line: string) => void } = {}): Promise<LoginOutcome | { skipped: string }> {
   const tries = options.tries ?? 20;
+  const command = await cliCommand(options.cli ?? process.env.NARROWLINK_BENCH_CLI ?? 'packaged');
   const started = await startApiServer();
   if (isSkipped(started)) return { skipped: started.skipped };
   const api: ApiServer = started;
@@ -67,7 +86,7 @@ export async function measureLogin(options: { tries?: number; log?: (line: strin
     const times: number[] = [];
     let failures = 0;
     for (let i = 0; i <= tries; i++) {
-      const result = await runLogin(user.kubeconfigPath, env);
+      const result = await runLogin(command, user.kubeconfigPath, env);
       const cacheFile = result.code === 0 ? (JSON.parse(result.stdout) as { cacheFile?: string }).cacheFile : undefined;
       const cached = cacheFile ? (JSON.parse(readFileSync(cacheFile, 'utf8')) as { token?: string }).token : undefined;
       if (result.code !== 0 || !cached) {
@@ -92,7 +111,11 @@ export async function measureLogin(options: { tries?: number; log?: (line: strin
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
-  const { values } = parseArgs({ options: { tries: { type: 'string' } } });
-  const outcome = await measureLogin({ tries: Number(values.tries ?? 20), log: (line) => process.stderr.write(`${line}\n`) });
+  const { values } = parseArgs({ options: { tries: { type: 'string' }, cli: { type: 'string' } } });
+  const outcome = await measureLogin({
+    tries: Number(values.tries ?? 20),
+    ...(values.cli !== undefined ? { cli: values.cli } : {}),
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
   process.stdout.write(`${JSON.stringify(outcome)}\n`);
 }
