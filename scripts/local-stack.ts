@@ -14,6 +14,7 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -122,7 +123,19 @@ async function stopAll(): Promise<void> {
   rmSync(workDir, { recursive: true, force: true });
 }
 
+/** Whether 127.0.0.1:`port` can be listened on now (checked before anything starts, so a taken port fails at once). */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createTcpServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
+}
+
 async function main(): Promise<void> {
+  if (forwardPort !== 0 && !(await portFree(forwardPort))) {
+    throw new Error(`127.0.0.1:${forwardPort} is already in use: run npm start -- --port 0 (any free port) or -- --port N`);
+  }
   // 1. The demo service the agent exposes.
   const demo = createServer((request, response) => {
     response.setHeader('content-type', 'text/plain; charset=utf-8');

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, test } from 'node:test';
@@ -69,4 +70,25 @@ test('npm start prints the walk-through values; SIGHUP to its group (terminal cl
   const code = await exited;
   assert.equal(code, 0, errors.join('\n'));
   assert.equal(existsSync(workDir), false, `${workDir} (tokens) must be removed`);
+});
+
+test('npm start on a taken port fails at once, before starting anything, and says to use --port 0', { timeout: 30_000 }, async () => {
+  const taken = net.createServer();
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+  const port = (taken.address() as net.AddressInfo).port;
+  try {
+    const started = performance.now();
+    const child = spawn(process.execPath, [path.join(ROOT, 'scripts/local-stack.ts'), '--port', String(port), '--nat-probe-port', '0'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    assert.equal(code, 1);
+    assert.match(stderr, /--port 0/);
+    // Nothing was started: no gateway start-up (seconds) before the refusal.
+    assert.ok(performance.now() - started < 10_000);
+  } finally {
+    taken.close();
+  }
 });
