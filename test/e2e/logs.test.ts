@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { processLoggerOptions } from '@narrowlink/protocol';
@@ -11,6 +12,24 @@ import { pino } from 'pino';
 import { duplicateKeys } from '../helpers/json-duplicates.ts';
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { SCRIPTS, type Stack, startStack } from './stack.ts';
+
+/** A UDP port P with P+1 free too (the gateway's probe ports), so that this suite never binds the shared 3478. */
+async function freeUdpPair(): Promise<number> {
+  for (let tries = 0; tries < 20; tries++) {
+    const first = dgram.createSocket('udp4');
+    await new Promise<void>((resolve) => first.bind(0, '127.0.0.1', resolve));
+    const port = first.address().port;
+    const second = dgram.createSocket('udp4');
+    const free = await new Promise<boolean>((resolve) => {
+      second.once('error', () => resolve(false));
+      second.bind(port + 1, '127.0.0.1', () => resolve(true));
+    });
+    first.close();
+    if (free) second.close();
+    if (free && port < 65535) return port;
+  }
+  throw new Error('no free UDP port pair');
+}
 
 function capture(): { lines: string[]; write(text: string): void } {
   const lines: string[] = [];
@@ -56,7 +75,7 @@ describe('gateway and agent processes', () => {
 
   before(async () => {
     echo = await startEchoServer();
-    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }], gatewayArgs: ['--nat-probe-port', '0'], clientMode: 'auto' });
+    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }], gatewayArgs: ['--nat-probe-port', String(await freeUdpPair())], clientMode: 'auto' });
     tap(stack.gateway.child.stdout, raw.gateway);
   });
   after(async () => {
@@ -64,7 +83,7 @@ describe('gateway and agent processes', () => {
     await echo?.close();
   });
 
-  test('piped: every stdout line is JSON without a duplicate key (sessions, streams, direct-path attempts)', async () => {
+  test('piped: every stdout line is JSON without a duplicate key (sessions, streams, a direct path lost)', async () => {
     const agent = await stack.startAgent('svc');
     tap(agent.child.stdout, raw.agent);
     const forward = await stack.startForward(['svc:echo']);
@@ -79,9 +98,18 @@ describe('gateway and agent processes', () => {
       socket.on('error', reject);
     });
     assert.equal(echoed, 'ping');
+    // The forward asked for a direct path behind that stream; once it is up, stopping the forward loses it, and the
+    // agent logs that with the path's message (the line that used to carry `msg` twice).
+    await forward.process.waitFor((line) => line.event === 'direct-up' || line.event === 'direct-failed', 10_000);
     await forward.process.stop();
+    const deadline = performance.now() + 5000;
+    while (!raw.agent.some((l) => l.includes('"direct-failed"')) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await agent.stop();
     await new Promise((r) => setTimeout(r, 300));
+    const lost = raw.agent.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.event === 'direct-failed');
+    assert.ok(lost, `the agent logged the lost direct path:\n${raw.agent.join('\n')}`);
+    assert.equal(typeof lost.detail, 'string');
+    assert.equal(typeof lost.msg, 'string');
 
     // Lines before the taps were attached are in the processes' parsed history; the raw ones are checked here.
     const all = [...raw.gateway.map((l) => ['gateway', l]), ...raw.agent.map((l) => ['agent', l])];
