@@ -11,7 +11,7 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import tls from 'node:tls';
-import { type AgentSummary, createProof, DEFAULT_CLOCK_TOLERANCE_SECONDS } from '@narrowlink/protocol';
+import { type AgentSummary, createProof, DEFAULT_CLOCK_TOLERANCE_SECONDS, ErrorCode } from '@narrowlink/protocol';
 import type { ClientDirectPaths, GatewayLink, LinkNatStatus } from '@narrowlink/peer-link';
 import WebSocket from 'ws';
 import { CliError, CliErrorCode, ExitCode } from '../errors.ts';
@@ -315,7 +315,7 @@ export async function runChecks(options: DoctorOptions, emit: (result: CheckResu
     if (!claims) fail('token', 'credentials', 'the token is not a JWT (three base64url parts)', `check what --token / the token file holds; ${renew}`);
     else if (claims.typ !== undefined && claims.typ !== 'client') fail('token', 'credentials', `this is a ${claims.typ} token; the CLI needs a client token`, renew);
     else if (typeof claims.exp === 'number' && claims.exp * 1000 <= now()) {
-      fail('token', 'credentials', `the token expired ${humanDuration(now() - claims.exp * 1000)} ago (${new Date(claims.exp * 1000).toISOString()})`, renew, 'NL_ERR_TOKEN_EXPIRED');
+      fail('token', 'credentials', `the token expired ${humanDuration(now() - claims.exp * 1000)} ago (${new Date(claims.exp * 1000).toISOString()})`, renew, ErrorCode.TOKEN_EXPIRED);
     } else {
       tokenUsable = true;
       const expires = typeof claims.exp === 'number' ? `expires in ${humanDuration(claims.exp * 1000 - now())} (${new Date(claims.exp * 1000).toISOString()})` : 'no expiry';
