@@ -91,7 +91,7 @@ async function main(): Promise<void> {
   }
   const env = (name: string): string | undefined => process.env[`NARROWLINK_OPERATOR_${name.toUpperCase().replaceAll('-', '_')}`];
   const opt = (name: keyof typeof values): string | undefined => (typeof values[name] === 'string' ? (values[name] as string) : env(name));
-  const log = pino({ level: opt('log-level') ?? 'info', base: { component: 'operator' }, redact: ['token', '*.token', 'data', '*.data'] });
+  const log = pino({ level: opt('log-level') ?? 'info', base: { service: 'operator' }, redact: ['token', '*.token', 'data', '*.data'] });
   const events = log.child({}, { level: 'info' });
   const namespace = opt('namespace') ?? podNamespace();
   if (!namespace) throw new OperatorError(OperatorErrorCode.USAGE, '--namespace is required outside a pod');
