@@ -67,6 +67,10 @@ describe(`the packed CLI, installed with npm into an empty prefix, under Node ${
     assert.match(result.stdout, new RegExp(`\\b${VERSION.replaceAll('.', '\\.')}\\b`));
     const plugin = await runBinary(path.join(path.dirname(narrowlink), 'kubectl-narrowlink'), ['--version'], env);
     assert.equal(plugin.code, 0, plugin.stderr);
+    // The CLI's own view: it runs under the other Node.
+    const json = await runBinary(narrowlink, ['version', '-o', 'json'], env);
+    assert.equal(json.code, 0, json.stderr);
+    assert.deepEqual(JSON.parse(json.stdout), { version: VERSION, node: `v${OTHER_NODE_VERSION}`, platform: `${process.platform}-${process.arch}` });
   });
 
   test('ls lists the agent', async () => {
