@@ -8,14 +8,17 @@
  * Steps: esbuild bundles src/main.ts into one CommonJS file (SEA runs a CommonJS main script and its `require`
  * sees Node's built-ins only, so everything is inlined); `node --experimental-sea-config` turns it into a
  * preparation blob with V8's code cache; the blob is injected with postject into a copy of the Node running this
- * script (the repository's pinned Node on Linux x64). The native QUIC binding cannot be embedded, so the
- * executable runs relay-only and says so once (peer-link/src/quic/native.ts).
+ * script (the repository's pinned Node on Linux x64). The platform's native QUIC binding is embedded as an asset
+ * and unpacked to the user's cache directory on first use (peer-link/src/quic/native.ts); where there is none, the
+ * executable runs relay-only and says so once.
  */
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { build } from 'esbuild';
+import { SEA_QUIC_ASSET } from '@narrowlink/peer-link';
 import { BUNDLE_DEFAULTS, CLI_DIR, EXTERNAL } from './build.ts';
 
 const run = promisify(execFile);
@@ -52,7 +55,12 @@ export async function buildSea(): Promise<string> {
   });
   const blob = path.join(work, 'narrowlink.blob');
   const config = path.join(work, 'sea-config.json');
-  await writeFile(config, JSON.stringify({ main: mainFile, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true }));
+  // The platform's native QUIC binding rides along as an asset (peer-link/src/quic/native.ts unpacks and loads it);
+  // without one (no prebuilt binary for this platform) the executable runs relay-only and says so.
+  const assets: Record<string, string> = {};
+  const binding = path.join(ROOT, 'node_modules', '@matrixai', `quic-${process.platform}-${process.arch}`, 'node.napi.node');
+  if (existsSync(binding)) assets[SEA_QUIC_ASSET] = binding;
+  await writeFile(config, JSON.stringify({ main: mainFile, output: blob, disableExperimentalSEAWarning: true, useCodeCache: true, assets }));
   await run(process.execPath, ['--experimental-sea-config', config]);
   const output = path.join(SEA_DIR, `narrowlink-${process.platform}-${process.arch}${process.platform === 'win32' ? '.exe' : ''}`);
   await rm(output, { force: true });

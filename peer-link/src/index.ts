@@ -8,7 +8,7 @@ export { ClientDirectPaths, type ClientDirectPathsOptions } from './direct/clien
 export type { DirectPathManagerOptions } from './direct/path-manager.ts';
 export type { DirectPathStatus, PathAttemptState } from './direct/path-attempt.ts';
 export { DirectError, DirectErrorCode } from './quic/errors.ts';
-export { type QuicheBinding, quicheBinding, quicUnavailableReason } from './quic/native.ts';
+export { type QuicheBinding, quicheBinding, quicUnavailableReason, SEA_QUIC_ASSET } from './quic/native.ts';
 export { DEFAULT_IDENTITY_LIFETIME_MS, fingerprint, generateIdentity, type PeerIdentity } from './quic/identity.ts';
 export { type AcceptOptions, type ConnectOptions, QuicheEndpoint, type QuicheEndpointOptions } from './quic/endpoint.ts';
 export type { DirectStream, DirectTransport, DirectTransportStats } from './quic/transport.ts';

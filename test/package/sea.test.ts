@@ -1,10 +1,13 @@
 /**
  * The single executable (client-cli/build/sea.ts, `npm run build:sea`): built here, then run with a PATH that holds
- * no `node` at all against a local stack (gateway without the fixed NAT probe port, an agent, an echo server):
- * `forward` carries bytes both ways, and in auto mode it says once that it runs relay-only (the executable carries
- * no native QUIC binding) instead of failing.
+ * no `node` at all against a local stack (gateway, an agent, an echo server): `forward` carries bytes both ways;
+ * the QUIC binding embedded in the executable loads (unpacked into the user's cache directory) and `status AGENT`
+ * brings up a direct path with it. The gateway's NAT probe ports are a free pair, not the fixed 3478, so this
+ * suite never clashes with another stack.
  */
 import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import { readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,8 +19,29 @@ import { nodeOnPath, runBinary, startBinary } from './fixtures.ts';
 
 // The release artifact is built for Linux (macOS would also need the injected binary re-signed).
 const skip = process.platform === 'linux' ? false : 'the single executable is a Linux release artifact';
+// Where the executable embeds a QUIC binding (the platforms @matrixai/quic ships one for).
+const embedsQuic = ['linux-x64', 'darwin-x64', 'darwin-arm64', 'win32-x64'].includes(`${process.platform}-${process.arch}`);
 
-describe('the single executable runs forward with no Node on the PATH', { timeout: 240_000, skip }, () => {
+/** Two free consecutive UDP ports N, N+1 on 127.0.0.1 (the gateway's probe ports). */
+async function freeUdpPair(): Promise<number> {
+  const bind = (port: number): Promise<dgram.Socket | undefined> =>
+    new Promise((resolve) => {
+      const socket = dgram.createSocket('udp4');
+      socket.once('error', () => resolve(undefined));
+      socket.bind(port, '127.0.0.1', () => resolve(socket));
+    });
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const first = await bind(0);
+    const port = first?.address().port ?? 0;
+    const second = port > 0 && port < 65_535 ? await bind(port + 1) : undefined;
+    first?.close();
+    second?.close();
+    if (second) return port;
+  }
+  throw new Error('no free pair of UDP ports');
+}
+
+describe('the single executable runs with no Node on the PATH', { timeout: 240_000, skip }, () => {
   let dir: string;
   let executable: string;
   let echo: TestServer;
@@ -28,11 +52,22 @@ describe('the single executable runs forward with no Node on the PATH', { timeou
     dir = await mkdtemp(path.join(os.tmpdir(), 'nl-sea-'));
     executable = await buildSea();
     echo = await startEchoServer();
-    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }], gatewayArgs: ['--nat-probe-port', '0'] });
+    const probePort = await freeUdpPair();
+    stack = await startStack({
+      clientMode: 'auto',
+      agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }],
+      gatewayArgs: ['--nat-probe-port', String(probePort), '--nat-probe-address', '127.0.0.1'],
+    });
     await stack.startAgent('svc');
     const emptyBin = path.join(dir, 'bin');
     await mkdir(emptyBin);
-    env = { PATH: emptyBin, HOME: path.join(dir, 'home'), XDG_CONFIG_HOME: path.join(dir, 'xdg'), NARROWLINK_MODE: 'auto' };
+    env = {
+      PATH: emptyBin,
+      HOME: path.join(dir, 'home'),
+      XDG_CONFIG_HOME: path.join(dir, 'xdg'),
+      XDG_CACHE_HOME: path.join(dir, 'cache'),
+      NARROWLINK_MODE: 'auto',
+    };
   });
   after(async () => {
     await stack?.stop();
@@ -47,19 +82,31 @@ describe('the single executable runs forward with no Node on the PATH', { timeou
     assert.match(result.stdout, /narrowlink/);
   });
 
-  test('forward: bytes verified, relay-only said once, no stack trace', async () => {
+  test('forward: bytes verified, no stack trace', async () => {
     const forward = startBinary(executable, ['forward', '-o', 'json', '-L', '127.0.0.1:0:svc:echo', ...stack.clientArgs()], env);
     try {
       const ready = await forward.waitEvent('ready');
       const port = (ready.listeners as Array<{ port: number }>)[0]?.port ?? 0;
-      const result = await sendAndHash(port, 512 * 1024);
-      assert.equal(result.replyBytes, 512 * 1024);
-      assert.equal(result.replySha256, result.sentSha256);
+      for (let i = 0; i < 2; i++) {
+        const result = await sendAndHash(port, 512 * 1024, i + 1);
+        assert.equal(result.replyBytes, 512 * 1024);
+        assert.equal(result.replySha256, result.sentSha256);
+      }
     } finally {
       assert.equal(await forward.stop(), 0);
     }
     const stderr = forward.stderr();
-    assert.equal(stderr.match(/running relay-only: the single executable carries no native QUIC binding/g)?.length, 1, stderr);
+    assert.equal(/running relay-only/.test(stderr), !embedsQuic, stderr);
     assert.doesNotMatch(stderr, /\n\s+at /, 'no stack trace');
+  });
+
+  test('status AGENT: the embedded QUIC binding carries a direct path', { skip: embedsQuic ? false : 'no binding to embed here' }, async () => {
+    const result = await runBinary(executable, ['status', 'svc', '-o', 'json', ...stack.clientArgs()], env);
+    assert.equal(result.code, 0, result.stderr);
+    const status = JSON.parse(result.stdout) as { direct: { state: string; reason?: string } };
+    assert.equal(status.direct.state, 'up', JSON.stringify(status.direct));
+    // Unpacked once into the user's cache directory, private to the user.
+    const unpacked = readdirSync(path.join(env.XDG_CACHE_HOME ?? '', 'narrowlink', 'native')).filter((name) => name.endsWith('.node'));
+    assert.equal(unpacked.length, 1, unpacked.join(', '));
   });
 });

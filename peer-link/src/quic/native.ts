@@ -9,8 +9,16 @@
  * Synchronous on purpose (the QUIC code calls it from constructors): `require()` of the binding's ES module
  * (Node >= 22.12 loads ES modules without top-level await that way), resolved through the package's `exports`
  * with `import.meta.resolve`.
+ *
+ * The single executable cannot resolve packages; its build embeds the platform's binary as the SEA asset
+ * {@link SEA_QUIC_ASSET}, which is written once to the user's cache directory (0700, named by its SHA-256 and
+ * checked against it before every load, so a file someone else put there is never loaded) and loaded from there.
  */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { homedir, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Quiche from '@matrixai/quic/native/quiche.js';
 import { DirectError, DirectErrorCode } from './errors.ts';
@@ -22,18 +30,70 @@ const BINDING_SPECIFIER = '@matrixai/quic/native/quiche.js';
 
 let loaded: { binding: QuicheBinding } | { reason: string } | undefined;
 
-/** Whether this process is a Node single executable application (which cannot carry the native binding). */
-function isSingleExecutable(): boolean {
+/** The SEA asset holding the platform's native binding (client-cli/build/sea.ts embeds it). */
+export const SEA_QUIC_ASSET = 'quic.node';
+
+interface SeaModule {
+  isSea?: () => boolean;
+  getRawAsset?: (key: string) => ArrayBuffer;
+}
+
+/** node:sea when this process is a single executable application, else undefined. */
+function singleExecutable(): SeaModule | undefined {
   try {
-    const sea = createRequire(import.meta.url)('node:sea') as { isSea?: () => boolean };
-    return sea.isSea?.() === true;
+    const sea = createRequire(import.meta.url)('node:sea') as SeaModule;
+    return sea.isSea?.() === true ? sea : undefined;
   } catch {
-    return false;
+    return undefined;
+  }
+}
+
+/** Where the single executable unpacks its binding: the user's cache directory (XDG on Linux). */
+function nativeCacheDir(): string {
+  const base =
+    process.platform === 'win32'
+      ? (process.env.LOCALAPPDATA ?? tmpdir())
+      : process.platform === 'darwin'
+        ? join(homedir(), 'Library', 'Caches')
+        : (process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'));
+  return join(base, 'narrowlink', 'native');
+}
+
+function loadFromSea(sea: SeaModule, platform: string): { binding: QuicheBinding } | { reason: string } {
+  let bytes: Buffer;
+  try {
+    const raw = sea.getRawAsset?.(SEA_QUIC_ASSET);
+    if (!raw) throw new Error('no asset');
+    bytes = Buffer.from(new Uint8Array(raw));
+  } catch {
+    return { reason: `the single executable carries no native QUIC binding (${platform})` };
+  }
+  try {
+    const digest = createHash('sha256').update(bytes).digest('hex');
+    const dir = nativeCacheDir();
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const file = join(dir, `quic-${platform}-${digest.slice(0, 32)}.node`);
+    const intact = existsSync(file) && createHash('sha256').update(readFileSync(file)).digest('hex') === digest;
+    if (!intact) {
+      // Written beside, then renamed: a concurrent run never loads half a file.
+      const partial = `${file}.${process.pid}.tmp`;
+      writeFileSync(partial, bytes, { mode: 0o600 });
+      renameSync(partial, file);
+    }
+    const module = { exports: {} as QuicheBinding };
+    process.dlopen(module, file);
+    if (!module.exports?.Config) throw new Error('the binding has no quiche API');
+    return { binding: module.exports };
+  } catch (error) {
+    const detail = (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? '';
+    return { reason: `the single executable's native QUIC binding did not load on ${platform} (${detail})` };
   }
 }
 
 function load(): { binding: QuicheBinding } | { reason: string } {
   const platform = `${process.platform}-${process.arch}`;
+  const sea = singleExecutable();
+  if (sea) return loadFromSea(sea, platform);
   try {
     if (typeof import.meta.resolve !== 'function') throw new Error('this build cannot resolve packages at runtime');
     const file = fileURLToPath(import.meta.resolve(BINDING_SPECIFIER));
@@ -41,7 +101,6 @@ function load(): { binding: QuicheBinding } | { reason: string } {
     if (!module.default?.Config) throw new Error('the binding module has no quiche API');
     return { binding: module.default };
   } catch (error) {
-    if (isSingleExecutable()) return { reason: `the single executable carries no native QUIC binding (${platform})` };
     // quiche.js throws "Unsupported architecture …" or "Failed requiring possible native bindings: <paths>"; the
     // first line is enough to say why, the paths are not.
     const detail = (error instanceof Error ? error.message : String(error)).split('\n')[0]?.replace(/: \/.*$/, '') ?? '';
