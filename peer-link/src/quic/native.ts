@@ -1,8 +1,8 @@
 /**
  * The native quiche binding of `@matrixai/quic`, loaded on first use instead of at import time. Its prebuilt
- * binaries cover some platforms only (linux-x64, darwin, win32-x64; not linux-arm64 or win32-arm64), and a single
- * executable (SEA) carries none: there the binding cannot load, and everything that does not need the direct path
- * (the relay, `ls`, `login`, `--help`) must still work. So nothing imports the binding statically; the QUIC code
+ * binaries cover some platforms only (linux-x64, darwin, win32-x64; not linux-arm64 or win32-arm64), and it may
+ * not be installed (`--omit=optional`): there the binding cannot load, and everything that does not need the direct
+ * path (the relay, `ls`, `login`, `--help`) must still work. So nothing imports the binding statically; the QUIC code
  * calls {@link quicheBinding} when it builds a config or a connection, and callers that can fall back to the relay
  * ask {@link quicUnavailableReason} first.
  *
