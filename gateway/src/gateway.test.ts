@@ -931,8 +931,8 @@ describe('Gateway memory: peers that do not read', () => {
     }
     await until(() => gw.gateway.bufferBudget.totalBytes < MiB, 'what the abuser held released', 10_000);
     const held = peak.stop();
-    // The budget, plus at most one frame past it before the close, plus the session's high-water mark.
-    assert.ok(held <= sessionBufferBytes + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB`);
+    // What the windows granted the agent (16 x 1 MiB), plus the session's high-water mark: not 16 x 64 MiB.
+    assert.ok(held <= 16 * MiB + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB`);
 
     const alice = await client(gw.url);
     const victim = await alice.open({ agent: 'db', port: 5432 });
@@ -978,6 +978,38 @@ describe('Gateway memory: peers that do not read', () => {
     setReading(alice, true);
     await until(() => streams.every((s) => s.fin), 'every stream delivered to its FIN', 10_000);
     for (const s of streams) assert.ok(Buffer.concat(s.data).equals(pattern(0, total)), 'every byte, in order');
+    alice.ws.terminate();
+    db.ws.terminate();
+  });
+
+  test('a client that reads but bursts past its budget is never closed and loses nothing (it holds what the windows allow)', async () => {
+    // 8 streams x 1 MiB window both ways may hold up to 16 MiB: over the 4 MiB budget, never over the hard limit.
+    const gw = await startGateway({ sessionBufferBytes: 4 * MiB, streamWindow: MiB });
+    const db = await agent(gw.url);
+    const alice = await client(gw.url);
+    const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
+    const payloads = Array.from({ length: 8 }, (_, i) => pattern(i * 7, MiB));
+    const opened = await Promise.all(payloads.map(() => alice.open({ agent: 'db', port: 5432 })));
+    opened.forEach((o, i) => {
+      let offset = 0;
+      const data = payloads[i] as Buffer;
+      const pump = (): void => {
+        while (offset < data.length) {
+          const n = o.stream.write(data.subarray(offset));
+          if (n === 0) return;
+          offset += n;
+        }
+      };
+      o.stream.handlers.onCredit = pump;
+      pump();
+    });
+    const received = (i: number): number => (opened[i] as { data: Buffer[] }).data.reduce((n, b) => n + b.length, 0);
+    await until(() => opened.every((_, i) => received(i) >= MiB), 'every echo back', 15_000);
+    opened.forEach((o, i) => assert.ok(Buffer.concat(o.data).equals(payloads[i] as Buffer), `stream ${i} intact`));
+    const held = peak.stop();
+    assert.ok(held <= 16 * MiB + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB: what the windows allow`);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_buffer_limit_closes_total', { scope: 'session' }), 0);
+    assert.equal(alice.closeInfo, undefined, 'the session stays');
     alice.ws.terminate();
     db.ws.terminate();
   });

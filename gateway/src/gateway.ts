@@ -159,6 +159,7 @@ export class Gateway {
       ...(options.sessionBufferBytes === undefined ? {} : { sessionBytes: options.sessionBufferBytes }),
       ...(options.processBufferBytes === undefined ? {} : { processBytes: options.processBufferBytes }),
       onTotalChanged: (delta) => this.metrics.bufferedBytes.inc(delta),
+      stalledForMs: (session) => session.sendBuffer.stalledForMs(),
       onExceeded: (session, scope, heldBytes) => this.#overBudget(session, scope, heldBytes),
     });
     this.#onAgentsChanged = options.onAgentsChanged;
@@ -547,8 +548,8 @@ export class Gateway {
     session.log.warn({ scope, heldBytes, limitBytes }, 'session over its buffer budget (it does not read what it is sent); closing it');
     session.closeOverBudget(
       scope === 'session'
-        ? `this session held ${heldBytes} bytes it did not read, over its budget of ${limitBytes}`
-        : `the gateway is over its buffer budget of ${limitBytes} bytes and this session held the most (${heldBytes})`,
+        ? `this session held ${heldBytes} bytes and did not read, over its budget of ${limitBytes}`
+        : `the gateway is over its buffer budget of ${limitBytes} bytes and this session, not reading, held the most (${heldBytes})`,
     );
   }
 
@@ -590,6 +591,7 @@ export class Gateway {
       if (due !== undefined && due <= wall) this.#recompile(role);
     }
     this.#relay.resetIdle(this.#clients(), wall);
+    this.bufferBudget.sweep();
     this.#direct.sweep();
   }
 

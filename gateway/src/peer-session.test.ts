@@ -86,7 +86,7 @@ function session(
     maxStreams: 16,
     handlers,
     onClosed: options.onClosed ?? (() => {}),
-    budget: options.budget ?? new BufferBudget<PeerSession>({ onExceeded: () => {} }),
+    budget: options.budget ?? new BufferBudget<PeerSession>({ stalledForMs: () => 0, onExceeded: () => {} }),
     ...(options.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: options.sendHighWaterBytes }),
     ...(options.onIdsExhausted ? { onIdsExhausted: options.onIdsExhausted } : {}),
     ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
@@ -212,7 +212,7 @@ describe('PeerSession send buffer (a peer that does not read)', () => {
   });
 
   test('closing releases the account and the unsent bytes', () => {
-    const budget = new BufferBudget<PeerSession>({ onExceeded: () => {} });
+    const budget = new BufferBudget<PeerSession>({ stalledForMs: () => 0, onExceeded: () => {} });
     const { ws, peer } = session({}, { budget });
     ws.flushing = false;
     peer.sendControl({ type: 'error', code: 'X', message: 'y' });
