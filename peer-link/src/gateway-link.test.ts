@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect, createServer as createTcpServer } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, describe, test } from 'node:test';
 import {
@@ -13,6 +13,7 @@ import {
   StreamResetError,
 } from '@narrowlink/protocol';
 import { type WebSocket, WebSocketServer } from 'ws';
+import { bridgeSocket } from './bridge.ts';
 import { LinkError, LinkErrorCode } from './errors.ts';
 import { GatewayLink, type GatewayLinkOptions } from './gateway-link.ts';
 
@@ -308,5 +309,51 @@ describe('GatewayLink handler boundary', () => {
     assert.equal(await closed, 1011);
     assert.equal(throws, 1, 'what arrives after the failure is dropped');
     await until(() => opens === 2, 'the link reconnects');
+  });
+});
+
+describe('GatewayLink send buffer (agent bridges)', () => {
+  test('an agent bridging fast local sources to a gateway that stops reading holds about its high-water mark, not the windows', async () => {
+    const MiB = 1024 * 1024;
+    // Local services that write as fast as their sockets take it.
+    const source = createTcpServer((socket) => {
+      const chunk = Buffer.alloc(64 * 1024, 7);
+      const pump = (): void => {
+        while (!socket.destroyed && socket.write(chunk));
+      };
+      socket.on('drain', pump);
+      socket.on('error', () => undefined);
+      pump();
+    });
+    await new Promise<void>((resolve) => source.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => source.close(() => resolve())));
+    const sourcePort = (source.address() as AddressInfo).port;
+    const gw = await fakeGateway(() => ({ kind: 'accept' }));
+    const l = link({
+      url: gw.url,
+      role: 'agent',
+      onOpenStream: (stream) => {
+        const socket = connect(sourcePort, '127.0.0.1', () => {
+          stream.accept({ path: 'relay' });
+          bridgeSocket(socket, stream);
+        });
+        socket.on('error', () => undefined);
+      },
+    }).start();
+    await l.waitOpen(2000);
+    const attempt = gw.attempts.at(-1);
+    assert.ok(attempt?.ws && attempt.mux);
+    // The gateway stops reading this agent, then asks for 64 streams: 64 x 256 KiB of credit (16 MiB).
+    (attempt.ws as unknown as { _socket: import('node:net').Socket })._socket.pause();
+    for (let i = 0; i < 64; i++) attempt.mux.open({ host: '127.0.0.1', port: sourcePort, client: 'alice' });
+    let peak = 0;
+    const deadline = performance.now() + 1500;
+    while (performance.now() < deadline) {
+      peak = Math.max(peak, l.stats.unsentBytes);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.ok(peak > 0, 'the agent did send until its buffer filled (the test exercised it)');
+    // The high-water mark (1 MiB) plus at most one frame past it; before, up to the 16 MiB of credit queued here.
+    assert.ok(peak <= MiB + 256 * 1024, `peak unsent ${(peak / MiB).toFixed(2)} MiB`);
   });
 });

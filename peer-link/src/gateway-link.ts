@@ -134,6 +134,8 @@ export interface LinkStats {
   helloOk: HelloOk | undefined;
   /** NAT classification of the current session, once the gateway sent it. */
   nat: LinkNatStatus | undefined;
+  /** Bytes handed to the session's WebSocket and not sent yet (bounded by the send high-water mark plus a frame). */
+  unsentBytes: number;
 }
 
 /**
@@ -161,6 +163,8 @@ export class GatewayLink extends EventEmitter {
   #lastReceivedAt = 0;
   #lastSentAt = 0;
   #rttMs: number | undefined;
+  /** The current session's count of unsent bytes (see SendBuffer). */
+  #sendBuffer: SendBuffer | undefined;
   #connectedAt: number | undefined;
   #lastError: LinkError | undefined;
   #helloOk: HelloOk | undefined;
@@ -211,6 +215,7 @@ export class GatewayLink extends EventEmitter {
       lastError: this.#lastError ? { code: this.#lastError.gatewayCode ?? this.#lastError.code, message: this.#lastError.message } : undefined,
       helloOk: this.#helloOk,
       nat: this.#nat.status,
+      unsentBytes: this.#sendBuffer?.unflushedBytes ?? 0,
     };
   }
 
@@ -287,6 +292,7 @@ export class GatewayLink extends EventEmitter {
       ...(this.options.sendHighWaterBytes === undefined ? {} : { highWaterBytes: this.options.sendHighWaterBytes }),
       onBlockedChange: (blocked) => mux.setTransportBlocked(blocked),
     });
+    this.#sendBuffer = sendBuffer;
     ws.once('close', () => sendBuffer.release());
     const mux = new Mux({
       role: 'initiator',
