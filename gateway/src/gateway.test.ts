@@ -1005,7 +1005,7 @@ describe('Gateway memory: peers that do not read', () => {
     });
     const received = (i: number): number => (opened[i] as { data: Buffer[] }).data.reduce((n, b) => n + b.length, 0);
     await until(() => opened.every((_, i) => received(i) >= MiB), 'every echo back', 15_000);
-    opened.forEach((o, i) => assert.ok(Buffer.concat(o.data).equals(payloads[i] as Buffer), `stream ${i} intact`));
+    for (const [i, o] of opened.entries()) assert.ok(Buffer.concat(o.data).equals(payloads[i] as Buffer), `stream ${i} intact`);
     const held = peak.stop();
     assert.ok(held <= 16 * MiB + 2 * MiB, `peak held ${(held / MiB).toFixed(1)} MiB: what the windows allow`);
     assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_buffer_limit_closes_total', { scope: 'session' }), 0);

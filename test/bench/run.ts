@@ -137,7 +137,6 @@ async function startStack(exposePorts: number[]): Promise<Stack> {
     '--admin-listen',
     '127.0.0.1:0',
   ]);
-  const url = gateway.readyLine.url as string;
   // /metrics is served on the admin listener only (plain HTTP), not on the public one.
   const adminUrl = gateway.readyLine.adminUrl as string;
   const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'bench', groups: ['bench'], ttlSeconds: 3600 });
