@@ -31,8 +31,18 @@ export function bridgeSocket(socket: Socket, stream: MuxStream): BridgeResult {
       if (!socket.destroyed) socket.resetAndDestroy();
       finish(error instanceof StreamResetError ? error : new StreamResetError(StreamErrorCode.INTERNAL, error.message));
     });
-    socket.on('close', () => {
-      if (!duplex.destroyed && (stream.state !== 'closed')) {
+    socket.on('close', (hadError: boolean) => {
+      if (!duplex.destroyed && stream.state !== 'closed') {
+        if (!hadError && socket.readableEnded && !duplex.writableFinished) {
+          // The local side ended cleanly and closed while what it wrote still waits for send credit (a slow peer, a
+          // full session): let the stream send it and its FIN — cancelling now would cut off the end of the data —
+          // then stop reading what nobody will take.
+          duplex.once('finish', () => {
+            if (!duplex.readableEnded && !duplex.destroyed) duplex.destroy();
+          });
+          duplex.once('close', () => finish(duplex.resetReason));
+          return;
+        }
         // The socket closed before both directions finished on the stream: cancel it.
         if (!(socket.readableEnded && duplex.writableFinished && duplex.readableEnded)) duplex.destroy();
       }
