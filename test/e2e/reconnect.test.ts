@@ -101,9 +101,7 @@ describe('gateway kill -9 and restart', () => {
     await new Promise((r) => setTimeout(r, OUTAGE_MS));
     gateway2 = await startProcess(
       'gateway (restarted)',
-      // The same public port (what peers redial); a fresh admin port: during the outage the peers' reconnect attempts
-      // take ephemeral source ports, and one may be the old admin port (EADDRINUSE).
-      [SCRIPTS.gateway, '--config', stack.configFile, '--listen', `127.0.0.1:${stack.port}`, '--admin-listen', '127.0.0.1:0', '--nat-probe-port', '0'],
+      [SCRIPTS.gateway, '--config', stack.configFile, '--listen', `127.0.0.1:${stack.port}`, '--admin-listen', `127.0.0.1:${stack.adminPort}`, '--nat-probe-port', '0'],
       { env: stack.env },
     );
     const readyAt = performance.now();
