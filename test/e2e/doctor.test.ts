@@ -4,7 +4,6 @@
  * stopped gateway (4). Gateways probe NAT on a free UDP port pair, never the shared 3478.
  */
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -13,6 +12,7 @@ import { writeLogin } from '@narrowlink/client-cli';
 import { makeTestCertificate } from '../helpers/tls.ts';
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { type Stack, startStack } from './stack.ts';
+import { freeUdpPortPair } from '../helpers/ports.ts';
 
 interface Check {
   check: string;
@@ -26,24 +26,6 @@ interface Report {
   ok: boolean;
   exitCode: number;
   checks: Check[];
-}
-
-/** A UDP port P with P+1 free too (the gateway's two probe ports), found by binding both. */
-async function freeUdpPair(): Promise<number> {
-  for (let tries = 0; tries < 20; tries++) {
-    const first = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => first.bind(0, '127.0.0.1', resolve));
-    const port = first.address().port;
-    const second = dgram.createSocket('udp4');
-    const free = await new Promise<boolean>((resolve) => {
-      second.once('error', () => resolve(false));
-      second.bind(port + 1, '127.0.0.1', () => resolve(true));
-    });
-    first.close();
-    if (free) second.close();
-    if (free && port < 65535) return port;
-  }
-  throw new Error('no free UDP port pair');
 }
 
 function parseReport(stdout: Buffer, stderr: string): Report {
@@ -68,7 +50,7 @@ describe('narrowlink doctor', () => {
       tls: true,
       clientMode: 'auto',
       agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }],
-      gatewayArgs: ['--nat-probe-port', String(await freeUdpPair())],
+      gatewayArgs: ['--nat-probe-port', String(await freeUdpPortPair())],
     });
     await stack.startAgent('svc');
   });
@@ -198,7 +180,7 @@ describe('narrowlink doctor: UDP blocked, then the gateway stopped', () => {
   let stack: Stack;
   before(async () => {
     // The gateway tells peers to probe an address nothing answers on (TEST-NET-1): their probes go unanswered.
-    stack = await startStack({ clientMode: 'auto', gatewayArgs: ['--nat-probe-port', String(await freeUdpPair()), '--nat-probe-advertise', '192.0.2.1'] });
+    stack = await startStack({ clientMode: 'auto', gatewayArgs: ['--nat-probe-port', String(await freeUdpPortPair()), '--nat-probe-advertise', '192.0.2.1'] });
   });
   after(async () => {
     await stack?.stop();

@@ -4,7 +4,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import dgram from 'node:dgram';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { processLoggerOptions } from '@narrowlink/protocol';
@@ -12,24 +11,7 @@ import { pino } from 'pino';
 import { duplicateKeys } from '../helpers/json-duplicates.ts';
 import { startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { SCRIPTS, type Stack, startStack } from './stack.ts';
-
-/** A UDP port P with P+1 free too (the gateway's probe ports), so that this suite never binds the shared 3478. */
-async function freeUdpPair(): Promise<number> {
-  for (let tries = 0; tries < 20; tries++) {
-    const first = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => first.bind(0, '127.0.0.1', resolve));
-    const port = first.address().port;
-    const second = dgram.createSocket('udp4');
-    const free = await new Promise<boolean>((resolve) => {
-      second.once('error', () => resolve(false));
-      second.bind(port + 1, '127.0.0.1', () => resolve(true));
-    });
-    first.close();
-    if (free) second.close();
-    if (free && port < 65535) return port;
-  }
-  throw new Error('no free UDP port pair');
-}
+import { freeUdpPortPair } from '../helpers/ports.ts';
 
 function capture(): { lines: string[]; write(text: string): void } {
   const lines: string[] = [];
@@ -75,7 +57,7 @@ describe('gateway and agent processes', () => {
 
   before(async () => {
     echo = await startEchoServer();
-    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }], gatewayArgs: ['--nat-probe-port', String(await freeUdpPair())], clientMode: 'auto' });
+    stack = await startStack({ agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }], gatewayArgs: ['--nat-probe-port', String(await freeUdpPortPair())], clientMode: 'auto' });
     tap(stack.gateway.child.stdout, raw.gateway);
   });
   after(async () => {

@@ -6,7 +6,6 @@
  * suite never clashes with another stack.
  */
 import assert from 'node:assert/strict';
-import dgram from 'node:dgram';
 import { readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -16,30 +15,12 @@ import { buildSea } from '../../client-cli/build/sea.ts';
 import { type Stack, startStack } from '../e2e/stack.ts';
 import { sendAndHash, startEchoServer, type TestServer } from '../helpers/tcp-fixtures.ts';
 import { nodeOnPath, runBinary, startBinary } from './fixtures.ts';
+import { freeUdpPortPair } from '../helpers/ports.ts';
 
 // The release artifact is built for Linux (macOS would also need the injected binary re-signed).
 const skip = process.platform === 'linux' ? false : 'the single executable is a Linux release artifact';
 // Where the executable embeds a QUIC binding (the platforms @matrixai/quic ships one for).
 const embedsQuic = ['linux-x64', 'darwin-x64', 'darwin-arm64', 'win32-x64'].includes(`${process.platform}-${process.arch}`);
-
-/** Two free consecutive UDP ports N, N+1 on 127.0.0.1 (the gateway's probe ports). */
-async function freeUdpPair(): Promise<number> {
-  const bind = (port: number): Promise<dgram.Socket | undefined> =>
-    new Promise((resolve) => {
-      const socket = dgram.createSocket('udp4');
-      socket.once('error', () => resolve(undefined));
-      socket.bind(port, '127.0.0.1', () => resolve(socket));
-    });
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const first = await bind(0);
-    const port = first?.address().port ?? 0;
-    const second = port > 0 && port < 65_535 ? await bind(port + 1) : undefined;
-    first?.close();
-    second?.close();
-    if (second) return port;
-  }
-  throw new Error('no free pair of UDP ports');
-}
 
 describe('the single executable runs with no Node on the PATH', { timeout: 240_000, skip }, () => {
   let dir: string;
@@ -52,7 +33,7 @@ describe('the single executable runs with no Node on the PATH', { timeout: 240_0
     dir = await mkdtemp(path.join(os.tmpdir(), 'nl-sea-'));
     executable = await buildSea();
     echo = await startEchoServer();
-    const probePort = await freeUdpPair();
+    const probePort = await freeUdpPortPair();
     stack = await startStack({
       clientMode: 'auto',
       agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }],
