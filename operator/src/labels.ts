@@ -34,6 +34,12 @@ export const Component = {
   Certificate: 'certificate',
   SigningKey: 'signing-key',
   WebhookCertificate: 'webhook-certificate',
+  /** The operator's own CA (no cert-manager): signs the gateway certificate. */
+  OperatorCa: 'ca',
+  /** The gateway's serving certificate issued by the operator. */
+  GatewayTls: 'gateway-tls',
+  /** The gateway CA copied into namespaces with injected sidecars. */
+  CaBundle: 'ca-bundle',
 } as const;
 export type Component = (typeof Component)[keyof typeof Component];
 

@@ -22,6 +22,8 @@ import { ensureSigningKey } from './signing-key.ts';
 import { WEBHOOK_CLI_OPTIONS, WEBHOOK_HELP, resolveWebhookConfig } from './webhook/config.ts';
 import { startWebhookServer, type WebhookServer } from './webhook/server.ts';
 import { ensureWebhookCertificate } from './webhook-ca.ts';
+import { GatewayTlsManager } from './gateway-tls.ts';
+import { CaBundleDistributor } from './ca-bundle-distributor.ts';
 
 const WEBHOOK_CA_HELP = `
 Webhook TLS without cert-manager:
@@ -29,6 +31,15 @@ Webhook TLS without cert-manager:
                                  into the webhook configuration's caBundle (chart: certManager.enabled=false)
   --webhook-configuration NAME   MutatingWebhookConfiguration to patch (default narrowlink-sidecar-injector)
   --webhook-service NAME         Service the certificate is for (default narrowlink-operator)
+
+Gateway TLS and CA distribution without cert-manager (ADR 0015):
+  --gateway-tls-secret NAME      issue the gateway's serving certificate from the operator's CA into this
+                                 Secret and renew it (chart: no cert-manager and no gateway.tls.existingSecret)
+  --ca-secret NAME               the operator's CA Secret, made when absent (default narrowlink-ca)
+  --gateway-service NAME         the gateway Service whose names the certificate carries (default narrowlink-gateway)
+  --gateway-tls-extra-sans LIST  further SANs, comma-separated DNS names or IP addresses
+  --distribute-ca-from NAME      copy ca.crt of this Secret (the gateway's TLS Secret) into the ConfigMap
+                                 --sidecar-ca-configmap of every namespace with injected pods
 `;
 
 const HELP = `narrowlink-operator: the Narrowlink control plane for Kubernetes
@@ -80,6 +91,11 @@ async function main(): Promise<void> {
       'webhook-ca-secret': { type: 'string' },
       'webhook-configuration': { type: 'string' },
       'webhook-service': { type: 'string' },
+      'gateway-tls-secret': { type: 'string' },
+      'ca-secret': { type: 'string' },
+      'gateway-service': { type: 'string' },
+      'gateway-tls-extra-sans': { type: 'string' },
+      'distribute-ca-from': { type: 'string' },
       ...WEBHOOK_CLI_OPTIONS,
       help: { type: 'boolean', short: 'h' },
     },
@@ -121,6 +137,21 @@ async function main(): Promise<void> {
   if ((discoveryConfigMap === undefined) !== (discoveryCaSecret === undefined)) {
     throw new OperatorError(OperatorErrorCode.USAGE, '--discovery-configmap and --discovery-ca-secret go together');
   }
+  const gatewayTlsSecret = opt('gateway-tls-secret') || undefined;
+  const extraSans = (opt('gateway-tls-extra-sans') ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+  for (const san of extraSans) {
+    if (!/^[A-Za-z0-9*]([A-Za-z0-9.:*-]*[A-Za-z0-9])?$/.test(san)) {
+      throw new OperatorError(OperatorErrorCode.USAGE, `--gateway-tls-extra-sans: ${JSON.stringify(san)} is not a DNS name or IP address`);
+    }
+  }
+  const distributeCaFrom = opt('distribute-ca-from') || undefined;
+  const caConfigMap = opt('sidecar-ca-configmap') || undefined;
+  if (distributeCaFrom && !caConfigMap) {
+    throw new OperatorError(OperatorErrorCode.USAGE, '--distribute-ca-from needs --sidecar-ca-configmap (the ConfigMap to write)');
+  }
   const kc = new KubeConfig();
   const kubeconfig = opt('kubeconfig');
   if (kubeconfig) kc.loadFromFile(kubeconfig);
@@ -130,6 +161,8 @@ async function main(): Promise<void> {
   const identity = opt('identity') ?? hostname();
 
   let operator: Operator | undefined;
+  let gatewayTls: GatewayTlsManager | undefined;
+  let caBundles: CaBundleDistributor | undefined;
   let ready = false;
   let stopping = false;
   const app = Fastify({ loggerInstance: log.child({ component: 'http' }, { level: 'warn' }) });
@@ -202,6 +235,29 @@ async function main(): Promise<void> {
       },
     });
     await operator.start();
+    if (gatewayTlsSecret) {
+      // Without cert-manager: the gateway Pod waits (ContainerCreating) for this Secret, so it comes first.
+      gatewayTls = new GatewayTlsManager({
+        client,
+        log: events,
+        settings: {
+          namespace,
+          caSecretName: opt('ca-secret') ?? 'narrowlink-ca',
+          tlsSecretName: gatewayTlsSecret,
+          serviceName: opt('gateway-service') ?? 'narrowlink-gateway',
+          extraSans,
+        },
+      });
+      await gatewayTls.start();
+    }
+    if (distributeCaFrom && caConfigMap) {
+      caBundles = new CaBundleDistributor({
+        client,
+        log,
+        settings: { namespace, sourceSecret: distributeCaFrom, configMap: caConfigMap, ownerWebhookConfiguration: opt('webhook-configuration') ?? 'narrowlink-sidecar-injector' },
+      });
+      await caBundles.start();
+    }
     events.info({ event: 'leading', identity }, 'leader: control loop running');
   };
 
@@ -249,6 +305,8 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'operator stopping');
+    gatewayTls?.stop();
+    caBundles?.stop();
     await operator?.stop();
     await webhook?.close();
     await elector?.stop(); // releases the Lease so a standby takes over at once

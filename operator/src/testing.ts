@@ -12,3 +12,5 @@ export { ensureSigningKey, type SigningKey } from './signing-key.ts';
 export type { SidecarSettings } from './webhook/patch.ts';
 export { type ReviewEvent, type StartWebhookOptions, startWebhookServer, type WebhookServer } from './webhook/server.ts';
 export { ensureWebhookCertificate, mutatingWebhookConfigurations, type ServingCertificate } from './webhook-ca.ts';
+export { ensureGatewayCertificate, ensureOperatorCa, GatewayTlsManager, gatewaySans } from './gateway-tls.ts';
+export { CaBundleDistributor } from './ca-bundle-distributor.ts';

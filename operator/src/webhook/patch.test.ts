@@ -93,7 +93,7 @@ describe('sidecarPatch: shape', () => {
     const { patched } = injectOnce(pod(INJECT));
     const c = sidecarOf(patched);
     assert.equal(c.image, SETTINGS.image);
-    assert.deepEqual(c.command, ['node', 'agent-sidecar/src/main.ts']);
+    assert.deepEqual(c.command, ['node', 'dist/server/agent.mjs']);
     assert.deepEqual(c.args, ['--instance-id', '$(POD_NAME)']);
     assert.deepEqual(envOf(c), {
       POD_NAME: 'fieldRef:metadata.name',
@@ -193,10 +193,10 @@ describe('sidecarPatch: shape', () => {
     assert.deepEqual(c.resources, { requests: { cpu: '20m', memory: '64Mi' }, limits: { cpu: '200m', memory: '256Mi' } });
   });
 
-  it('gateway CA from a ConfigMap: projected next to the token, NARROWLINK_CA_FILE set', () => {
+  it('gateway CA from a ConfigMap: projected next to the token (optional: a missing copy never blocks the pod), NARROWLINK_CA_FILE set', () => {
     const { patched } = injectOnce(pod(INJECT), { ...SETTINGS, caConfigMap: 'narrowlink-gateway-ca', imagePullPolicy: 'IfNotPresent' });
     const volume = patched.spec.volumes?.find((v) => v.name === TOKEN_VOLUME) as { projected: { sources: unknown[] } };
-    assert.deepEqual(volume.projected.sources[1], { configMap: { name: 'narrowlink-gateway-ca', items: [{ key: 'ca.crt', path: 'ca.crt' }] } });
+    assert.deepEqual(volume.projected.sources[1], { configMap: { name: 'narrowlink-gateway-ca', items: [{ key: 'ca.crt', path: 'ca.crt' }], optional: true } });
     const c = sidecarOf(patched) as Container & { imagePullPolicy?: string };
     assert.equal(envOf(c).NARROWLINK_CA_FILE, '/var/run/secrets/narrowlink/ca.crt');
     assert.equal(c.imagePullPolicy, 'IfNotPresent');

@@ -32,8 +32,11 @@ export const CA_FILE_IN_VOLUME = `${TOKEN_MOUNT_PATH}/ca.crt`;
 export const DEFAULT_TOKEN_AUDIENCE = 'narrowlink';
 /** Default token lifetime, seconds; Kubernetes' minimum. The kubelet refreshes it at 80% of that. */
 export const DEFAULT_TOKEN_EXPIRATION_SECONDS = 600;
-/** The sidecar's entry point inside the Narrowlink image (see charts/narrowlink/values.yaml). */
-export const SIDECAR_COMMAND: readonly string[] = ['node', 'agent-sidecar/src/main.ts'];
+/**
+ * The sidecar's entry point inside the Narrowlink image: the compiled agent bundle (`npm run build:server`; the
+ * image ships bundles only, no TypeScript sources), relative to the image's working directory /app.
+ */
+export const SIDECAR_COMMAND: readonly string[] = ['node', 'dist/server/agent.mjs'];
 /** The ServiceAccount Kubernetes assigns to a pod that names none. */
 export const DEFAULT_SERVICE_ACCOUNT = 'default';
 /** Non-root user of the sidecar (the "nonroot" uid of distroless images). */
@@ -55,8 +58,9 @@ export interface SidecarSettings {
   /** Gateway URL the sidecar dials (`NARROWLINK_GATEWAY`), `wss://...` in a cluster. */
   gatewayUrl: string;
   /**
-   * Name of a ConfigMap in the pod's namespace whose key `ca.crt` is the gateway's CA: projected next to the
-   * token and passed as `NARROWLINK_CA_FILE`. Exclusive with `caFile`.
+   * Name of a ConfigMap in the pod's namespace whose key `ca.crt` is the gateway's CA: projected (optional) next
+   * to the token and passed as `NARROWLINK_CA_FILE`; the operator copies it into each namespace with injected
+   * pods (ca-bundle-distributor.ts). Exclusive with `caFile`.
    */
   caConfigMap?: string;
   /** Path of a CA bundle already inside the sidecar image, passed as `NARROWLINK_CA_FILE`. */
@@ -210,7 +214,9 @@ function tokenVolume(settings: SidecarSettings): Record<string, unknown> {
     { serviceAccountToken: { audience: settings.tokenAudience, expirationSeconds: settings.tokenExpirationSeconds, path: 'token' } },
   ];
   if (settings.caConfigMap !== undefined) {
-    sources.push({ configMap: { name: settings.caConfigMap, items: [{ key: 'ca.crt', path: 'ca.crt' }] } });
+    // optional: a namespace the CA copy has not reached yet (ADR 0015) must never keep the application pod in
+    // ContainerCreating; the kubelet adds the file once the ConfigMap exists and the agent waits for it.
+    sources.push({ configMap: { name: settings.caConfigMap, items: [{ key: 'ca.crt', path: 'ca.crt' }], optional: true } });
   }
   return { name: TOKEN_VOLUME, projected: { sources } };
 }
