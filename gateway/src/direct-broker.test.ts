@@ -191,8 +191,9 @@ async function metricValue(metrics: GatewayMetrics, name: string, labels: Record
   const metric = metrics.registry.getSingleMetric(name);
   assert.ok(metric, `metric ${name} exists`);
   const { values } = await metric.get();
-  const match = values.find((v) => ((v as { metricName?: string }).metricName ?? name) === sample && Object.entries(labels).every(([k, val]) => v.labels[k] === val));
-  return match?.value ?? 0;
+  // Summed: series carry more labels than a test names (direct_paths_total also has the NAT types).
+  const matches = values.filter((v) => ((v as { metricName?: string }).metricName ?? name) === sample && Object.entries(labels).every(([k, val]) => v.labels[k] === val));
+  return matches.reduce((sum, v) => sum + v.value, 0);
 }
 
 async function until(predicate: () => boolean, what: string, timeoutMs = 3000): Promise<void> {

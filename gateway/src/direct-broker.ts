@@ -22,6 +22,7 @@ import {
   type DirectRefusalReason,
   type DirectRequest,
   type DirectState,
+  type NatType,
   type PunchSidePlan,
   type PunchStrategy,
   peerSupportsMinor,
@@ -120,6 +121,8 @@ interface BrokeredPath {
   expiresAt: number | undefined;
   /** The client's time-to-ready was observed (once per path). */
   readyObserved: boolean;
+  /** Both sides' NAT types when planned: labels of `direct_paths_total` (success by NAT type). */
+  readonly nat: { readonly client_nat: NatType; readonly agent_nat: NatType };
 }
 
 /** Public view of a path (tests, diagnostics). */
@@ -281,6 +284,7 @@ export class DirectPathBroker {
       allow,
       expiresAt: client.policy.nextExpiryMs,
       readyObserved: false,
+      nat: { client_nat: clientNat.classification.type, agent_nat: chosen.nat.classification.type },
     };
     return { path, strategy: plan.strategy, sameLan: plan.sameLan, client: plan.client, agent: plan.agent };
   }
@@ -311,7 +315,7 @@ export class DirectPathBroker {
     if (message.state === 'up') {
       if (path.state === 'punching') {
         path.state = 'up';
-        this.#metrics.directPaths.inc({ result: 'up' });
+        this.#metrics.directPaths.inc({ result: 'up', ...path.nat });
         this.#metrics.directPathsUp.inc();
         session.log.info({ pathId: path.pathId, agent: path.agentKey, via: message.via, elapsedMs: message.elapsedMs, from }, 'direct path up');
         this.#host.onPathsChanged();
@@ -405,7 +409,7 @@ export class DirectPathBroker {
       this.#metrics.directPathsUp.dec();
       this.#host.onPathsChanged();
     } else {
-      this.#metrics.directPaths.inc({ result: 'failed' });
+      this.#metrics.directPaths.inc({ result: 'failed', ...path.nat });
     }
     for (const session of notify) send(session, { type: 'direct_close', pathId: path.pathId, reason });
   }

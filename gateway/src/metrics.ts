@@ -1,14 +1,83 @@
 /**
  * Every Prometheus metric the gateway exports, in one place. Labels are bounded sets
  * (kind, direction, reason, code): never ids, addresses or user names.
+ *
+ * Besides its own `narrowlink_gateway_*` metrics the registry carries `narrowlink_build_info` and the standard
+ * `process_*` / `nodejs_*` metrics under the names prom-client (and every Node exporter) gives them, so stock
+ * dashboards and alerts for Node processes work unchanged. Every labelled series the gateway can produce is
+ * created at zero up front (the lists below): `rate()` and `increase()` then see the first event as an increase
+ * instead of a series appearing out of nothing, and a dashboard shows 0 rather than "no data".
  */
+import { BUILD_INFO_LABEL_NAMES, buildInfoLabels, directRefusalReasons, ErrorCode, type NatType, OMITTED_DEFAULT_METRICS, StreamErrorCode } from '@narrowlink/protocol';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { BudgetScope } from './buffer-budget.ts';
+import { GatewayAuthReason, GatewayErrorCode } from './errors.ts';
+import { RateLimitKind } from './rate-limit.ts';
+import type { ShareKind } from './stream-shares.ts';
+
+/**
+ * `allOf<T>()(list)`: `list` unchanged, but a type error when it misses a member of the union `T`, so the label
+ * values initialised at zero cannot fall behind a type that gains a member.
+ */
+function allOf<T extends string>() {
+  return <const L extends readonly T[]>(list: L & ([Exclude<T, L[number]>] extends [never] ? unknown : { missing: Exclude<T, L[number]> })): L => list;
+}
+
+/** The values of a code object whose keys start with `prefix` (`TOKEN_` → every NL_ERR_TOKEN_* code). */
+function codesNamed(codes: Readonly<Record<string, string>>, prefix: string): string[] {
+  return Object.entries(codes)
+    .filter(([key]) => key.startsWith(prefix))
+    .map(([, code]) => code);
+}
+
+/** `sessions{kind}`: the two session kinds. */
+export const SESSION_KINDS = ['agent', 'client'] as const;
+/** `relay_bytes_total{direction}`. */
+export const RELAY_DIRECTIONS = ['client_to_agent', 'agent_to_client'] as const;
+/** `streams_total{result}`: `ok`, or the stream code the open was reset with. */
+export const STREAM_RESULTS: readonly string[] = ['ok', ...Object.values(StreamErrorCode)];
+/**
+ * `auth_failures_total{reason}`: the gateway's refusal codes an upgrade or `reauth` can end with, and the finer
+ * token and TokenReview reasons (GatewayError.reason).
+ */
+export const AUTH_FAILURE_REASONS: readonly string[] = [
+  ...new Set([
+    GatewayErrorCode.SHUTTING_DOWN,
+    GatewayErrorCode.NOT_READY,
+    GatewayErrorCode.INTERNAL,
+    ...codesNamed(GatewayErrorCode, 'AUTH_'),
+    ...Object.values(GatewayAuthReason),
+    ...codesNamed(ErrorCode, 'TOKEN_'),
+  ]),
+];
+/** `config_reloads_total{result}`. */
+export const CONFIG_RELOAD_RESULTS = ['ok', 'invalid'] as const;
+/** `protocol_errors_total{reason}`: the frame and protocol codes a session can be closed for. */
+export const PROTOCOL_ERROR_REASONS: readonly string[] = [...codesNamed(ErrorCode, 'FRAME_'), ...codesNamed(ErrorCode, 'PROTOCOL_')];
+/** `buffer_limit_closes_total{scope}`. */
+export const BUFFER_SCOPES = allOf<BudgetScope>()(['session', 'process']);
+/** `stream_share_refusals_total{kind}` and `stream_shares_full{kind}`. */
+export const SHARE_KINDS = allOf<ShareKind>()(['session', 'identity']);
+/** `rate_limited_total{kind}`. */
+export const RATE_LIMIT_KINDS: readonly RateLimitKind[] = Object.values(RateLimitKind);
+/** `nat_probes_total{result}`: answered, limited, send_error, or the NatError code a datagram was dropped for. */
+export const NAT_PROBE_RESULTS: readonly string[] = ['answered', 'limited', 'send_error', ...codesNamed(ErrorCode, 'NAT_')];
+/** `nat_classifications_total{type}`. */
+export const NAT_TYPES = allOf<NatType>()(['no-nat', 'endpoint-independent', 'endpoint-dependent-predictable', 'endpoint-dependent-random', 'unknown']);
+/** `direct_requests_total{result}`: `planned`, or the `direct_refused` reason. */
+export const DIRECT_REQUEST_RESULTS: readonly string[] = ['planned', ...directRefusalReasons];
+/** `direct_paths_total{result}`. */
+export const DIRECT_PATH_RESULTS = ['up', 'failed'] as const;
 
 export interface GatewayMetrics {
   registry: Registry;
+  /** `narrowlink_build_info{version, commit, node_version, component="gateway"} 1`. */
+  buildInfo: Gauge<(typeof BUILD_INFO_LABEL_NAMES)[number]>;
   sessions: Gauge<'kind'>;
   streamsOpen: Gauge;
   relayQueuedBytes: Gauge;
+  /** Relayed OPENs waiting for an admission slot at their agent instance (open-admission.ts). */
+  relayOpensQueued: Gauge;
   bufferedBytes: Gauge;
   bufferLimitCloses: Counter<'scope'>;
   stalledSessions: Counter;
@@ -26,24 +95,44 @@ export interface GatewayMetrics {
   natProbes: Counter<'result'>;
   natClassifications: Counter<'type'>;
   directRequests: Counter<'result'>;
-  directPaths: Counter<'result'>;
+  directPaths: Counter<'result' | 'client_nat' | 'agent_nat'>;
   directPathsUp: Gauge;
   directReadySeconds: Histogram;
   rateLimited: Counter<'kind'>;
   rateLimitCloses: Counter;
 }
 
-export function createMetrics(options: { defaultMetrics?: boolean } = {}): GatewayMetrics {
+/**
+ * A fresh registry with every gateway metric, its labelled series at zero. `defaultMetrics: false` leaves out the
+ * `process_*` / `nodejs_*` collectors (tests that compare registries). `env` is read for the build commit
+ * (see buildInfoLabels).
+ */
+export function createMetrics(options: { defaultMetrics?: boolean; env?: NodeJS.ProcessEnv } = {}): GatewayMetrics {
   const registry = new Registry();
-  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'narrowlink_gateway_' });
+  // No prefix: process_* and nodejs_* are the names every Node dashboard and alert expects.
+  if (options.defaultMetrics ?? true) {
+    collectDefaultMetrics({ register: registry });
+    for (const name of OMITTED_DEFAULT_METRICS) registry.removeSingleMetric(name);
+  }
   const registers = [registry];
-  return {
+  const metrics: GatewayMetrics = {
     registry,
+    buildInfo: new Gauge({
+      name: 'narrowlink_build_info',
+      help: 'Always 1; the labels say which version, commit and Node.js this component runs.',
+      labelNames: BUILD_INFO_LABEL_NAMES,
+      registers,
+    }),
     sessions: new Gauge({ name: 'narrowlink_gateway_sessions', help: 'Open peer sessions by kind (agent, client).', labelNames: ['kind'], registers }),
     streamsOpen: new Gauge({ name: 'narrowlink_gateway_streams_open', help: 'Relayed streams currently open.', registers }),
     relayQueuedBytes: new Gauge({
       name: 'narrowlink_gateway_relay_queued_bytes',
       help: 'Payload bytes held in relay queues, waiting for credit from the slower side (bounded by the stream windows).',
+      registers,
+    }),
+    relayOpensQueued: new Gauge({
+      name: 'narrowlink_gateway_relay_opens_queued',
+      help: 'Relayed OPENs waiting for a slot at their agent instance (outstanding dials are capped per agent and per identity).',
       registers,
     }),
     bufferedBytes: new Gauge({
@@ -145,8 +234,8 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
     }),
     directPaths: new Counter({
       name: 'narrowlink_gateway_direct_paths_total',
-      help: 'Planned direct paths by outcome: up (a peer reported it up), failed (reported failed, or gone before it came up).',
-      labelNames: ['result'],
+      help: 'Planned direct paths by outcome (up: a peer reported it up; failed: reported failed, or gone before it came up) and the NAT types of the client and the agent when it was planned.',
+      labelNames: ['result', 'client_nat', 'agent_nat'],
       registers,
     }),
     directPathsUp: new Gauge({ name: 'narrowlink_gateway_direct_paths_up', help: 'Direct (peer-to-peer) paths currently up.', registers }),
@@ -168,4 +257,31 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Gatew
       registers,
     }),
   };
+  metrics.buildInfo.set(buildInfoLabels('gateway', options.env), 1);
+  initialiseSeries(metrics);
+  return metrics;
+}
+
+/** Creates every known labelled series at zero (see the file comment). */
+function initialiseSeries(m: GatewayMetrics): void {
+  for (const kind of SESSION_KINDS) m.sessions.set({ kind }, 0);
+  for (const result of STREAM_RESULTS) m.streamsTotal.inc({ result }, 0);
+  for (const direction of RELAY_DIRECTIONS) m.relayBytes.inc({ direction }, 0);
+  for (const reason of AUTH_FAILURE_REASONS) m.authFailures.inc({ reason }, 0);
+  for (const result of CONFIG_RELOAD_RESULTS) m.configReloads.inc({ result }, 0);
+  for (const reason of PROTOCOL_ERROR_REASONS) m.protocolErrors.inc({ reason }, 0);
+  for (const scope of BUFFER_SCOPES) m.bufferLimitCloses.inc({ scope }, 0);
+  for (const kind of SHARE_KINDS) {
+    m.streamShareRefusals.inc({ kind }, 0);
+    m.streamSharesFull.set({ kind }, 0);
+  }
+  for (const kind of RATE_LIMIT_KINDS) m.rateLimited.inc({ kind }, 0);
+  for (const result of NAT_PROBE_RESULTS) m.natProbes.inc({ result }, 0);
+  for (const type of NAT_TYPES) m.natClassifications.inc({ type }, 0);
+  for (const result of DIRECT_REQUEST_RESULTS) m.directRequests.inc({ result }, 0);
+  for (const result of DIRECT_PATH_RESULTS) {
+    // Every pair of NAT types (25): planning refuses some pairs (BothSymmetric), but a refused pair at zero is
+    // what a "success by NAT type" panel should show for it.
+    for (const client_nat of NAT_TYPES) for (const agent_nat of NAT_TYPES) m.directPaths.inc({ result, client_nat, agent_nat }, 0);
+  }
 }

@@ -1,8 +1,41 @@
-/** Every Prometheus metric the operator exports, in one place (bounded labels only). */
+/**
+ * Every Prometheus metric the operator exports, in one place (bounded labels only).
+ *
+ * Besides its own `narrowlink_operator_*` metrics the registry carries `narrowlink_build_info` and the standard
+ * `process_*` / `nodejs_*` metrics under prom-client's names (what Node dashboards and alerts expect). Every
+ * labelled series is created at zero up front (the lists below), so `rate()` counts the first event and a
+ * dashboard shows 0 instead of "no data".
+ */
+import { BUILD_INFO_LABEL_NAMES, buildInfoLabels, OMITTED_DEFAULT_METRICS } from '@narrowlink/protocol';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { LoginOutcome } from './reconcilers/client-login/reconcile.ts';
+import type { LoginReviewOutcome } from './webhook/login-request.ts';
+
+/**
+ * `allOf<T>()(list)`: `list` unchanged, but a type error when it misses a member of the union `T`, so the label
+ * values initialised at zero cannot fall behind a type that gains a member.
+ */
+function allOf<T extends string>() {
+  return <const L extends readonly T[]>(list: L & ([Exclude<T, L[number]>] extends [never] ? unknown : { missing: Exclude<T, L[number]> })): L => list;
+}
+
+/**
+ * `reconciles_total{kind}` and `reconcile_seconds{kind}`: the work queue's key kinds (the part of a queue key
+ * before the first `/`, see controller.ts): the gateway config Secret, the discovery ConfigMap, NarrowlinkAgents,
+ * AccessPolicies, injected workloads' agents, ClientLoginRequests.
+ */
+export const RECONCILE_KINDS = ['gateway-config', 'discovery', 'agent', 'policy', 'injected', 'login'] as const;
+/** `reconciles_total{result}`. */
+export const RECONCILE_RESULTS = ['ok', 'error'] as const;
+/** `login_requests_total{outcome}`. */
+export const LOGIN_OUTCOMES = allOf<LoginOutcome>()(['issued', 'denied', 'invalid', 'rate_limited', 'collected']);
+/** `login_reviews_total{outcome}`. */
+export const LOGIN_REVIEW_OUTCOMES = allOf<LoginReviewOutcome>()(['stamped', 'identity-supplied', 'spec-changed', 'unchanged', 'invalid', 'skipped']);
 
 export interface OperatorMetrics {
   registry: Registry;
+  /** `narrowlink_build_info{version, commit, node_version, component="operator"} 1`. */
+  buildInfo: Gauge<(typeof BUILD_INFO_LABEL_NAMES)[number]>;
   reconciles: Counter<'kind' | 'result'>;
   reconcileSeconds: Histogram<'kind'>;
   leader: Gauge;
@@ -12,12 +45,27 @@ export interface OperatorMetrics {
   loginReviews: Counter<'outcome'>;
 }
 
-export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}): OperatorMetrics {
+/**
+ * A fresh registry with every operator metric, its labelled series at zero. `defaultMetrics: false` leaves out
+ * the `process_*` / `nodejs_*` collectors (tests that compare registries). `env` is read for the build commit
+ * (see buildInfoLabels).
+ */
+export function createOperatorMetrics(options: { defaultMetrics?: boolean; env?: NodeJS.ProcessEnv } = {}): OperatorMetrics {
   const registry = new Registry();
-  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'narrowlink_operator_' });
+  // No prefix: process_* and nodejs_* are the names every Node dashboard and alert expects.
+  if (options.defaultMetrics ?? true) {
+    collectDefaultMetrics({ register: registry });
+    for (const name of OMITTED_DEFAULT_METRICS) registry.removeSingleMetric(name);
+  }
   const registers = [registry];
-  return {
+  const metrics: OperatorMetrics = {
     registry,
+    buildInfo: new Gauge({
+      name: 'narrowlink_build_info',
+      help: 'Always 1; the labels say which version, commit and Node.js this component runs.',
+      labelNames: BUILD_INFO_LABEL_NAMES,
+      registers,
+    }),
     reconciles: new Counter({
       name: 'narrowlink_operator_reconciles_total',
       help: 'Reconciles by kind (gateway-config, agent, policy) and result (ok, error).',
@@ -45,4 +93,13 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
       registers,
     }),
   };
+  metrics.buildInfo.set(buildInfoLabels('operator', options.env), 1);
+  metrics.leader.set(0);
+  for (const kind of RECONCILE_KINDS) {
+    for (const result of RECONCILE_RESULTS) metrics.reconciles.inc({ kind, result }, 0);
+    metrics.reconcileSeconds.zero({ kind });
+  }
+  for (const outcome of LOGIN_OUTCOMES) metrics.loginRequests.inc({ outcome }, 0);
+  for (const outcome of LOGIN_REVIEW_OUTCOMES) metrics.loginReviews.inc({ outcome }, 0);
+  return metrics;
 }

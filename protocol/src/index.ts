@@ -13,3 +13,4 @@ export * from './proof.ts';
 export * from './nat/index.ts';
 export * from './direct-open.ts';
 export * from './log-format.ts';
+export * from './server-metrics.ts';

@@ -437,7 +437,7 @@ describe('slow reader', () => {
   });
 
   test('a stalled reader bounds gateway memory, does not block other streams, and loses nothing', { timeout: 60_000 }, async (t) => {
-    const rssName = 'narrowlink_gateway_process_resident_memory_bytes';
+    const rssName = 'process_resident_memory_bytes';
     const downName = 'narrowlink_gateway_relay_bytes_total';
     const [echoPort, sourcePort] = forward.ports as [number, number];
     // Warm the session up (and the gateway's code paths) before taking the baseline.
