@@ -48,6 +48,7 @@ import { PeerSession, SessionCloseCode, type SessionIdentity, type SessionKind }
 import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
 import { decideRelayOpen } from './relay-open.ts';
 import { type RelayClient, type RelayedStream, RelayStreams } from './relay-streams.ts';
+import type { OpenAdmissionLimits } from './open-admission.ts';
 import { limitCode, type StreamShareLimits } from './stream-shares.ts';
 import type { TokenReviewer } from './token-review.ts';
 
@@ -60,6 +61,8 @@ export interface GatewayOptions {
   /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
   openTimeoutMs?: number;
   /** Shares of each agent's relayed streams per client session and per identity. Default 256 and 1024. */
+  /** Outstanding OPENs per agent instance and per identity; the rest queue fairly (open-admission.ts). */
+  openAdmission?: Partial<OpenAdmissionLimits>;
   streamShares?: Partial<StreamShareLimits>;
   /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0 turns it off. Default 4 h. */
   streamIdleTimeoutMs?: number;
@@ -180,6 +183,7 @@ export class Gateway {
       now: this.#now,
       openTimeoutMs: this.openTimeoutMs,
       ...(options.streamShares ? { shares: options.streamShares } : {}),
+      ...(options.openAdmission ? { openAdmission: options.openAdmission } : {}),
       ...(options.streamIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.streamIdleTimeoutMs } : {}),
       findAgent: (key) => this.#agents.findAgent(key),
     });

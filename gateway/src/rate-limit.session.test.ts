@@ -5,125 +5,14 @@
  * never notice.
  */
 import assert from 'node:assert/strict';
-import { EventEmitter } from 'node:events';
 import { describe, test } from 'node:test';
-import {
-  type ControlMessage,
-  DEFAULT_STREAM_WINDOW,
-  type GatewayConfig,
-  generateSigningKeyPair,
-  Mux,
-  type MuxStream,
-  PROTOCOL_VERSION,
-  type ResetPayload,
-  signToken,
-  validateGatewayConfig,
-} from '@narrowlink/protocol';
-import { pino } from 'pino';
-import type { WebSocket } from 'ws';
+import { PROTOCOL_VERSION, signToken } from '@narrowlink/protocol';
 import { GatewayErrorCode } from './errors.ts';
-import { Gateway } from './gateway.ts';
-import { createMetrics, type GatewayMetrics } from './metrics.ts';
 import type { RateLimits } from './rate-limit.ts';
-
-const keys = await generateSigningKeyPair();
-const T0 = Date.parse('2030-01-01T00:00:00Z');
-
-const config: GatewayConfig = validateGatewayConfig({
-  apiVersion: 'narrowlink.io/v1alpha1',
-  kind: 'GatewayConfig',
-  signingPublicKeys: [keys.publicKeyPem],
-  agents: [{ name: 'db', expose: [{ name: 'pg', port: 5432 }] }],
-  policies: [{ name: 'all', subjects: [{ kind: 'Group', name: 'dev' }], rules: [{ action: 'Allow' }] }],
-});
-
-/** The gateway's end of an in-memory WebSocket: what it sends is queued for the peer. */
-class MemorySocket extends EventEmitter {
-  readonly toPeer: Buffer[] = [];
-  closed: { code: number; reason: string } | undefined;
-  /** The queue stands for the network: the bytes left the gateway at once (`flushed`). */
-  send(bytes: Uint8Array, _options?: unknown, flushed?: () => void): void {
-    if (!this.closed) this.toPeer.push(Buffer.from(bytes));
-    flushed?.();
-  }
-  pause(): void {}
-  resume(): void {}
-  close(code: number, reason: string): void {
-    if (this.closed) return;
-    this.closed = { code, reason };
-    this.emit('close', code, Buffer.from(reason));
-  }
-  terminate(): void {
-    this.close(1006, '');
-  }
-}
-
-class MemoryPeer {
-  readonly socket = new MemorySocket();
-  readonly toGateway: Buffer[] = [];
-  readonly controls: ControlMessage[] = [];
-  readonly mux: Mux;
-  constructor(role: 'agent' | 'client') {
-    this.mux = new Mux({
-      role: 'initiator',
-      send: (bytes) => this.toGateway.push(Buffer.from(bytes)),
-      handlers: {
-        onControl: (message) => this.controls.push(message),
-        // Agents accept every OPEN.
-        onOpen: (stream) => (role === 'agent' ? stream.accept({ path: 'relay' }) : stream.reset('PROTOCOL_ERROR', 'clients accept no streams')),
-      },
-    });
-  }
-  errors(): string[] {
-    return this.controls.flatMap((c) => (c.type === 'error' ? [c.code] : []));
-  }
-}
+import { memoryGateway, memoryKeys as keys, metricValue as counter, T0 } from './testing/memory-gateway.ts';
 
 function setup(rateLimits: Partial<RateLimits>) {
-  const clock = { now: T0 };
-  const metrics = createMetrics({ defaultMetrics: false });
-  const gateway = new Gateway({ log: pino({ level: 'silent' }), metrics, now: () => clock.now, rateLimits });
-  gateway.applyConfig(config);
-  const peers: MemoryPeer[] = [];
-  function flush(): void {
-    for (let moved = true; moved; ) {
-      moved = false;
-      for (const peer of peers) {
-        for (let b = peer.socket.toPeer.shift(); b; b = peer.socket.toPeer.shift(), moved = true) peer.mux.receive(b);
-        for (let b = peer.toGateway.shift(); b; b = peer.toGateway.shift(), moved = true) if (!peer.socket.closed) peer.socket.emit('message', b, true);
-      }
-    }
-  }
-  function connect(role: 'agent' | 'client', options: { sub?: string; version?: string } = {}): MemoryPeer {
-    const peer = new MemoryPeer(role);
-    peers.push(peer);
-    const sub = options.sub ?? (role === 'agent' ? 'default/db' : 'alice');
-    gateway.attach(role, { sub, groups: ['dev'], typ: role, expiresAtMs: T0 + 3_600_000 }, peer.socket as unknown as WebSocket);
-    peer.mux.sendControl({
-      type: 'hello',
-      version: options.version ?? PROTOCOL_VERSION,
-      role,
-      streamWindow: DEFAULT_STREAM_WINDOW,
-      ...(role === 'agent' ? { agent: { instanceId: `i-${peers.length}`, expose: [{ name: 'pg', port: 5432 }] } } : {}),
-    });
-    flush();
-    assert.ok(peer.controls.some((c) => c.type === 'hello_ok'), `${role} hello_ok`);
-    return peer;
-  }
-  function open(peer: MemoryPeer): { stream: MuxStream; ok: boolean; reset: ResetPayload | undefined } {
-    const result: { stream: MuxStream; ok: boolean; reset: ResetPayload | undefined } = { stream: undefined as unknown as MuxStream, ok: false, reset: undefined };
-    result.stream = peer.mux.open({ agent: 'db', port: 5432 }, { onOpenOk: () => (result.ok = true), onReset: (reset) => (result.reset = reset) });
-    flush();
-    return result;
-  }
-  return { gateway, metrics, clock, flush, connect, open };
-}
-
-async function counter(metrics: GatewayMetrics, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const metric = metrics.registry.getSingleMetric(name);
-  assert.ok(metric, name);
-  const { values } = await metric.get();
-  return values.filter((v) => Object.entries(labels).every(([k, l]) => v.labels[k] === l)).reduce((sum, v) => sum + v.value, 0);
+  return memoryGateway({ rateLimits });
 }
 
 describe('per-session rate limits through the gateway', () => {

@@ -8,6 +8,7 @@
 import { type AgentConfig, agentKey, type CompiledPolicy, type ExposedPort, type MuxStream, StreamErrorCode } from '@narrowlink/protocol';
 import type { AgentAttachment } from './agent-registry.ts';
 import type { GatewayMetrics } from './metrics.ts';
+import { type AdmissionSlot, OpenAdmission, type OpenAdmissionLimits } from './open-admission.ts';
 import type { PeerSession } from './peer-session.ts';
 import { resetLegs, splice } from './relay.ts';
 import {
@@ -27,11 +28,12 @@ export interface RelayedStream extends IdleState {
   readonly agent: AgentConfig;
   readonly host: string;
   readonly port: number;
-  readonly agentStream: MuxStream;
+  /** The agent leg, once the OPEN left the admission queue (open-admission.ts). */
+  agentStream: MuxStream | undefined;
   /** Protocol version of the agent instance (which stream codes it knows). */
   readonly agentVersion: string;
-  /** `opening` until the agent's OPEN_OK, then `open` (spliced). */
-  phase: 'opening' | 'open';
+  /** `queued` for an admission slot, `opening` until the agent's OPEN_OK, then `open` (spliced). */
+  phase: 'queued' | 'opening' | 'open';
   /** The stream's place in the agent's shares, released once when it ends. */
   readonly lease: ShareLease;
 }
@@ -56,6 +58,8 @@ export interface RelayStreamsOptions {
   openTimeoutMs: number;
   /** Shares of each agent's relayed streams per client session and per identity (defaults in stream-shares.ts). */
   shares?: Partial<StreamShareLimits>;
+  /** Outstanding OPENs per agent instance and per identity (defaults in open-admission.ts). */
+  openAdmission?: Partial<OpenAdmissionLimits>;
   /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0 turns it off. Default 4 h. */
   idleTimeoutMs?: number;
   /** The agent of the configuration in force, by `namespace/name` (re-checks use the current configuration). */
@@ -71,6 +75,9 @@ export class RelayStreams {
   readonly #findAgent: (key: string) => AgentConfig | undefined;
   /** Per-agent shares of relayed streams (per client session, per identity). */
   readonly #shares: StreamShares;
+  /** Each agent instance's OPEN admission (fair queueing of dials), created on its first OPEN. */
+  readonly #admissions = new WeakMap<AgentAttachment<PeerSession>, OpenAdmission>();
+  readonly #admissionLimits: Partial<OpenAdmissionLimits>;
   /** Wall-clock time of the last idle scan. */
   #lastIdleScanAt: number;
   /** Relayed streams spliced right now (both legs open). */
@@ -82,6 +89,7 @@ export class RelayStreams {
     this.#openTimeoutMs = options.openTimeoutMs;
     this.#findAgent = options.findAgent;
     this.idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    this.#admissionLimits = options.openAdmission ?? {};
     this.#lastIdleScanAt = this.#now();
     this.#shares = new StreamShares({
       ...(options.shares ? { limits: options.shares } : {}),
@@ -96,8 +104,8 @@ export class RelayStreams {
 
   /**
    * Relays `stream`, an OPEN of `client` the gateway allowed to `target` of `agent`, through `instance`: takes its
-   * place in the agent's shares (or refuses it SHARE_EXCEEDED), opens the agent leg, and splices the two once the
-   * agent accepts. `fail` resets the client stream and counts the open's result.
+   * place in the agent's shares (or refuses it SHARE_EXCEEDED), waits for an admission slot at that instance
+   * (open-admission.ts), opens the agent leg, and splices the two once the agent accepts. `fail` resets the client stream and counts the open's result.
    */
   open(
     client: RelayClient,
@@ -120,51 +128,95 @@ export class RelayStreams {
       );
     }
 
-    const agentStream = instance.session.mux.open({ host: exposed.host, port: exposed.port, client: client.session.identity.sub });
     const relayed: RelayedStream = {
       agent,
       host: exposed.host,
       port: exposed.port,
-      agentStream,
+      agentStream: undefined,
       agentVersion: instance.version,
-      phase: 'opening',
+      phase: 'queued',
       lease,
       lastBytes: 0,
       lastActiveAt: 0,
     };
-    // Pending opens are in the client's books too, so a policy change before the agent's OPEN_OK revokes them.
+    // Queued and pending opens are in the client's books too, so a policy change before the agent's OPEN_OK revokes them.
     client.streams.set(stream, relayed);
-    const timer = setTimeout(() => {
-      // Detach first: the agent leg's onReset would otherwise fail the client stream (and count it) a second time.
-      agentStream.handlers = {};
-      agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
-      fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.#openTimeoutMs} ms`);
-    }, this.#openTimeoutMs);
-    /** Out of the books, whichever way the relayed stream ended; safe to call more than once. */
-    const ended = (): void => {
-      clearTimeout(timer);
+    /** The client's side is out of the books, whichever way it ended; safe to call more than once. */
+    const clientEnded = (): void => {
       client.streams.delete(stream);
       lease.release();
     };
-    // While the agent dials, the client stream ending (the client cancelled, or this gateway refused it: timeout,
-    // revocation) must end the agent leg; a no-op when the agent leg ended first.
+    let slot: AdmissionSlot | undefined;
+    /** The agent answered (or was given up on): its admission slot and the open timer go. Idempotent. */
+    const agentAnswered = (): void => {
+      clearTimeout(timer);
+      slot?.release();
+      slot = undefined;
+    };
+    const timer = setTimeout(() => {
+      const agentStream = relayed.agentStream;
+      if (agentStream) {
+        // Detach first: the agent leg's onReset would otherwise fail the client stream (and count it) a second time.
+        agentStream.handlers = {};
+        agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
+      } else {
+        ticket.cancel();
+      }
+      agentAnswered();
+      clientEnded();
+      if (stream.state !== 'closed') fail(StreamErrorCode.TIMEOUT, `agent did not answer within ${this.#openTimeoutMs} ms`);
+    }, this.#openTimeoutMs);
+    // The client stream ending before the agent's answer: taken out of the queue if it waits there. If the agent is
+    // already dialling, a client cancel leaves the slot held until the agent answers (see open-admission.ts), while
+    // the gateway's own refusal (revocation, shutdown) ends the agent leg at once.
     stream.handlers = {
       onReset: (reset, local) => {
-        ended();
-        if (local) agentStream.reset(StreamErrorCode.PEER_GONE, `gateway: ${reset.message}`);
-        else agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
+        clientEnded();
+        const agentStream = relayed.agentStream;
+        if (!agentStream) {
+          ticket.cancel();
+          clearTimeout(timer);
+        } else if (local) {
+          agentStream.reset(StreamErrorCode.PEER_GONE, `gateway: ${reset.message}`);
+          agentAnswered();
+        }
       },
     };
+    const ticket = this.#admission(instance).request(client.session.identity.sub, (granted) => {
+      slot = granted;
+      if (instance.session.state !== 'open') {
+        agentAnswered();
+        clientEnded();
+        return fail(StreamErrorCode.PEER_GONE, `agent "${agent.name}" instance went away before it could take the stream`);
+      }
+      this.#dial(client, stream, relayed, instance, startedAt, fail, { agentAnswered, clientEnded });
+    });
+  }
+
+  /** Sends the agent leg's OPEN (the admission slot is held) and splices the two legs once the agent accepts. */
+  #dial(
+    client: RelayClient,
+    stream: MuxStream,
+    relayed: RelayedStream,
+    instance: AgentAttachment<PeerSession>,
+    startedAt: number,
+    fail: (code: StreamErrorCode, message: string) => void,
+    done: { agentAnswered: () => void; clientEnded: () => void },
+  ): void {
+    const agentStream = instance.session.mux.open({ host: relayed.host, port: relayed.port, client: client.session.identity.sub });
+    relayed.agentStream = agentStream;
+    relayed.phase = 'opening';
     agentStream.handlers = {
       onReset: (reset) => {
-        ended();
+        done.agentAnswered();
+        done.clientEnded();
         if (stream.state !== 'closed') fail(reset.code, reset.message);
       },
       onOpenOk: () => {
-        clearTimeout(timer);
+        done.agentAnswered();
         if (stream.state === 'closed') {
-          ended();
-          return agentStream.reset(StreamErrorCode.CANCELLED, 'client went away');
+          done.clientEnded();
+          return agentStream.reset(StreamErrorCode.CANCELLED, 'client cancelled the open');
         }
         this.#metrics.streamOpenSeconds.observe((performance.now() - startedAt) / 1000);
         this.#metrics.streamsTotal.inc({ result: 'ok' });
@@ -184,11 +236,21 @@ export class RelayStreams {
           onClosed: () => {
             this.#metrics.streamsOpen.dec();
             this.#open--;
-            ended();
+            done.clientEnded();
           },
         });
       },
     };
+  }
+
+  /** The admission state of an agent instance, created on its first OPEN (and gone with the instance). */
+  #admission(instance: AgentAttachment<PeerSession>): OpenAdmission {
+    let admission = this.#admissions.get(instance);
+    if (!admission) {
+      admission = new OpenAdmission(this.#admissionLimits, (delta) => this.#metrics.relayOpensQueued.inc(delta));
+      this.#admissions.set(instance, admission);
+    }
+    return admission;
   }
 
   /** After `client.policy` changed: resets every relayed stream, opening or open, that it no longer allows. */
@@ -200,7 +262,7 @@ export class RelayStreams {
       this.#metrics.policyResets.inc();
       // An OPEN still waiting for the agent is revoked too: it was allowed by the policy this one replaces. Its
       // client stream ends DENIED (counted as that open's result) and its handler resets the agent leg.
-      if (target.phase === 'opening') this.#metrics.streamsTotal.inc({ result: StreamErrorCode.DENIED });
+      if (target.phase !== 'open') this.#metrics.streamsTotal.inc({ result: StreamErrorCode.DENIED });
       client.session.log.info({ agent: target.agent.name, port: target.port, phase: target.phase }, 'access revoked; resetting stream');
       stream.reset(StreamErrorCode.DENIED, 'access revoked by a policy change');
     }
@@ -216,8 +278,8 @@ export class RelayStreams {
     this.#lastIdleScanAt = wall;
     for (const client of clients) {
       for (const [stream, relayed] of client.streams) {
-        if (relayed.phase !== 'open') continue;
         const agentStream = relayed.agentStream;
+        if (relayed.phase !== 'open' || !agentStream) continue;
         const bytes = stream.bytesIn + stream.bytesOut + agentStream.bytesIn + agentStream.bytesOut;
         if (!checkIdle(relayed, bytes, wall, this.idleTimeoutMs)) continue;
         this.#metrics.streamIdleResets.inc();
