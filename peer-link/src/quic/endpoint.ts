@@ -57,7 +57,11 @@ interface PendingAccept extends Pending {
 export class QuicheEndpoint {
   readonly socket: Socket;
   readonly options: Readonly<QuicheEndpointOptions>;
-  readonly #config: Config;
+  /**
+   * Built on the first connection, not at bind: building it loads the native binding (~6 MiB of RSS), and an agent
+   * sidecar binds its endpoint at start but may never see a direct path.
+   */
+  #configBuilt: Config | undefined;
   readonly #local: HostPort;
   /** All a connection may use of this endpoint (see ConnectionHost); one object, shared by its connections. */
   readonly #host: ConnectionHost;
@@ -81,7 +85,6 @@ export class QuicheEndpoint {
     this.options = options;
     const addr = socket.address();
     this.#local = { host: addr.address, port: addr.port };
-    this.#config = buildConfig(options);
     this.#host = {
       socket,
       local: this.#local,
@@ -102,6 +105,11 @@ export class QuicheEndpoint {
     socket.once('close', () => {
       this.#host.socketClosed = true;
     });
+  }
+
+  #config(): Config {
+    this.#configBuilt ??= buildConfig(this.options);
+    return this.#configBuilt;
   }
 
   /** Binds the socket. Rejects with NL_ERR_DIRECT_SOCKET (e.g. port in use). */
@@ -152,7 +160,7 @@ export class QuicheEndpoint {
     if (isIP(options.address) === 0) return Promise.reject(new DirectError(DirectErrorCode.SOCKET, `not an IP address: ${options.address}`));
     const scid = randomBytes(CID_LEN);
     const remote = { host: options.address, port: options.port };
-    const native = quicheBinding().Connection.connect(null, scid, this.#local, remote, this.#config);
+    const native = quicheBinding().Connection.connect(null, scid, this.#local, remote, this.#config());
     const timeoutMs = options.timeoutMs ?? 5_000;
     return new Promise<DirectTransport>((resolve, reject) => {
       const pending: Pending = {
@@ -175,6 +183,13 @@ export class QuicheEndpoint {
   /** Waits for a peer to connect to this endpoint (QUIC server role) and verifies its fingerprint. */
   accept(options: AcceptOptions): Promise<DirectTransport> {
     if (this.#closed) return Promise.reject(new DirectError(DirectErrorCode.CLOSED, 'endpoint is closed'));
+    try {
+      // The binding loads here the first time: where it cannot, the accept fails at once with why
+      // (NL_ERR_DIRECT_NATIVE_UNAVAILABLE) instead of dropping the peer's Initial and timing out.
+      this.#config();
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const timeoutMs = options.timeoutMs ?? 5_000;
     return new Promise<DirectTransport>((resolve, reject) => {
       const entry: PendingAccept = {
@@ -280,7 +295,7 @@ export class QuicheEndpoint {
     const scid = randomBytes(CID_LEN);
     const odcid = Buffer.from(odcidKey, 'latin1');
     const remote = { host: rinfo.address, port: rinfo.port };
-    const native = quicheBinding().Connection.accept(scid, odcid, this.#local, remote, this.#config);
+    const native = quicheBinding().Connection.accept(scid, odcid, this.#local, remote, this.#config());
     // The connection settles the accept() itself once it passed or failed verification.
     const conn = new QuicheConnection(this.#host, native, 'server', remote, entry.options.expectedFingerprint, entry);
     entry.conn = conn;
