@@ -130,7 +130,12 @@ interface ServiceShape {
 interface MatrixEntry {
   name: string;
   values: Record<string, unknown>;
+  /** `helm template --api-versions`: what the cluster serves beyond the built-in APIs (cert-manager detection). */
+  apiVersions?: string[];
 }
+
+/** What `.Capabilities.APIVersions` must hold for the chart to use cert-manager with certManager.enabled=auto. */
+const CERT_MANAGER_API = 'cert-manager.io/v1/Certificate';
 
 const customResources = {
   requests: { cpu: '250m', memory: '300Mi' },
@@ -139,7 +144,13 @@ const customResources = {
 
 const MATRIX: MatrixEntry[] = [
   { name: 'defaults', values: {} },
+  { name: 'defaults, cluster with cert-manager', values: {}, apiVersions: [CERT_MANAGER_API] },
   { name: 'certManager.enabled=false', values: { certManager: { enabled: false } } },
+  { name: 'certManager.enabled=true', values: { certManager: { enabled: true } }, apiVersions: [CERT_MANAGER_API] },
+  {
+    name: 'no cert-manager, extra SANs, user-managed CA ConfigMap',
+    values: { gateway: { tls: { dnsNames: ['gw.example.com'], extraSans: ['10.1.2.3', 'gw.internal', 'gw.example.com'] } }, sidecar: { caConfigMap: 'corp-ca', distributeCa: false } },
+  },
   { name: 'strict webhook', values: { webhook: { strict: true } } },
   {
     name: 'custom images and resources',
@@ -160,6 +171,7 @@ const MATRIX: MatrixEntry[] = [
   },
   {
     name: 'public issuer, default issuer, cross-namespace policies, no UDP',
+    apiVersions: [CERT_MANAGER_API],
     values: {
       issuer: { defaultIssuer: { name: 'letsencrypt-prod', kind: 'ClusterIssuer' } },
       policies: { allowCrossNamespacePolicies: true },
@@ -238,10 +250,22 @@ function parseObjects(text: string): Obj[] {
   return objects;
 }
 
-async function render(values: Record<string, unknown>, kubeVersion?: string): Promise<Obj[]> {
+async function render(values: Record<string, unknown>, kubeVersion?: string, apiVersions: string[] = []): Promise<Obj[]> {
   const args = ['template', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile(values)];
   if (kubeVersion) args.push('--kube-version', kubeVersion);
+  for (const api of apiVersions) args.push('--api-versions', api);
   return parseObjects(await helm(args));
+}
+
+/**
+ * Whether the chart uses cert-manager for `entry` (certManager.enabled: true, or auto with the Certificate API
+ * served or a gateway.tls.issuerRef), as `narrowlink.certManager` decides.
+ */
+function usesCertManager(entry: MatrixEntry): boolean {
+  const values = entry.values as { certManager?: { enabled?: boolean | 'auto' }; gateway?: { tls?: { issuerRef?: { name?: string } } } };
+  const enabled = values.certManager?.enabled ?? 'auto';
+  if (typeof enabled === 'boolean') return enabled;
+  return (entry.apiVersions ?? []).includes(CERT_MANAGER_API) || Boolean(values.gateway?.tls?.issuerRef?.name);
 }
 
 /** kubernetes-models validator per apiVersion/kind: every kind the chart renders must have one. */
@@ -350,7 +374,8 @@ function checkSigningKey(data: Record<string, string>): void {
 
 function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | undefined): void {
   const values = entry.values as {
-    certManager?: { enabled?: boolean };
+    certManager?: { enabled?: boolean | 'auto' };
+    sidecar?: { caConfigMap?: string; distributeCa?: boolean };
     webhook?: { strict?: boolean; failurePolicy?: string };
     gateway?: {
       tls?: { existingSecret?: string; issuerRef?: { name?: string } };
@@ -361,7 +386,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
     operator?: { replicas?: number };
     login?: { tokenTtlSeconds?: number; rateLimitPerMinute?: number; subjects?: Array<{ kind: string; name: string; namespace?: string }>; gatewayUrls?: string[]; caBundle?: string };
   };
-  const certManager = values.certManager?.enabled ?? true;
+  const certManager = usesCertManager(entry);
   const udp = values.gateway?.udp?.enabled ?? true;
   const serviceType = values.gateway?.service?.type ?? 'LoadBalancer';
   const adminPort = values.gateway?.admin?.port ?? 9090;
@@ -412,7 +437,8 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(operator.spec.replicas, values.operator?.replicas ?? 2);
   const op = operator.spec.template.spec.containers[0];
   assert.ok(op);
-  assert.deepEqual(op.command, ['node', 'operator/src/main.ts']);
+  // The image ships the compiled bundles only (npm run build:server), run from /app.
+  assert.deepEqual(op.command, ['node', 'dist/server/operator.mjs']);
   const opArgs = op.args ?? [];
   assert.equal(argValue(opArgs, '--namespace'), NS);
   assert.equal(argValue(opArgs, '--lease-name'), 'narrowlink-operator');
@@ -426,7 +452,22 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(argValue(opArgs, '--webhook-strict'), String(values.webhook?.strict === true));
   // Without cert-manager the operator manages the webhook CA: the Secret it keeps it in and the webhook to patch.
   assert.equal(argValue(opArgs, '--webhook-ca-secret'), certManager ? undefined : 'narrowlink-webhook-tls');
-  assert.equal(argValue(opArgs, '--webhook-configuration'), certManager ? undefined : 'narrowlink-sidecar-injector');
+  assert.equal(argValue(opArgs, '--webhook-configuration'), 'narrowlink-sidecar-injector', 'named always: the CA copies are owned by it');
+  // Without cert-manager and without an existing Secret the operator issues the gateway certificate from its CA
+  // (ADR 0015), for the Service names plus dnsNames and extraSans.
+  const tlsValues = values.gateway?.tls as { existingSecret?: string; dnsNames?: string[]; extraSans?: string[] } | undefined;
+  const operatorIssues = !certManager && !tlsValues?.existingSecret;
+  assert.equal(argValue(opArgs, '--gateway-tls-secret'), operatorIssues ? 'narrowlink-gateway-tls' : undefined);
+  assert.equal(argValue(opArgs, '--ca-secret'), operatorIssues ? 'narrowlink-ca' : undefined);
+  assert.equal(argValue(opArgs, '--gateway-service'), operatorIssues ? 'narrowlink-gateway' : undefined);
+  const sans = [...new Set([...(tlsValues?.dnsNames ?? []), ...(tlsValues?.extraSans ?? [])])];
+  assert.equal(argValue(opArgs, '--gateway-tls-extra-sans'), operatorIssues && sans.length > 0 ? sans.join(',') : undefined);
+  // Sidecars trust the gateway CA through a ConfigMap the operator copies into their namespaces (default), or one
+  // the user provides; the webhook projects it optional.
+  const caConfigMap = values.sidecar?.caConfigMap ?? 'narrowlink-ca';
+  const distributeCa = (values.sidecar?.distributeCa ?? true) && caConfigMap !== '';
+  assert.equal(argValue(opArgs, '--sidecar-ca-configmap'), caConfigMap || undefined);
+  assert.equal(argValue(opArgs, '--distribute-ca-from'), distributeCa ? values.gateway?.tls?.existingSecret || 'narrowlink-gateway-tls' : undefined);
   // narrowlink login: the token lifetime cap and rate limit, and the discovery CA copy unless the values give a CA.
   assert.equal(argValue(opArgs, '--login-token-ttl-seconds'), String(values.login?.tokenTtlSeconds ?? 28800));
   assert.equal(argValue(opArgs, '--login-rate-limit-per-minute'), String(values.login?.rateLimitPerMinute ?? 10));
@@ -447,7 +488,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   const gateway = deployment(objects, 'narrowlink-gateway');
   const gw = gateway.spec.template.spec.containers[0];
   assert.ok(gw);
-  assert.deepEqual(gw.command, ['node', 'gateway/src/main.ts']);
+  assert.deepEqual(gw.command, ['node', 'dist/server/gateway.mjs']);
   const gwArgs = gw.args ?? [];
   assert.equal(argValue(gwArgs, '--config-source'), 'kubernetes');
   assert.equal(argValue(gwArgs, '--config-secret'), 'narrowlink-gateway-config');
@@ -610,9 +651,8 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
       ...expand('', ['pods'], ['get', 'list', 'watch']),
       ...expand('apps', ['replicasets'], ['get']),
       ...expand('', ['events'], ['create', 'patch']),
-      ...(certManager
-        ? []
-        : expand('admissionregistration.k8s.io', ['mutatingwebhookconfigurations'], ['get', 'patch'], ['narrowlink-sidecar-injector'])),
+      ...expand('admissionregistration.k8s.io', ['mutatingwebhookconfigurations'], certManager ? ['get'] : ['get', 'patch'], ['narrowlink-sidecar-injector']),
+      ...(distributeCa ? [...expand('', ['configmaps'], ['create']), ...expand('', ['configmaps'], ['get', 'patch'], [caConfigMap])] : []),
     ].sort(),
   );
   assert.deepEqual(
@@ -696,7 +736,9 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
   for (const entry of MATRIX) {
     it(`helm lint --strict passes: ${entry.name}`, async (t) => {
       if (!toolsOrSkip(t)) return;
-      const out = await helm(['lint', '--strict', chartDir, '--namespace', NS, '--values', valuesFile(entry.values)]);
+      // helm lint has no --api-versions: where the entry expects cert-manager, its check is skipped instead.
+      const values = entry.apiVersions?.includes(CERT_MANAGER_API) ? merge(entry.values, { certManager: { skipCheck: true } }) : entry.values;
+      const out = await helm(['lint', '--strict', chartDir, '--namespace', NS, '--values', valuesFile(values)]);
       assert.match(out, /1 chart\(s\) linted, 0 chart\(s\) failed/);
     });
   }
@@ -705,7 +747,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     for (const kubeVersion of KUBE_VERSIONS) {
       it(`helm template renders valid objects: ${entry.name} (Kubernetes ${kubeVersion ?? 'helm default'})`, async (t) => {
         if (!toolsOrSkip(t)) return;
-        const objects = await render(entry.values, kubeVersion);
+        const objects = await render(entry.values, kubeVersion, entry.apiVersions);
         checkRender(entry, objects, kubeVersion);
       });
     }
@@ -763,7 +805,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     if (!toolsOrSkip(t)) return;
     const entry = MATRIX.find((e) => e.name.startsWith('public issuer'));
     assert.ok(entry);
-    const objects = await render(entry.values);
+    const objects = await render(entry.values, undefined, entry.apiVersions);
     const args = deployment(objects, 'narrowlink-operator').spec.template.spec.containers[0]?.args ?? [];
     assert.equal(argValue(args, '--default-issuer'), 'letsencrypt-prod/ClusterIssuer');
     assert.ok(args.includes('--allow-cross-namespace-policies'));
@@ -773,11 +815,11 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     assert.deepEqual(cert.spec.dnsNames, ['gw.example.com']);
     assert.deepEqual(cert.spec.issuerRef, { name: 'letsencrypt-prod', kind: 'ClusterIssuer', group: 'cert-manager.io' });
 
-    const defaults = await render({});
+    const defaults = await render({}, undefined, [CERT_MANAGER_API]);
     const defaultArgs = deployment(defaults, 'narrowlink-operator').spec.template.spec.containers[0]?.args ?? [];
     assert.equal(defaultArgs.includes('--default-issuer'), false, 'no default issuer unless configured');
     assert.equal(defaultArgs.includes('--allow-cross-namespace-policies'), false);
-    assert.equal(defaultArgs.includes('--sidecar-ca-configmap'), false);
+    assert.equal(argValue(defaultArgs, '--sidecar-ca-configmap'), 'narrowlink-ca');
     assert.equal(argValue(defaultArgs, '--sidecar-gateway-url'), `wss://narrowlink-gateway.${NS}.svc:443`);
     const defaultCert = find(defaults, 'Certificate', 'narrowlink-gateway') as Obj & { spec: { dnsNames: string[] } };
     assert.deepEqual(defaultCert.spec.dnsNames, [`narrowlink-gateway.${NS}.svc`, `narrowlink-gateway.${NS}.svc.cluster.local`]);
@@ -793,7 +835,7 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     const unknown: string[] = [];
     const checked = { operator: new Set<string>(), gateway: new Set<string>() };
     for (const entry of MATRIX) {
-      const objects = await render(entry.values);
+      const objects = await render(entry.values, undefined, entry.apiVersions);
       for (const component of ['operator', 'gateway'] as const) {
         const container = deployment(objects, `narrowlink-${component}`).spec.template.spec.containers[0];
         assert.ok(container);
@@ -809,7 +851,18 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
     }
     assert.deepEqual([...new Set(unknown)], [], 'flags the chart passes that the binary does not accept (not in its --help)');
     // Guards against a vacuous pass: the webhook and sidecar flags and the NAT probe port are rendered and checked.
-    for (const flag of ['--webhook-listen', '--sidecar-image', '--sidecar-gateway-url', '--login-token-ttl-seconds', '--discovery-configmap']) assert.ok(checked.operator.has(flag), `operator ${flag} not rendered`);
+    for (const flag of [
+      '--webhook-listen',
+      '--sidecar-image',
+      '--sidecar-gateway-url',
+      '--login-token-ttl-seconds',
+      '--discovery-configmap',
+      '--gateway-tls-secret',
+      '--gateway-tls-extra-sans',
+      '--distribute-ca-from',
+    ]) {
+      assert.ok(checked.operator.has(flag), `operator ${flag} not rendered`);
+    }
     assert.ok(checked.gateway.has('--nat-probe-port'), 'gateway --nat-probe-port not rendered');
     assert.ok(checked.gateway.has('--admin-listen'), 'gateway --admin-listen not rendered');
   });
@@ -842,6 +895,17 @@ describe('Helm chart charts/narrowlink: lint and template', () => {
         { gateway: { tls: { existingSecret: 'x', issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] } } },
         /either gateway\.tls\.issuerRef or gateway\.tls\.existingSecret/,
       ],
+      // cert-manager detection (helm template: no cluster, so no cert-manager.io/v1 Certificate): one line naming
+      // the value that needs it.
+      [{ certManager: { enabled: true } }, /certManager\.enabled=true needs cert-manager, but this cluster does not serve cert-manager\.io\/v1 Certificate: install cert-manager first/],
+      [
+        { gateway: { tls: { issuerRef: { name: 'le', kind: 'ClusterIssuer', group: 'cert-manager.io' }, dnsNames: ['gw.example.com'] } } },
+        /gateway\.tls\.issuerRef \(le\) needs cert-manager/,
+      ],
+      [{ issuer: { defaultIssuer: { name: 'letsencrypt-prod', kind: 'ClusterIssuer' } } }, /issuer\.defaultIssuer \(letsencrypt-prod\) needs cert-manager/],
+      [{ certManager: { enabled: 'yes' } }, /certManager\.enabled/],
+      [{ sidecar: { caConfigMap: '' } }, /sidecar\.distributeCa needs sidecar\.caConfigMap/],
+      [{ gateway: { tls: { extraSans: ['not a name!'] } } }, /gateway\.tls\.extraSans/],
     ];
     for (const [values, message] of cases) {
       await assert.rejects(
@@ -987,6 +1051,13 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
       { user: op, verb: 'delete', resource: 'pods', namespace: 'shop', allowed: false },
       { user: op, verb: 'create', resource: 'events', namespace: 'shop', allowed: true },
       { user: op, verb: 'get', resource: 'configmaps', namespace: NS, allowed: false },
+      // operator: the gateway CA copy, by its name, in any namespace (ADR 0015); no other ConfigMap outside its own
+      { user: op, verb: 'patch', resource: 'configmaps', namespace: 'shop', name: 'narrowlink-ca', allowed: true },
+      { user: op, verb: 'create', resource: 'configmaps', namespace: 'shop', allowed: true },
+      { user: op, verb: 'patch', resource: 'configmaps', namespace: 'shop', name: 'app-settings', allowed: false },
+      { user: op, verb: 'delete', resource: 'configmaps', namespace: 'shop', name: 'narrowlink-ca', allowed: false },
+      { user: op, verb: 'list', resource: 'configmaps', namespace: 'shop', allowed: false },
+      { user: op, verb: 'get', group: 'admissionregistration.k8s.io', resource: 'mutatingwebhookconfigurations', name: 'narrowlink-sidecar-injector', allowed: true },
       { user: op, verb: 'create', group: 'apps', resource: 'deployments', namespace: 'shop', allowed: false },
       { user: op, verb: 'create', group: 'authentication.k8s.io', resource: 'tokenreviews', allowed: false },
       // operator: its webhook only (certManager.enabled=false)
@@ -1100,6 +1171,11 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
   it('helm upgrade to certManager.enabled=true (cert-manager CRDs present) adds the PKI, the CA injection annotation and drops the webhook RBAC', async (t) => {
     const api = apiOrSkip(t);
     if (!api) return;
+    // Before cert-manager is installed, asking for it fails the upgrade with the one-line explanation.
+    await assert.rejects(
+      helm(['upgrade', RELEASE, chartDir, '--namespace', NS, '--reset-values', '--values', valuesFile({ certManager: { enabled: true } }), '--timeout', '60s'], api.kubeconfigPath),
+      /certManager\.enabled=true needs cert-manager, but this cluster does not serve cert-manager\.io\/v1 Certificate/,
+    );
     const crdFile = join(scratch, 'cert-manager-crds.json');
     writeFileSync(crdFile, JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [certManagerCrd('certificates', 'Certificate'), certManagerCrd('issuers', 'Issuer')] }));
     await kubectl(api, ['apply', '-f', crdFile]);
@@ -1119,7 +1195,15 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
     assert.equal(hook.metadata.annotations?.['cert-manager.io/inject-ca-from'], `${NS}/narrowlink-webhook`);
     assert.equal(hook.webhooks[0]?.failurePolicy, 'Ignore');
     const role = await getJson<{ rules: PolicyRule[] }>(api, ['get', 'clusterrole', 'narrowlink-operator']);
-    assert.ok(!grants(role.rules).some((g) => g.startsWith('admissionregistration.k8s.io/')), 'no webhook access with cert-manager');
+    assert.deepEqual(
+      grants(role.rules).filter((g) => g.startsWith('admissionregistration.k8s.io/')),
+      ['admissionregistration.k8s.io/mutatingwebhookconfigurations:get@narrowlink-sidecar-injector'],
+      'with cert-manager the operator only reads its webhook configuration (owner of the CA copies)',
+    );
+    // The operator no longer issues the gateway certificate: cert-manager does.
+    const args = (await getJson<DeploymentShape>(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS])).spec.template.spec.containers[0]?.args ?? [];
+    assert.equal(argValue(args, '--gateway-tls-secret'), undefined);
+    assert.equal(argValue(args, '--distribute-ca-from'), 'narrowlink-gateway-tls');
     assert.deepEqual(await readSigningKey(api), signingKeyData, 'the signing key is unchanged');
   });
 

@@ -401,11 +401,18 @@ describe('control plane on a real kube-apiserver: agent status, injected workloa
       'no caBundle before the operator runs (sidecar injector and login requests)',
     );
 
-    // The operator with the chart's flags, minus the webhook (test 4), as the chart's ServiceAccount.
+    // The operator with the chart's flags, minus the webhook (test 4), as the chart's ServiceAccount. It keeps the
+    // gateway certificate and the CA copies (ADR 0015): their RBAC is checked too.
     const operatorKubeconfig = impersonatingKubeconfig(api, tmp, OPERATOR_SA);
     const operatorDeployment = await client.get(deployments, SYSTEM_NS, 'narrowlink-operator');
     assert.ok(operatorDeployment);
-    const operatorArgs = chartArgs(operatorDeployment, (f) => f.startsWith('--webhook-') || f.startsWith('--sidecar-'), { '--listen': '127.0.0.1:0', '--kubeconfig': operatorKubeconfig }, 'op-rbac');
+    const operatorArgs = chartArgs(
+      operatorDeployment,
+      (f) => (f.startsWith('--webhook-') && f !== '--webhook-configuration') || (f.startsWith('--sidecar-') && f !== '--sidecar-ca-configmap'),
+      { '--listen': '127.0.0.1:0', '--kubeconfig': operatorKubeconfig },
+      'op-rbac',
+    );
+    assert.ok(operatorArgs.includes('--gateway-tls-secret') && operatorArgs.includes('--distribute-ca-from'), `chart operator args: ${operatorArgs.join(' ')}`);
     assert.deepEqual(operatorArgs.slice(0, 2), ['--namespace', SYSTEM_NS]);
     started = Date.now();
     const operator = await startProcess('operator (chart RBAC)', [SCRIPTS.operator, ...operatorArgs], { env: { ...env, KUBECONFIG: operatorKubeconfig }, timeoutMs: 20_000 });
@@ -438,6 +445,17 @@ describe('control plane on a real kube-apiserver: agent status, injected workloa
     await waitFor('billing Ready=True', async () => condition(await agentOf('billing'), 'Ready')?.status === 'True');
     await waitFor('billing-devs Ready=True', async () => condition(await client.get(Resources.accessPolicy, NS, 'billing-devs'), 'Ready')?.status === 'True');
     timing('operator start → converged under the chart RBAC', Date.now() - started);
+    // Without cert-manager: the gateway certificate from the operator's CA, and that CA copied into the namespace
+    // of the injected pods (shop), owned by the chart's webhook configuration.
+    const gatewayTls = await waitFor('the operator-issued gateway TLS Secret', () => client.get(Resources.secret, SYSTEM_NS, 'narrowlink-gateway-tls'));
+    const gatewayCa = decode(gatewayTls, 'ca.crt') ?? '';
+    assert.equal(gatewayCa, decode(await client.get(Resources.secret, SYSTEM_NS, 'narrowlink-ca'), 'tls.crt'));
+    assert.ok(new X509Certificate(decode(gatewayTls, 'tls.crt') ?? '').verify(new X509Certificate(gatewayCa).publicKey));
+    const copy = await waitFor('the CA copy in shop', async () => {
+      const cm = await client.get(Resources.configMap, NS, 'narrowlink-ca');
+      return (cm?.data as Record<string, string> | undefined)?.['ca.crt'] === gatewayCa ? cm : undefined;
+    });
+    assert.equal((copy.metadata.ownerReferences as Array<{ uid: string }> | undefined)?.[0]?.uid, hook.metadata.uid);
 
     // The gateway with the chart's flags (no TLS files outside a pod; loopback), as the chart's ServiceAccount.
     const gatewayKubeconfig = impersonatingKubeconfig(api, tmp, GATEWAY_SA);

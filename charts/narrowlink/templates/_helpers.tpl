@@ -88,9 +88,38 @@ Ignore
 {{- .Values.gateway.tls.existingSecret | default "narrowlink-gateway-tls" -}}
 {{- end -}}
 
+{{/* "true" when the cluster serves cert-manager's Certificate API (helm template: only with --api-versions). */}}
+{{- define "narrowlink.certManagerServed" -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1/Certificate" -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+"true" when the chart uses cert-manager for its own certificates: certManager.enabled true; or "auto" and
+either the cluster serves cert-manager.io/v1 Certificate or gateway.tls.issuerRef asks for a cert-manager issuer.
+(.Values.certManager.enabled is never tested for truth anywhere else: the string "auto" is truthy.)
+*/}}
+{{- define "narrowlink.certManager" -}}
+{{- $enabled := .Values.certManager.enabled -}}
+{{- if kindIs "bool" $enabled -}}
+{{- if $enabled -}}true{{- end -}}
+{{- else if or (include "narrowlink.certManagerServed" .) .Values.gateway.tls.issuerRef.name -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{/* "true" when the chart renders the gateway Certificate. */}}
 {{- define "narrowlink.gatewayCertificate" -}}
-{{- if and (not .Values.gateway.tls.existingSecret) .Values.certManager.enabled -}}true{{- end -}}
+{{- if and (not .Values.gateway.tls.existingSecret) (include "narrowlink.certManager" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* "true" when the operator issues the gateway certificate from its own CA (no cert-manager, no Secret given). */}}
+{{- define "narrowlink.operatorGatewayTls" -}}
+{{- if and (not .Values.gateway.tls.existingSecret) (not (include "narrowlink.certManager" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The operator's CA Secret without cert-manager (same name and layout as cert-manager's CA Secret). */}}
+{{- define "narrowlink.operatorCaSecretName" -}}
+{{- include "narrowlink.caName" . -}}
 {{- end -}}
 
 {{/* The in-cluster URL of the gateway, what injected sidecars dial unless sidecar.gatewayUrl is set. */}}
@@ -154,14 +183,31 @@ podAntiAffinity:
 
 {{/* Chart-level checks that a schema cannot express. */}}
 {{- define "narrowlink.validate" -}}
-{{- if and .Values.gateway.tls.issuerRef.name (not .Values.certManager.enabled) -}}
+{{- if and .Values.gateway.tls.issuerRef.name (eq (toString .Values.certManager.enabled) "false") -}}
 {{- fail "gateway.tls.issuerRef needs certManager.enabled=true (the chart renders a cert-manager Certificate for it); or set gateway.tls.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.sidecar.distributeCa (not .Values.sidecar.caConfigMap) -}}
+{{- fail "sidecar.distributeCa needs sidecar.caConfigMap (the ConfigMap name the operator writes); set distributeCa=false for system CAs only" -}}
 {{- end -}}
 {{- if and .Values.gateway.tls.issuerRef.name .Values.gateway.tls.existingSecret -}}
 {{- fail "set either gateway.tls.issuerRef or gateway.tls.existingSecret, not both" -}}
 {{- end -}}
 {{- if and .Values.gateway.tls.issuerRef.name (not .Values.gateway.tls.dnsNames) -}}
 {{- fail "gateway.tls.issuerRef needs gateway.tls.dnsNames: a public issuer cannot certify the in-cluster Service names" -}}
+{{- end -}}
+{{- /* cert-manager detection: one line, naming the value that needs it and the way out. */ -}}
+{{- if not (or .Values.certManager.skipCheck (include "narrowlink.certManagerServed" .)) -}}
+{{- $needs := "" -}}
+{{- if eq (toString .Values.certManager.enabled) "true" -}}
+{{- $needs = "certManager.enabled=true" -}}
+{{- else if .Values.gateway.tls.issuerRef.name -}}
+{{- $needs = printf "gateway.tls.issuerRef (%s)" .Values.gateway.tls.issuerRef.name -}}
+{{- else if .Values.issuer.defaultIssuer.name -}}
+{{- $needs = printf "issuer.defaultIssuer (%s)" .Values.issuer.defaultIssuer.name -}}
+{{- end -}}
+{{- if $needs -}}
+{{- fail (printf "%s needs cert-manager, but this cluster does not serve cert-manager.io/v1 Certificate: install cert-manager first, or unset it (certManager.enabled=auto uses the operator's own CA); for helm template without a cluster pass --api-versions cert-manager.io/v1/Certificate or set certManager.skipCheck=true" $needs) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
