@@ -12,6 +12,7 @@ import { AgentDirectPaths, generateIdentity } from '@narrowlink/peer-link';
 import { LOG_FORMATS, type LogFormat, prettyDestination, processLoggerOptions, wantsPretty } from '@narrowlink/protocol';
 import { Agent } from './agent.ts';
 import { AgentError, AgentErrorCode } from './errors.ts';
+import { readCaFileWhenPresent } from './ca-file.ts';
 import { AllowList, parseExposeList } from './expose.ts';
 
 const HELP = `narrowlink-agent: exposes local ports to Narrowlink clients through a gateway
@@ -144,13 +145,15 @@ async function main(): Promise<void> {
       log.warn({ err: (error as Error).message, port: directPort }, 'no direct path: cannot bind its UDP socket; relay only');
     }
   }
+  // A missing CA file (its optional ConfigMap not in this namespace yet) is waited for, not fatal: ADR 0015.
+  const caPem = caFile ? await readCaFileWhenPresent(caFile, log) : undefined;
   const agent = new Agent({
     ...(direct ? { direct } : {}),
     gatewayUrl,
     // A token file is read on every connect so a rotated token is picked up without a restart.
     token: tokenFile ? () => readFileSync(tokenFile, 'utf8').trim() : (tokenValue as string),
     allowList,
-    ...(caFile ? { caPem: readFileSync(caFile, 'utf8') } : {}),
+    ...(caPem ? { caPem } : {}),
     ...(agentRef ? { agentRef } : {}),
     ...((values['instance-id'] ?? env.POD_NAME) ? { instanceId: (values['instance-id'] ?? env.POD_NAME) as string } : {}),
     dialTimeoutMs: Number(values['dial-timeout-ms'] ?? 5000),
