@@ -45,10 +45,20 @@ import type { GatewayMetrics } from './metrics.ts';
 import type { NatProbeServer } from './nat-probe.ts';
 import { NatRegistry, natStatusMessage, type PeerNat } from './nat-registry.ts';
 import { PeerSession, SessionCloseCode, type SessionIdentity, type SessionKind } from './peer-session.ts';
-import { DEFAULT_RATE_LIMITS, RATE_LIMIT_CLOSE_CODE, type RateLimitKind, type RateLimits, SessionRateLimiter } from './rate-limit.ts';
+import type { OpenAdmissionLimits } from './open-admission.ts';
+import {
+  DEFAULT_IDENTITY_RATE_LIMITS,
+  DEFAULT_RATE_LIMITS,
+  type IdentityBuckets,
+  type IdentityRateLimits,
+  IdentityRateLimiters,
+  RATE_LIMIT_CLOSE_CODE,
+  type RateLimitKind,
+  type RateLimits,
+  SessionRateLimiter,
+} from './rate-limit.ts';
 import { decideRelayOpen } from './relay-open.ts';
 import { type RelayClient, type RelayedStream, RelayStreams } from './relay-streams.ts';
-import type { OpenAdmissionLimits } from './open-admission.ts';
 import { limitCode, type StreamShareLimits } from './stream-shares.ts';
 import type { TokenReviewer } from './token-review.ts';
 
@@ -60,9 +70,11 @@ export interface GatewayOptions {
   maxStreamsPerSession?: number;
   /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
   openTimeoutMs?: number;
-  /** Shares of each agent's relayed streams per client session and per identity. Default 256 and 1024. */
+  /** Rate limits of each identity over all its sessions, and of its new sessions (rate-limit.ts). */
+  identityRateLimits?: Partial<IdentityRateLimits>;
   /** Outstanding OPENs per agent instance and per identity; the rest queue fairly (open-admission.ts). */
   openAdmission?: Partial<OpenAdmissionLimits>;
+  /** Shares of each agent's relayed streams per client session and per identity. Default 256 and 1024. */
   streamShares?: Partial<StreamShareLimits>;
   /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0 turns it off. Default 4 h. */
   streamIdleTimeoutMs?: number;
@@ -130,6 +142,11 @@ export class Gateway {
   readonly bufferBudget: BufferBudget<PeerSession>;
   /** Each session's rate-limit buckets, created on its first limited request. */
   readonly #limiters = new WeakMap<PeerSession, SessionRateLimiter>();
+  /** Each identity's buckets over all its sessions (they outlive a reconnect), and which one each session holds. */
+  readonly #identityLimiters: IdentityRateLimiters;
+  readonly #identityBuckets = new WeakMap<PeerSession, IdentityBuckets>();
+  /** When the sweep last forgot idle identities' buckets (performance.now ms). */
+  #identitySweepAt = 0;
   /** Relayed streams: shares, open timer, splice, re-check, idle limit. */
   readonly #relay: RelayStreams;
   /** Called whenever an agent instance attaches or leaves, is classified, or its direct paths change. */
@@ -155,6 +172,8 @@ export class Gateway {
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...options.rateLimits };
+    this.#now = options.now ?? Date.now;
+    this.#identityLimiters = new IdentityRateLimiters({ ...DEFAULT_IDENTITY_RATE_LIMITS, ...options.identityRateLimits }, this.#now);
     this.sendHighWaterBytes = options.sendHighWaterBytes;
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS;
     this.deadPeerAfterMs = options.deadPeerAfterMs ?? HEARTBEAT_DEAD_AFTER_MS;
@@ -166,7 +185,6 @@ export class Gateway {
       onExceeded: (session, scope, heldBytes) => this.#overBudget(session, scope, heldBytes),
     });
     this.#onAgentsChanged = options.onAgentsChanged;
-    this.#now = options.now ?? Date.now;
     const config = (): GatewayConfig | undefined => this.#config;
     this.#auth = new Authenticator({
       config,
@@ -186,6 +204,11 @@ export class Gateway {
       ...(options.openAdmission ? { openAdmission: options.openAdmission } : {}),
       ...(options.streamIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.streamIdleTimeoutMs } : {}),
       findAgent: (key) => this.#agents.findAgent(key),
+      agentCapacity: (key) => {
+        let instances = 0;
+        for (const _ of this.#agents.instancesOf(key)) instances++;
+        return instances * this.maxStreamsPerSession;
+      },
     });
     this.#direct = new DirectPathBroker({
       metrics: this.metrics,
@@ -311,6 +334,17 @@ export class Gateway {
       onClosed: () => this.#detach(session),
     });
     this.#sessions.add(session);
+    // Before anything else the session may cost: an identity reconnecting faster than its connect limit goes at once.
+    const identityBuckets = this.#identityLimiters.acquire(`${identity.typ}\u0000${identity.sub}`);
+    if (!identityBuckets) {
+      this.metrics.rateLimited.inc({ kind: 'connect' });
+      this.metrics.rateLimitCloses.inc();
+      log.warn('identity opens sessions faster than its connect limit; closing session');
+      session.mux.sendControl({ type: 'error', code: GatewayErrorCode.RATE_LIMITED, message: 'too many new sessions for this identity; reconnect more slowly' });
+      session.close(RATE_LIMIT_CLOSE_CODE, GatewayErrorCode.RATE_LIMITED);
+      return session;
+    }
+    this.#identityBuckets.set(session, identityBuckets);
     setTimeout(() => {
       if (session.state === 'handshaking') {
         session.mux.sendControl({ type: 'error', code: GatewayErrorCode.HANDSHAKE_TIMEOUT, message: 'no hello received in time' });
@@ -323,6 +357,9 @@ export class Gateway {
   /** The one way out of the gateway's books for a session, whatever its role (by now `state` is 'closed'). */
   #detach(session: PeerSession): void {
     this.#sessions.delete(session);
+    const identityBuckets = this.#identityBuckets.get(session);
+    if (identityBuckets) this.#identityLimiters.release(identityBuckets);
+    this.#identityBuckets.delete(session);
     const role = this.#roles.get(session);
     this.#roles.delete(session);
     // Only sessions that completed the hello were counted.
@@ -388,7 +425,7 @@ export class Gateway {
   #rateLimit(session: PeerSession, kind: RateLimitKind): 'allowed' | 'refused' | 'closed' {
     let limiter = this.#limiters.get(session);
     if (!limiter) {
-      limiter = new SessionRateLimiter(this.rateLimits, this.#now);
+      limiter = new SessionRateLimiter(this.rateLimits, this.#now, this.#identityBuckets.get(session));
       this.#limiters.set(session, limiter);
     }
     const decision = limiter.check(kind);
@@ -595,6 +632,10 @@ export class Gateway {
       if (due !== undefined && due <= wall) this.#recompile(role);
     }
     this.#relay.resetIdle(this.#clients(), wall);
+    if (now - this.#identitySweepAt >= 10_000) {
+      this.#identitySweepAt = now;
+      this.#identityLimiters.sweep();
+    }
     this.bufferBudget.sweep();
     this.#direct.sweep();
   }

@@ -37,7 +37,8 @@ import { createMetrics, type GatewayMetrics } from './metrics.ts';
 import { DEFAULT_STREAM_IDLE_TIMEOUT_MS, DEFAULT_STREAM_SHARES } from './stream-shares.ts';
 import { NatProbeServer } from './nat-probe.ts';
 import { runTokenCommand } from './token-command.ts';
-import { DEFAULT_RATE_LIMITS, parseRateLimit, type RateLimit, type RateLimits } from './rate-limit.ts';
+import { DEFAULT_IDENTITY_RATE_LIMITS, DEFAULT_RATE_LIMITS, type IdentityRateLimits, parseRateLimit, type RateLimit, type RateLimits } from './rate-limit.ts';
+import { DEFAULT_OPEN_ADMISSION } from './open-admission.ts';
 
 const HELP = `narrowlink-gateway: relays Narrowlink sessions between clients and agents
 
@@ -69,6 +70,14 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
                        to one agent; beyond it OPENs get SHARE_EXCEEDED (default 256)
   --agent-streams-per-identity N  the same for one identity (token sub) over all its sessions
                        (default 1024; an agent takes 4096 streams in all)
+  --agent-streams-reserve N  the last N streams of each agent (at most a quarter of it) are kept for
+                       identities holding fewer than --agent-streams-reserve-floor streams to it; others
+                       get SHARE_EXCEEDED there (default 1024; 0 turns the reserve off)
+  --agent-streams-reserve-floor N  see above (default 64)
+  --open-admission-per-agent N  OPENs one agent instance may be dialling at once; more wait in a
+                       queue served lightest identity first (default 256)
+  --open-admission-per-identity N  OPENs one identity may have an agent instance dial at once
+                       (default 32)
   --stream-idle-timeout-ms N  reset a relayed stream that carried no bytes either way for N ms
                        with IDLE_TIMEOUT (default 14400000, 4 h; 0 turns it off)
   --session-buffer-bytes N  bytes one session may make the gateway hold (unsent, plus a client's
@@ -86,6 +95,14 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --rate-limit-reauth R:B  per session: reauth messages (default 0.2:10)
   --rate-limit-abuse R:B  refusals a session may collect (B, refilled at R per second) before it
                        is closed with 4429 NL_ERR_GATEWAY_RATE_LIMITED (default 100:1000)
+  --identity-rate-limit-open R:B  the same per identity over all its sessions, so that
+                       reconnecting starts nothing afresh (default 2000:4000)
+  --identity-rate-limit-list-agents R:B  per identity (default 10:40)
+  --identity-rate-limit-direct-request R:B  per identity (default 20:100)
+  --identity-rate-limit-reauth R:B  per identity (default 0.5:20)
+  --identity-rate-limit-abuse R:B  refusals of all an identity's sessions together (default 100:1000)
+  --identity-rate-limit-connect R:B  new sessions of one identity; over it a session is closed 4429
+                       before its hello (default 10:200)
   --nat-probe-address IP  address of the UDP NAT probe ports (direct path); must be a specific
                        address (default: the --listen host when it is one; else probing is off)
   --nat-probe-port N   first of the two UDP probe ports N, N+1 (default 3478; 0 disables probing)
@@ -146,6 +163,16 @@ async function main(): Promise<void> {
       'rate-limit-direct-request': { type: 'string' },
       'rate-limit-reauth': { type: 'string' },
       'rate-limit-abuse': { type: 'string' },
+      'identity-rate-limit-open': { type: 'string' },
+      'identity-rate-limit-list-agents': { type: 'string' },
+      'identity-rate-limit-direct-request': { type: 'string' },
+      'identity-rate-limit-reauth': { type: 'string' },
+      'identity-rate-limit-abuse': { type: 'string' },
+      'identity-rate-limit-connect': { type: 'string' },
+      'agent-streams-reserve': { type: 'string' },
+      'agent-streams-reserve-floor': { type: 'string' },
+      'open-admission-per-agent': { type: 'string' },
+      'open-admission-per-identity': { type: 'string' },
       'nat-probe-address': { type: 'string' },
       'nat-probe-port': { type: 'string' },
       'nat-probe-second-address': { type: 'string' },
@@ -210,6 +237,12 @@ async function main(): Promise<void> {
   const streamShares = {
     perSession: integerOption('agent-streams-per-session', DEFAULT_STREAM_SHARES.perSession, 1),
     perIdentity: integerOption('agent-streams-per-identity', DEFAULT_STREAM_SHARES.perIdentity, 1),
+    reserve: integerOption('agent-streams-reserve', DEFAULT_STREAM_SHARES.reserve, 0),
+    reserveFloor: integerOption('agent-streams-reserve-floor', DEFAULT_STREAM_SHARES.reserveFloor, 1),
+  };
+  const openAdmission = {
+    perAgent: integerOption('open-admission-per-agent', DEFAULT_OPEN_ADMISSION.perAgent, 1),
+    perIdentity: integerOption('open-admission-per-identity', DEFAULT_OPEN_ADMISSION.perIdentity, 1),
   };
   const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
   const sessionBufferBytes = integerOption('session-buffer-bytes', DEFAULT_SESSION_BUFFER_BYTES, 1024 * 1024);
@@ -230,6 +263,14 @@ async function main(): Promise<void> {
     reauth: rateLimit('rate-limit-reauth', DEFAULT_RATE_LIMITS.reauth),
     abuse: rateLimit('rate-limit-abuse', DEFAULT_RATE_LIMITS.abuse),
   };
+  const identityRateLimits: IdentityRateLimits = {
+    open: rateLimit('identity-rate-limit-open', DEFAULT_IDENTITY_RATE_LIMITS.open),
+    listAgents: rateLimit('identity-rate-limit-list-agents', DEFAULT_IDENTITY_RATE_LIMITS.listAgents),
+    directRequest: rateLimit('identity-rate-limit-direct-request', DEFAULT_IDENTITY_RATE_LIMITS.directRequest),
+    reauth: rateLimit('identity-rate-limit-reauth', DEFAULT_IDENTITY_RATE_LIMITS.reauth),
+    abuse: rateLimit('identity-rate-limit-abuse', DEFAULT_IDENTITY_RATE_LIMITS.abuse),
+    connect: rateLimit('identity-rate-limit-connect', DEFAULT_IDENTITY_RATE_LIMITS.connect),
+  };
 
   const metrics = createMetrics();
   const natProbe = await startNatProbe(values, host, metrics, log, fail);
@@ -243,6 +284,8 @@ async function main(): Promise<void> {
     streamWindow,
     rateLimits,
     streamShares,
+    openAdmission,
+    identityRateLimits,
     streamIdleTimeoutMs,
     sessionBufferBytes,
     processBufferBytes,

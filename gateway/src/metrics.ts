@@ -57,9 +57,10 @@ export const PROTOCOL_ERROR_REASONS: readonly string[] = [...codesNamed(ErrorCod
 /** `buffer_limit_closes_total{scope}`. */
 export const BUFFER_SCOPES = allOf<BudgetScope>()(['session', 'process']);
 /** `stream_share_refusals_total{kind}` and `stream_shares_full{kind}`. */
-export const SHARE_KINDS = allOf<ShareKind>()(['session', 'identity']);
+export const SHARE_KINDS = allOf<ShareKind>()(['session', 'identity', 'reserve']);
 /** `rate_limited_total{kind}`. */
-export const RATE_LIMIT_KINDS: readonly RateLimitKind[] = Object.values(RateLimitKind);
+/** The request kinds of rate-limit.ts, and `connect`: new sessions of one identity. */
+export const RATE_LIMIT_KINDS: readonly string[] = [...Object.values(RateLimitKind), 'connect'];
 /** `nat_probes_total{result}`: answered, limited, send_error, or the NatError code a datagram was dropped for. */
 export const NAT_PROBE_RESULTS: readonly string[] = ['answered', 'limited', 'send_error', ...codesNamed(ErrorCode, 'NAT_')];
 /** `nat_classifications_total{type}`. */
@@ -199,13 +200,13 @@ export function createMetrics(options: { defaultMetrics?: boolean; env?: NodeJS.
     }),
     streamShareRefusals: new Counter({
       name: 'narrowlink_gateway_stream_share_refusals_total',
-      help: 'Relayed OPENs refused with SHARE_EXCEEDED, by the share that was full (kind: session, identity).',
+      help: "Relayed OPENs refused with SHARE_EXCEEDED, by the share that was full (kind: session, identity, or reserve: the agent's last quarter, kept for light holders).",
       labelNames: ['kind'],
       registers,
     }),
     streamSharesFull: new Gauge({
       name: 'narrowlink_gateway_stream_shares_full',
-      help: "Client sessions (kind session) and identities (kind identity) holding their whole share of one agent's streams right now.",
+      help: "Client sessions (kind session) and identities (kind identity) holding their whole share of one agent's streams right now; agents into their reserve (kind reserve).",
       labelNames: ['kind'],
       registers,
     }),

@@ -8,11 +8,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { PROTOCOL_VERSION, signToken } from '@narrowlink/protocol';
 import { GatewayErrorCode } from './errors.ts';
-import type { RateLimits } from './rate-limit.ts';
+import type { IdentityRateLimits, RateLimits } from './rate-limit.ts';
 import { memoryGateway, memoryKeys as keys, metricValue as counter, T0 } from './testing/memory-gateway.ts';
 
-function setup(rateLimits: Partial<RateLimits>) {
-  return memoryGateway({ rateLimits });
+function setup(rateLimits: Partial<RateLimits>, identityRateLimits: Partial<IdentityRateLimits> = {}) {
+  return memoryGateway({ rateLimits, identityRateLimits });
 }
 
 describe('per-session rate limits through the gateway', () => {
@@ -107,6 +107,42 @@ describe('per-session rate limits through the gateway', () => {
     assert.equal(client.controls.filter((c) => c.type === 'reauth_ok').length, 1);
     assert.equal(client.socket.closed, undefined);
     assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'reauth' }), 1);
+    await gateway.shutdown(0);
+  });
+
+  test('reconnecting does not reset the limits: the abuse bucket follows the identity; its buckets span its sessions', async () => {
+    const { connect, open, gateway, metrics } = setup({ open: { perSecond: 0.001, burst: 3 } }, { open: { perSecond: 0.001, burst: 5 }, abuse: { perSecond: 0.001, burst: 3 } });
+    connect('agent');
+    const first = connect('client', { sub: 'mallory' });
+    for (let i = 0; i < 10 && !first.socket.closed; i++) open(first);
+    assert.equal(first.socket.closed?.code, 4429);
+    // A fresh session of the same identity: its first refusal closes it (the identity's tolerance is spent).
+    const second = connect('client', { sub: 'mallory' });
+    assert.equal(open(second).ok, true, 'the new session has its own burst of 3 left within the identity burst of 5');
+    assert.equal(open(second).ok, true);
+    // The identity bucket (5 over both sessions) is empty, and one refusal is one too many: the session is closed.
+    assert.equal(open(second).ok, false);
+    assert.equal(second.socket.closed?.code, 4429);
+    // Another identity is untouched.
+    const alice = connect('client', { sub: 'alice' });
+    assert.equal(open(alice).ok, true);
+    assert.equal(alice.socket.closed, undefined);
+    assert.ok((await counter(metrics, 'narrowlink_gateway_rate_limit_closes_total')) >= 2);
+    await gateway.shutdown(0);
+  });
+
+  test('connect: an identity opening sessions faster than its limit is closed 4429 before its hello; time refills it', async () => {
+    const { connect, clock, gateway, metrics } = setup({}, { connect: { perSecond: 1, burst: 2 } });
+    connect('client', { sub: 'loop' });
+    connect('client', { sub: 'loop' });
+    const third = connect('client', { sub: 'loop', expectHelloOk: false });
+    assert.deepEqual(third.socket.closed, { code: 4429, reason: GatewayErrorCode.RATE_LIMITED });
+    assert.ok(third.errors().includes(GatewayErrorCode.RATE_LIMITED));
+    assert.equal(third.controls.some((c) => c.type === 'hello_ok'), false);
+    connect('client', { sub: 'other' });
+    clock.now += 1000;
+    connect('client', { sub: 'loop' });
+    assert.equal(await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'connect' }), 1);
     await gateway.shutdown(0);
   });
 });

@@ -1,6 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DEFAULT_RATE_LIMITS, parseRateLimit, type RateDecision, type RateLimits, SessionRateLimiter, TokenBucket } from './rate-limit.ts';
+import {
+  DEFAULT_IDENTITY_RATE_LIMITS,
+  DEFAULT_RATE_LIMITS,
+  IdentityRateLimiters,
+  parseRateLimit,
+  type RateDecision,
+  type RateLimits,
+  SessionRateLimiter,
+  TokenBucket,
+} from './rate-limit.ts';
 
 describe('TokenBucket', () => {
   // Each row: the bucket, then [ms since start, expected take()] in order.
@@ -97,4 +106,37 @@ describe('parseRateLimit', () => {
     ['', undefined],
   ];
   for (const [text, expected] of table) test(JSON.stringify(text), () => assert.deepEqual(parseRateLimit(text), expected));
+});
+
+describe('IdentityRateLimiters', () => {
+  test('an identity\'s buckets outlive its sessions until they have refilled, then are forgotten', () => {
+    const clock = { now: 0 };
+    const limits = { ...DEFAULT_IDENTITY_RATE_LIMITS, open: { perSecond: 10, burst: 20 }, connect: { perSecond: 1, burst: 2 } };
+    const identities = new IdentityRateLimiters(limits, () => clock.now);
+    const first = identities.acquire('client\u0000alice');
+    assert.ok(first);
+    const limiter = new SessionRateLimiter(DEFAULT_RATE_LIMITS, () => clock.now, first);
+    for (let i = 0; i < 20; i++) assert.equal(limiter.check('open'), 'allowed');
+    assert.equal(limiter.check('open'), 'refused', 'the identity burst of 20 is spent (the session allows 2,000)');
+    identities.release(first);
+    identities.sweep();
+    assert.equal(identities.size, 1, 'kept right after its last session: a reconnect must not start afresh');
+    const again = identities.acquire('client\u0000alice');
+    assert.equal(again, first, 'a reconnect gets the same buckets');
+    assert.equal(identities.acquire('client\u0000alice'), undefined, 'a third session within the connect burst of 2 is refused');
+    identities.release(first);
+    // The slowest bucket of these limits is reauth's (20 at 0.5/s = 40 s).
+    clock.now += 39_999;
+    identities.sweep();
+    assert.equal(identities.size, 1);
+    clock.now += 1;
+    identities.sweep();
+    assert.equal(identities.size, 0);
+  });
+
+  test('defaults: an identity may do twice what one session may', () => {
+    assert.equal(DEFAULT_IDENTITY_RATE_LIMITS.open.perSecond, 2 * DEFAULT_RATE_LIMITS.open.perSecond);
+    assert.equal(DEFAULT_IDENTITY_RATE_LIMITS.listAgents.perSecond, 2 * DEFAULT_RATE_LIMITS.listAgents.perSecond);
+    assert.equal(DEFAULT_IDENTITY_RATE_LIMITS.directRequest.perSecond, 2 * DEFAULT_RATE_LIMITS.directRequest.perSecond);
+  });
 });

@@ -9,6 +9,11 @@
  * `abuse.perSecond` for longer than `abuse.burst` refusals is not a client having a burst but a loop, and the
  * gateway closes it (close code {@link RATE_LIMIT_CLOSE_CODE}).
  *
+ * Per-session buckets alone are escaped by reconnecting: a closed flooder comes back with fresh buckets. So every
+ * identity (token type and `sub`) has buckets of its own over all its sessions ({@link IdentityRateLimiters}), with
+ * the same kinds, one more for new sessions (`connect`), and the abuse bucket: refusals collected by any session of
+ * an identity count against it, so a flooder that reconnects is closed at its first refusal until the bucket refills.
+ *
  * Pure bookkeeping over an injected clock (milliseconds); no timers, no allocation per request.
  */
 
@@ -102,39 +107,148 @@ export class TokenBucket {
 /** What became of one request: go ahead, refuse it (the session stays), or refuse it and close the session. */
 export type RateDecision = 'allowed' | 'refused' | 'abusive';
 
-/** The buckets of one session; a bucket is created on the first request of its kind. */
-export class SessionRateLimiter {
+/** Buckets by kind, each created on the first request of its kind, and the abuse bucket. */
+export class BucketSet {
   readonly #limits: RateLimits;
-  readonly #now: () => number;
   readonly #buckets = new Map<RateLimitKind, TokenBucket>();
   #abuse: TokenBucket | undefined;
 
-  constructor(limits: RateLimits, now: () => number) {
+  constructor(limits: RateLimits) {
     this.#limits = limits;
-    this.#now = now;
   }
 
-  /** Counts one request of `kind` against its bucket (and a refusal against the abuse bucket). */
-  check(kind: RateLimitKind): RateDecision {
-    const nowMs = this.#now();
-    if (this.#bucket(kind, nowMs).take(nowMs)) return 'allowed';
-    this.#abuse ??= new TokenBucket(this.#limits.abuse, nowMs);
-    return this.#abuse.take(nowMs) ? 'refused' : 'abusive';
-  }
-
-  /** Milliseconds until a request of `kind` would be allowed. */
-  retryAfterMs(kind: RateLimitKind): number {
-    const nowMs = this.#now();
-    return this.#bucket(kind, nowMs).retryAfterMs(nowMs);
-  }
-
-  #bucket(kind: RateLimitKind, nowMs: number): TokenBucket {
+  bucket(kind: RateLimitKind, nowMs: number): TokenBucket {
     let bucket = this.#buckets.get(kind);
     if (!bucket) {
       bucket = new TokenBucket(limitOf(this.#limits, kind), nowMs);
       this.#buckets.set(kind, bucket);
     }
     return bucket;
+  }
+
+  abuse(nowMs: number): TokenBucket {
+    this.#abuse ??= new TokenBucket(this.#limits.abuse, nowMs);
+    return this.#abuse;
+  }
+}
+
+/** The buckets of one session, and of its identity over all its sessions when it has one. */
+export class SessionRateLimiter {
+  readonly #now: () => number;
+  readonly #own: BucketSet;
+  readonly #identity: IdentityBuckets | undefined;
+
+  constructor(limits: RateLimits, now: () => number, identity?: IdentityBuckets) {
+    this.#now = now;
+    this.#own = new BucketSet(limits);
+    this.#identity = identity;
+  }
+
+  /**
+   * Counts one request of `kind` against the session's bucket and the identity's, and a refusal against both abuse
+   * buckets (the identity's follows it across reconnects).
+   */
+  check(kind: RateLimitKind): RateDecision {
+    const nowMs = this.#now();
+    if (this.#own.bucket(kind, nowMs).take(nowMs) && (this.#identity?.buckets.bucket(kind, nowMs).take(nowMs) ?? true)) return 'allowed';
+    // Both tolerances count the refusal: the session's (a loop in one process) and the identity's (the same loop
+    // reconnecting). Either spent closes the session.
+    const ownTolerates = this.#own.abuse(nowMs).take(nowMs);
+    const identityTolerates = this.#identity?.buckets.abuse(nowMs).take(nowMs) ?? true;
+    return ownTolerates && identityTolerates ? 'refused' : 'abusive';
+  }
+
+  /** Milliseconds until a request of `kind` would be allowed (by the session's bucket and the identity's). */
+  retryAfterMs(kind: RateLimitKind): number {
+    const nowMs = this.#now();
+    const own = this.#own.bucket(kind, nowMs).retryAfterMs(nowMs);
+    return Math.max(own, this.#identity?.buckets.bucket(kind, nowMs).retryAfterMs(nowMs) ?? 0);
+  }
+}
+
+/** The limits of one identity over all its sessions: the session kinds, and how often it may open a session. */
+export interface IdentityRateLimits extends RateLimits {
+  /** New sessions (after authentication); over it the session is closed 4429 before its hello. */
+  readonly connect: RateLimit;
+}
+
+/**
+ * Defaults, per identity over all its sessions: twice a session's OPEN, `list_agents` and `direct_request` rates
+ * (a user runs a few CLI processes at once; it is the sum of many that must stop), reauth 0.5/s burst 20 (agents'
+ * replicas share one identity and renew together), the same abuse tolerance as one session (it is what a
+ * reconnecting flooder must not get afresh), and 10 sessions per second with a burst of 200 (a Deployment's
+ * replicas reattaching after a gateway restart; a CLI reconnects at most once a second).
+ */
+export const DEFAULT_IDENTITY_RATE_LIMITS: IdentityRateLimits = {
+  open: { perSecond: 2000, burst: 4000 },
+  listAgents: { perSecond: 10, burst: 40 },
+  directRequest: { perSecond: 20, burst: 100 },
+  reauth: { perSecond: 0.5, burst: 20 },
+  abuse: DEFAULT_RATE_LIMITS.abuse,
+  connect: { perSecond: 10, burst: 200 },
+};
+
+/** One identity's buckets, shared by its sessions. */
+export interface IdentityBuckets {
+  readonly buckets: BucketSet;
+  readonly connect: TokenBucket;
+  /** Sessions holding these buckets. */
+  sessions: number;
+  /** When the last session let go (ms), for forgetting an identity whose buckets are full again. */
+  releasedAtMs: number;
+}
+
+/**
+ * The buckets of every identity with a session, and of those that left recently (their buckets must outlive a
+ * reconnect). Entries are forgotten by {@link sweep} once no session holds them and every bucket would be full again.
+ */
+export class IdentityRateLimiters {
+  readonly limits: IdentityRateLimits;
+  readonly #now: () => number;
+  readonly #entries = new Map<string, IdentityBuckets>();
+  /** How long after its last session an identity's buckets are kept: until the slowest bucket refilled. */
+  readonly #forgetAfterMs: number;
+
+  constructor(limits: IdentityRateLimits, now: () => number) {
+    this.limits = limits;
+    this.#now = now;
+    const kinds = [limits.open, limits.listAgents, limits.directRequest, limits.reauth, limits.abuse, limits.connect];
+    this.#forgetAfterMs = Math.max(0, ...kinds.map((l) => (l.perSecond > 0 ? (l.burst / l.perSecond) * 1000 : 0)));
+  }
+
+  /**
+   * A new session of `identity`: false when the identity opens sessions faster than its `connect` limit (the caller
+   * closes the session). Otherwise the identity's buckets, held until {@link release}.
+   */
+  acquire(identity: string): IdentityBuckets | undefined {
+    const nowMs = this.#now();
+    let entry = this.#entries.get(identity);
+    if (!entry) {
+      entry = { buckets: new BucketSet(this.limits), connect: new TokenBucket(this.limits.connect, nowMs), sessions: 0, releasedAtMs: nowMs };
+      this.#entries.set(identity, entry);
+    }
+    if (!entry.connect.take(nowMs)) return undefined;
+    entry.sessions++;
+    return entry;
+  }
+
+  /** A session of that identity ended. */
+  release(entry: IdentityBuckets): void {
+    entry.sessions = Math.max(0, entry.sessions - 1);
+    if (entry.sessions === 0) entry.releasedAtMs = this.#now();
+  }
+
+  /** Forgets identities without sessions whose buckets have refilled. */
+  sweep(): void {
+    const nowMs = this.#now();
+    for (const [identity, entry] of this.#entries) {
+      if (entry.sessions === 0 && nowMs - entry.releasedAtMs >= this.#forgetAfterMs) this.#entries.delete(identity);
+    }
+  }
+
+  /** Identities remembered right now. */
+  get size(): number {
+    return this.#entries.size;
   }
 }
 

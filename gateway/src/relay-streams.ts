@@ -19,6 +19,7 @@ import {
   isShareRefusal,
   limitCode,
   type ShareLease,
+  type ShareRefusal,
   type StreamShareLimits,
   StreamShares,
 } from './stream-shares.ts';
@@ -62,8 +63,22 @@ export interface RelayStreamsOptions {
   openAdmission?: Partial<OpenAdmissionLimits>;
   /** A relayed stream without a byte either way for this long is reset IDLE_TIMEOUT; 0 turns it off. Default 4 h. */
   idleTimeoutMs?: number;
+  /** How many streams the agent `namespace/name` takes in all right now (its instances' stream limits together). */
+  agentCapacity?: (key: string) => number;
   /** The agent of the configuration in force, by `namespace/name` (re-checks use the current configuration). */
   findAgent: (key: string) => AgentConfig | undefined;
+}
+
+/** The RESET message of an OPEN a stream share refused. */
+function shareRefusalMessage(refusal: ShareRefusal, sub: string, agentName: string, reserveFloor: number): string {
+  switch (refusal.refused) {
+    case 'session':
+      return `this session already holds its share of ${refusal.limit} streams to agent "${agentName}"; close some first`;
+    case 'identity':
+      return `identity "${sub}" already holds its share of ${refusal.limit} streams to agent "${agentName}"; close some first`;
+    case 'reserve':
+      return `agent "${agentName}" is past ${refusal.limit} streams; its last streams are kept for identities holding fewer than ${reserveFloor} (identity "${sub}" holds more); close some first`;
+  }
 }
 
 /** See the file header. */
@@ -73,6 +88,7 @@ export class RelayStreams {
   readonly #now: () => number;
   readonly #openTimeoutMs: number;
   readonly #findAgent: (key: string) => AgentConfig | undefined;
+  readonly #agentCapacity: (key: string) => number;
   /** Per-agent shares of relayed streams (per client session, per identity). */
   readonly #shares: StreamShares;
   /** Each agent instance's OPEN admission (fair queueing of dials), created on its first OPEN. */
@@ -88,6 +104,7 @@ export class RelayStreams {
     this.#now = options.now;
     this.#openTimeoutMs = options.openTimeoutMs;
     this.#findAgent = options.findAgent;
+    this.#agentCapacity = options.agentCapacity ?? (() => Number.POSITIVE_INFINITY);
     this.idleTimeoutMs = options.idleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
     this.#admissionLimits = options.openAdmission ?? {};
     this.#lastIdleScanAt = this.#now();
@@ -118,14 +135,11 @@ export class RelayStreams {
     const { agent, exposed } = allowed;
     // The agent's streams are shared by every client: one session, or one identity over all its sessions, may hold
     // only its share of them, opening or open, so that nobody can lock the others out of the agent.
-    const lease = this.#shares.acquire(agentKey(agent.namespace, agent.name), client.session.id, client.session.identity.sub);
+    const key = agentKey(agent.namespace, agent.name);
+    const lease = this.#shares.acquire(key, client.session.id, client.session.identity.sub, this.#agentCapacity(key));
     if (isShareRefusal(lease)) {
       this.#metrics.streamShareRefusals.inc({ kind: lease.refused });
-      const holder = lease.refused === 'session' ? 'this session' : `identity "${client.session.identity.sub}"`;
-      return fail(
-        limitCode(client.version, StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.TOO_MANY_STREAMS),
-        `${holder} already holds its share of ${lease.limit} streams to agent "${agent.name}"; close some first`,
-      );
+      return fail(limitCode(client.version, StreamErrorCode.SHARE_EXCEEDED, StreamErrorCode.TOO_MANY_STREAMS), shareRefusalMessage(lease, client.session.identity.sub, agent.name, this.#shares.limits.reserveFloor));
     }
 
     const relayed: RelayedStream = {

@@ -26,7 +26,7 @@ describe('StreamShares', () => {
         { acquire: ['db', 's1', 'alice'], expect: 'ok' },
         { acquire: ['db', 's1', 'alice'], expect: 'session' },
       ],
-      full: { session: 1, identity: 0 },
+      full: { session: 1, identity: 0, reserve: 0 },
     },
     {
       name: 'the identity share spans sessions',
@@ -37,7 +37,7 @@ describe('StreamShares', () => {
         { acquire: ['db', 's2', 'alice'], expect: 'identity' },
         { acquire: ['db', 's3', 'alice'], expect: 'identity' },
       ],
-      full: { session: 1, identity: 1 },
+      full: { session: 1, identity: 1, reserve: 0 },
     },
     {
       name: 'shares are per agent: a full share on db leaves web alone',
@@ -48,7 +48,7 @@ describe('StreamShares', () => {
         { acquire: ['web', 's1', 'alice'], expect: 'ok' },
         { acquire: ['db', 's1', 'alice'], expect: 'session' },
       ],
-      full: { session: 2, identity: 0 },
+      full: { session: 2, identity: 0, reserve: 0 },
     },
     {
       name: 'another identity is not affected by a full one (the victim case)',
@@ -59,7 +59,7 @@ describe('StreamShares', () => {
         { acquire: ['db', 's3', 'mallory'], expect: 'identity' },
         { acquire: ['db', 's4', 'alice'], expect: 'ok' },
       ],
-      full: { session: 1, identity: 1 },
+      full: { session: 1, identity: 1, reserve: 0 },
     },
     {
       name: 'a release makes room again; a second release of the same lease changes nothing',
@@ -71,7 +71,7 @@ describe('StreamShares', () => {
         { acquire: ['db', 's1', 'alice'], expect: 'ok' },
         { acquire: ['db', 's1', 'alice'], expect: 'session' },
       ],
-      full: { session: 1, identity: 0 },
+      full: { session: 1, identity: 0, reserve: 0 },
     },
     {
       name: 'a refused OPEN takes nothing: the identity count does not move when the session share refuses',
@@ -82,12 +82,12 @@ describe('StreamShares', () => {
         { acquire: ['db', 's1', 'alice'], expect: 'session' },
         { acquire: ['db', 's2', 'alice'], expect: 'ok' },
       ],
-      full: { session: 1, identity: 1 },
+      full: { session: 1, identity: 1, reserve: 0 },
     },
   ];
   for (const { name, steps, full } of cases) {
     test(name, () => {
-      const gauge: Record<ShareKind, number> = { session: 0, identity: 0 };
+      const gauge: Record<ShareKind, number> = { session: 0, identity: 0, reserve: 0 };
       const shares = new StreamShares({ limits, onFullChanged: (kind, delta) => (gauge[kind] += delta) });
       const leases: ShareLease[] = [];
       for (const [i, step] of steps.entries()) {
@@ -107,7 +107,7 @@ describe('StreamShares', () => {
       if (full) assert.deepEqual(gauge, full);
       for (const lease of leases) lease.release();
       assert.equal(shares.entries, 0, 'every count is forgotten once released');
-      assert.deepEqual(gauge, { session: 0, identity: 0 }, 'no share is full any more');
+      assert.deepEqual(gauge, { session: 0, identity: 0, reserve: 0 }, 'no share is full any more');
     });
   }
 
@@ -120,9 +120,60 @@ describe('StreamShares', () => {
     assert.equal(shares.heldByIdentity('web', 'alice'), 0);
   });
 
-  test('defaults: 256 per session, 1024 per identity, well below the agent limit of 4096', () => {
+  test('defaults: 256 per session, 1024 per identity, well below the agent limit of 4096; a reserve of 1024 for light holders', () => {
     assert.deepEqual(new StreamShares().limits, DEFAULT_STREAM_SHARES);
-    assert.deepEqual(DEFAULT_STREAM_SHARES, { perSession: 256, perIdentity: 1024 });
+    assert.deepEqual(DEFAULT_STREAM_SHARES, { perSession: 256, perIdentity: 1024, reserve: 1024, reserveFloor: 64 });
+  });
+
+  test('many heavy identities fill the agent only up to its reserve; light holders still get in', () => {
+    const gauge: Record<ShareKind, number> = { session: 0, identity: 0, reserve: 0 };
+    const shares = new StreamShares({ onFullChanged: (kind, delta) => (gauge[kind] += delta) });
+    const capacity = 4096;
+    const leases: ShareLease[] = [];
+    // Twenty identities each open as much as their session share allows (20 x 256 = 5120 > 4096).
+    let refusedReserve = 0;
+    for (let id = 0; id < 20; id++) {
+      for (let i = 0; i < 256; i++) {
+        const result = shares.acquire('db', `s-${id}`, `heavy-${id}`, capacity);
+        if (isShareRefusal(result)) {
+          assert.equal(result.refused, 'reserve');
+          assert.equal(result.limit, capacity - 1024);
+          refusedReserve++;
+        } else leases.push(result);
+      }
+    }
+    // Twelve identities fill the unreserved 3072; the last eight, still light, take 64 each from the reserve and stop.
+    assert.equal(shares.heldByAll('db'), 3072 + 8 * 64);
+    assert.equal(refusedReserve, 20 * 256 - (3072 + 8 * 64));
+    assert.equal(gauge.reserve, 1);
+    // 200 light users, one stream each, and one with 63: all in, from the reserve.
+    for (let id = 0; id < 200; id++) {
+      const result = shares.acquire('db', `light-s-${id}`, `light-${id}`, capacity);
+      assert.equal(isShareRefusal(result), false, `light user ${id}`);
+      if (!isShareRefusal(result)) leases.push(result);
+    }
+    for (let i = 0; i < 63; i++) {
+      const result = shares.acquire('db', 'pool', 'pool-user', capacity);
+      assert.equal(isShareRefusal(result), false);
+      if (!isShareRefusal(result)) leases.push(result);
+    }
+    const sixtyFourth = shares.acquire('db', 'pool', 'pool-user', capacity);
+    if (!isShareRefusal(sixtyFourth)) leases.push(sixtyFourth);
+    const sixtyFifth = shares.acquire('db', 'pool', 'pool-user', capacity);
+    assert.equal(isShareRefusal(sixtyFifth) && sixtyFifth.refused, 'reserve', 'at 64 streams an identity is heavy');
+    for (const lease of leases) lease.release();
+    assert.equal(shares.entries, 0);
+    assert.equal(gauge.reserve, 0);
+  });
+
+  test('the reserve is at most a quarter of a small capacity, and 0 turns it off', () => {
+    const small = new StreamShares({ limits: { reserveFloor: 1 } });
+    const leases = [0, 1, 2].map(() => small.acquire('db', 's', 'a', 4));
+    assert.deepEqual(leases.map((l) => isShareRefusal(l)), [false, false, false]);
+    assert.equal((small.acquire('db', 's', 'a', 4) as { refused?: string }).refused, 'reserve');
+    assert.equal(isShareRefusal(small.acquire('db', 's2', 'b', 4)), false, 'a new identity takes the last one');
+    const off = new StreamShares({ limits: { reserve: 0, reserveFloor: 1 } });
+    for (let i = 0; i < 4; i++) assert.equal(isShareRefusal(off.acquire('db', 's', 'a', 4)), false);
   });
 
   test('limits must be integers >= 1', () => {

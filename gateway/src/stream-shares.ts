@@ -9,6 +9,13 @@
  * `SHARE_EXCEEDED`. With the defaults (256 per session, 1024 per identity) one identity can hold at most a quarter
  * of an agent's streams.
  *
+ * Per-identity shares alone still let a handful of identities (four at 1,024, or sixteen sessions at 256) fill the
+ * agent between them. So the last quarter of each agent's pool is a reserve that only light holders may draw on: an
+ * identity already holding `reserveFloor` (64) streams to the agent may not open more once the agent is past
+ * three quarters of its capacity. However many heavy identities there are, everyone holding fewer than 64 streams
+ * (an ssh session, a browser, a connection pool) still gets in; filling the reserve too takes sixteen more
+ * identities at 64 streams each, which is a question for whoever issues the tokens, not for the gateway.
+ *
  * Everything here is pure bookkeeping (no sockets, no timers): the gateway acquires a lease before it opens the
  * agent leg and releases it exactly once when the relayed stream ends, however it ends.
  */
@@ -20,6 +27,13 @@ export interface StreamShareLimits {
   readonly perSession: number;
   /** Streams one identity (token `sub`), over all its client sessions, may hold to one agent. Default 1024. */
   readonly perIdentity: number;
+  /**
+   * The part of an agent's capacity only identities holding fewer than `reserveFloor` streams may use, at most a
+   * quarter of the capacity. Default 1024 (a quarter of one instance's 4,096). 0 turns the reserve off.
+   */
+  readonly reserve: number;
+  /** Identities holding at least this many streams to an agent may not draw on its reserve. Default 64. */
+  readonly reserveFloor: number;
 }
 
 /**
@@ -28,7 +42,7 @@ export interface StreamShareLimits {
  * (a leak, a loop) leaves its user's other sessions room. 256 concurrent connections to one agent is far above what
  * browsers (6 per host), database pools (10–100) or interactive tools open.
  */
-export const DEFAULT_STREAM_SHARES: StreamShareLimits = { perSession: 256, perIdentity: 1024 };
+export const DEFAULT_STREAM_SHARES: StreamShareLimits = { perSession: 256, perIdentity: 1024, reserve: 1024, reserveFloor: 64 };
 
 /**
  * Default idle limit of a relayed stream, ms: 4 h, the kubelet's default `streamingConnectionIdleTimeout` (what cuts
@@ -38,8 +52,8 @@ export const DEFAULT_STREAM_SHARES: StreamShareLimits = { perSession: 256, perId
  */
 export const DEFAULT_STREAM_IDLE_TIMEOUT_MS = 4 * 60 * 60 * 1000;
 
-/** Which share refused an OPEN (also the `kind` label of the refusal metric). */
-export type ShareKind = 'session' | 'identity';
+/** Which share refused an OPEN (also the `kind` label of the refusal metric): `reserve` is the agent's reserve. */
+export type ShareKind = 'session' | 'identity' | 'reserve';
 
 /** A share held by one relayed stream. `release()` is idempotent. */
 export interface ShareLease {
@@ -68,12 +82,15 @@ export class StreamShares {
   readonly limits: StreamShareLimits;
   readonly #bySession = new Map<string, number>();
   readonly #byIdentity = new Map<string, number>();
+  /** Streams held to each agent by everyone, the agent's capacity when last seen, and whether its reserve is in use. */
+  readonly #byAgent = new Map<string, { held: number; capacity: number; reserved: boolean }>();
   readonly #onFullChanged: ((kind: ShareKind, delta: 1 | -1) => void) | undefined;
 
   constructor(options: StreamSharesOptions = {}) {
     const limits = { ...DEFAULT_STREAM_SHARES, ...options.limits };
     for (const [name, value] of Object.entries(limits)) {
-      if (!Number.isInteger(value) || value < 1) throw new RangeError(`stream share ${name} must be an integer >= 1, got ${value}`);
+      const least = name === 'reserve' ? 0 : 1;
+      if (!Number.isInteger(value) || value < least) throw new RangeError(`stream share ${name} must be an integer >= ${least}, got ${value}`);
     }
     this.limits = limits;
     this.#onFullChanged = options.onFullChanged;
@@ -81,17 +98,25 @@ export class StreamShares {
 
   /**
    * Takes one stream of `agent`'s pool for client session `session` of identity `sub`, or says which share is
-   * full. The session share is checked first: it is the smaller one, and the one a single process hits.
+   * full. `capacity` is how many streams the agent takes in all right now (its instances' limits together); without
+   * it there is no reserve. The session share is checked first: it is the smaller one, and the one a single
+   * process hits.
    */
-  acquire(agent: string, session: string, sub: string): ShareLease | ShareRefusal {
+  acquire(agent: string, session: string, sub: string, capacity = Number.POSITIVE_INFINITY): ShareLease | ShareRefusal {
     const sessionKey = pairKey(agent, session);
     const identityKey = pairKey(agent, sub);
     const inSession = this.#bySession.get(sessionKey) ?? 0;
     if (inSession >= this.limits.perSession) return { refused: 'session', limit: this.limits.perSession };
     const inIdentity = this.#byIdentity.get(identityKey) ?? 0;
     if (inIdentity >= this.limits.perIdentity) return { refused: 'identity', limit: this.limits.perIdentity };
+    const pool = this.#byAgent.get(agent) ?? { held: 0, capacity, reserved: false };
+    pool.capacity = capacity;
+    const unreserved = capacity - this.#reserveOf(capacity);
+    if (inIdentity >= this.limits.reserveFloor && pool.held >= unreserved) return { refused: 'reserve', limit: Math.max(0, unreserved) };
     this.#add(this.#bySession, sessionKey, 1, 'session', this.limits.perSession);
     this.#add(this.#byIdentity, identityKey, 1, 'identity', this.limits.perIdentity);
+    this.#byAgent.set(agent, pool);
+    this.#addToPool(agent, pool, 1);
     let released = false;
     return {
       release: () => {
@@ -99,8 +124,25 @@ export class StreamShares {
         released = true;
         this.#add(this.#bySession, sessionKey, -1, 'session', this.limits.perSession);
         this.#add(this.#byIdentity, identityKey, -1, 'identity', this.limits.perIdentity);
+        this.#addToPool(agent, pool, -1);
       },
     };
+  }
+
+  /** The reserve of an agent of `capacity` streams: the configured one, at most a quarter of the capacity. */
+  #reserveOf(capacity: number): number {
+    return Math.min(this.limits.reserve, Math.floor(capacity / 4));
+  }
+
+  /** Moves an agent's count; the `reserve` gauge follows whether the agent is into its reserve (beyond the rest). */
+  #addToPool(agent: string, pool: { held: number; capacity: number; reserved: boolean }, delta: 1 | -1): void {
+    pool.held += delta;
+    const reserved = pool.held > 0 && pool.held >= pool.capacity - this.#reserveOf(pool.capacity);
+    if (reserved !== pool.reserved) {
+      pool.reserved = reserved;
+      this.#onFullChanged?.('reserve', reserved ? 1 : -1);
+    }
+    if (pool.held <= 0) this.#byAgent.delete(agent);
   }
 
   /** Streams `session` holds to `agent`. */
@@ -113,9 +155,14 @@ export class StreamShares {
     return this.#byIdentity.get(pairKey(agent, sub)) ?? 0;
   }
 
-  /** (agent, holder) pairs with at least one stream: zero once every lease is released (nothing leaks). */
+  /** Streams everyone holds to `agent`. */
+  heldByAll(agent: string): number {
+    return this.#byAgent.get(agent)?.held ?? 0;
+  }
+
+  /** (agent, holder) pairs and agents with at least one stream: zero once every lease is released (nothing leaks). */
   get entries(): number {
-    return this.#bySession.size + this.#byIdentity.size;
+    return this.#bySession.size + this.#byIdentity.size + this.#byAgent.size;
   }
 
   #add(map: Map<string, number>, key: string, delta: 1 | -1, kind: ShareKind, limit: number): void {

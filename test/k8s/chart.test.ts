@@ -501,6 +501,14 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   // Fair shares of each agent's streams and the idle limit (issue 10); a large idle value renders as an integer.
   assert.equal(argValue(gwArgs, '--agent-streams-per-session'), '256');
   assert.equal(argValue(gwArgs, '--agent-streams-per-identity'), '1024');
+  // The agent reserve, fair OPEN admission and per-identity limits (issue 10: reconnecting starts nothing afresh).
+  assert.equal(argValue(gwArgs, '--agent-streams-reserve'), '1024');
+  assert.equal(argValue(gwArgs, '--agent-streams-reserve-floor'), '64');
+  assert.equal(argValue(gwArgs, '--open-admission-per-agent'), '256');
+  assert.equal(argValue(gwArgs, '--open-admission-per-identity'), '32');
+  assert.equal(argValue(gwArgs, '--identity-rate-limit-open'), '2000:4000');
+  assert.equal(argValue(gwArgs, '--identity-rate-limit-connect'), '10:200');
+  assert.equal(argValue(gwArgs, '--identity-rate-limit-list-agents'), '10:40');
   assert.equal(argValue(gwArgs, '--stream-idle-timeout-ms'), '14400000');
   // Buffer budgets for peers that do not read (issue 10, ADR 0011); rendered as integers, not 6.7108864e+07.
   assert.equal(argValue(gwArgs, '--session-buffer-bytes'), '67108864');

@@ -109,7 +109,7 @@ export function memoryGateway(options: Partial<GatewayOptions> = {}) {
       }
     }
   }
-  function connect(role: 'agent' | 'client', connectOptions: { sub?: string; version?: string; holdOpens?: boolean } = {}): MemoryPeer {
+  function connect(role: 'agent' | 'client', connectOptions: { sub?: string; version?: string; holdOpens?: boolean; expectHelloOk?: boolean } = {}): MemoryPeer {
     const peer = new MemoryPeer(role, connectOptions.holdOpens);
     peers.push(peer);
     const sub = connectOptions.sub ?? (role === 'agent' ? 'default/db' : 'alice');
@@ -122,7 +122,7 @@ export function memoryGateway(options: Partial<GatewayOptions> = {}) {
       ...(role === 'agent' ? { agent: { instanceId: `i-${peers.length}`, expose: [{ name: 'pg', port: 5432 }] } } : {}),
     });
     flush();
-    assert.ok(peer.controls.some((c) => c.type === 'hello_ok'), `${role} hello_ok`);
+    if (connectOptions.expectHelloOk !== false) assert.ok(peer.controls.some((c) => c.type === 'hello_ok'), `${role} hello_ok`);
     return peer;
   }
   /** Opens db:5432 from `peer`; with `flushNow` false the OPEN stays queued until the next flush. */
