@@ -25,6 +25,9 @@ import { ensureWebhookCertificate } from './webhook-ca.ts';
 import { GatewayTlsManager } from './gateway-tls.ts';
 import { CaBundleDistributor } from './ca-bundle-distributor.ts';
 
+/** How often each replica re-checks the webhook certificate Secret without cert-manager, ms. */
+const WEBHOOK_CERT_RECHECK_MS = 10 * 60 * 1000;
+
 const WEBHOOK_CA_HELP = `
 Webhook TLS without cert-manager:
   --webhook-ca-secret NAME       make (once) a CA and serving certificate in this Secret and put the CA
@@ -35,7 +38,8 @@ Webhook TLS without cert-manager:
 Gateway TLS and CA distribution without cert-manager (ADR 0015):
   --gateway-tls-secret NAME      issue the gateway's serving certificate from the operator's CA into this
                                  Secret and renew it (chart: no cert-manager and no gateway.tls.existingSecret)
-  --ca-secret NAME               the operator's CA Secret, made when absent (default narrowlink-ca)
+  --ca-secret NAME               the operator's kept CA Secret, made when absent; it signs the gateway and
+                                 (with --webhook-ca-secret) the webhook certificates (default narrowlink-ca)
   --gateway-service NAME         the gateway Service whose names the certificate carries (default narrowlink-gateway)
   --gateway-tls-extra-sans LIST  further SANs, comma-separated DNS names or IP addresses
   --distribute-ca-from NAME      copy ca.crt of this Secret (the gateway's TLS Secret) into the ConfigMap
@@ -175,23 +179,44 @@ async function main(): Promise<void> {
   // The webhook serves on every replica (the Service balances admission calls), leader or not.
   const webhookConfig = resolveWebhookConfig((flag) => opt(flag), namespace);
   let webhook: WebhookServer | undefined;
+  let webhookCertTimer: NodeJS.Timeout | undefined;
   if (webhookConfig) {
     let { certFile, keyFile } = webhookConfig;
     const caSecret = opt('webhook-ca-secret');
     if (caSecret) {
       // No cert-manager: our own CA, kept in a Secret, trusted through caBundle.
-      const serving = await ensureWebhookCertificate(client, {
+      const caOptions = {
         namespace,
         secretName: caSecret,
         serviceName: opt('webhook-service') ?? 'narrowlink-operator',
         webhookConfiguration: opt('webhook-configuration') ?? 'narrowlink-sidecar-injector',
-        nowMs: Date.now(),
-      });
+        // Issued from the operator's kept CA, so renewals do not change caBundle (ADR 0015).
+        caSecretName: opt('ca-secret') ?? 'narrowlink-ca',
+      };
+      const serving = await ensureWebhookCertificate(client, { ...caOptions, nowMs: Date.now() });
       const dir = mkdtempSync(join(tmpdir(), 'narrowlink-webhook-'));
-      certFile = join(dir, 'tls.crt');
-      keyFile = join(dir, 'tls.key');
-      writeFileSync(certFile, serving.certPem);
-      writeFileSync(keyFile, serving.keyPem, { mode: 0o600 });
+      const servingCertFile = join(dir, 'tls.crt');
+      const servingKeyFile = join(dir, 'tls.key');
+      certFile = servingCertFile;
+      keyFile = servingKeyFile;
+      writeFileSync(servingKeyFile, serving.keyPem, { mode: 0o600 });
+      writeFileSync(servingCertFile, serving.certPem);
+      // Every replica re-reads the Secret on a timer: it renews the certificate when due (30 days left) and picks
+      // up what another replica wrote, so a long-running Pod never serves an expired certificate or one whose CA
+      // is no longer in caBundle. The server reloads changed files by itself.
+      let servedCertPem = serving.certPem;
+      webhookCertTimer = setInterval(() => {
+        ensureWebhookCertificate(client, { ...caOptions, nowMs: Date.now() })
+          .then((current) => {
+            if (current.certPem === servedCertPem) return;
+            writeFileSync(servingKeyFile, current.keyPem, { mode: 0o600 });
+            writeFileSync(servingCertFile, current.certPem);
+            servedCertPem = current.certPem;
+            events.info({ event: 'webhook-certificate-renewed', notAfter: new Date(current.notAfterMs).toISOString() }, 'webhook serving certificate renewed');
+          })
+          .catch((error: unknown) => log.warn({ err: (error as Error).message }, 'could not check the webhook certificate; will retry'));
+      }, WEBHOOK_CERT_RECHECK_MS);
+      webhookCertTimer.unref();
     }
     // The login webhook stamps requests with an HMAC keyed from the signing key, which the leader verifies.
     const signingKey = await ensureSigningKey(client, namespace, opt('signing-key-secret') ?? 'narrowlink-signing-key');
@@ -305,6 +330,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'operator stopping');
+    clearInterval(webhookCertTimer);
     gatewayTls?.stop();
     caBundles?.stop();
     await operator?.stop();

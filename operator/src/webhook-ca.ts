@@ -8,6 +8,7 @@ import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import { type KubeClient, KubeError, KubeErrorCode, type KubeObject, Resources, type ResourceType } from '@narrowlink/kube';
+import { ensureOperatorCa, gatewaySans, issueServingCertificate } from './gateway-tls.ts';
 import { Component, managedLabels } from './labels.ts';
 
 export const mutatingWebhookConfigurations: ResourceType = {
@@ -86,15 +87,23 @@ function decodeSecret(secret: KubeObject | undefined): ServingCertificate | unde
  * Reads the serving certificate Secret, (re)creating it when absent, unreadable or near expiry, and
  * makes the webhook configuration trust its CA. Replicas racing here converge: a lost create (409)
  * re-reads the winner's Secret.
+ *
+ * With `caSecretName` the certificate is issued from the operator's kept CA in that Secret (docs/adr/0015,
+ * made when absent): renewals then leave `caBundle` unchanged, so a replica still serving the previous
+ * certificate stays trusted until it re-reads the Secret. A certificate from another CA is re-issued once.
+ * Without it, each issuance makes a new throwaway CA (the behaviour before the kept CA existed).
  */
 export async function ensureWebhookCertificate(
   client: KubeClient,
-  options: { namespace: string; secretName: string; serviceName: string; webhookConfiguration: string; nowMs: number },
+  options: { namespace: string; secretName: string; serviceName: string; webhookConfiguration: string; nowMs: number; caSecretName?: string },
 ): Promise<ServingCertificate> {
   const { namespace, secretName } = options;
   let current = decodeSecret(await client.get(Resources.secret, namespace, secretName));
-  if (!current || current.notAfterMs - options.nowMs < RENEW_BEFORE_MS) {
-    const made = await makeServingCertificate(options.serviceName, namespace, options.nowMs);
+  const ca = options.caSecretName ? await ensureOperatorCa(client, { namespace, secretName: options.caSecretName, nowMs: options.nowMs }) : undefined;
+  if (!current || current.notAfterMs - options.nowMs < RENEW_BEFORE_MS || (ca && current.caPem !== ca.certPem)) {
+    const made = ca
+      ? { ...(await issueServingCertificate(ca, gatewaySans(options.serviceName, namespace, []), options.nowMs, SERVING_LIFETIME_MS)), caPem: ca.certPem }
+      : await makeServingCertificate(options.serviceName, namespace, options.nowMs);
     const body = {
       apiVersion: 'v1',
       kind: 'Secret',

@@ -5,7 +5,8 @@
  *    reaches a server with tls.crt/tls.key by every Service name and an extra IP SAN; a second pass keeps the
  *    certificate; 61 days later it is renewed with a new key under the same CA; changed SANs re-issue; racing
  *    replicas end with one CA; a deleted Secret is repaired by the manager;
- * 2. the CA copies: `narrowlink-ca` appears in every namespace with an injected pod (and only there), owned by the
+ * 2. the webhook serving certificate from the same kept CA: a renewal changes the leaf, not caBundle;
+ * 3. the CA copies: `narrowlink-ca` appears in every namespace with an injected pod (and only there), owned by the
  *    webhook configuration, follows a CA change, and an empty ca.crt (public certificate) is copied as empty.
  */
 import assert from 'node:assert/strict';
@@ -15,7 +16,14 @@ import type { AddressInfo } from 'node:net';
 import { after, describe, it, type TestContext } from 'node:test';
 import tls from 'node:tls';
 import { type KubeObject, Resources, RestKubeClient } from '@narrowlink/kube';
-import { CaBundleDistributor, ensureGatewayCertificate, ensureOperatorCa, GatewayTlsManager, mutatingWebhookConfigurations } from '@narrowlink/operator/testing';
+import {
+  CaBundleDistributor,
+  ensureGatewayCertificate,
+  ensureOperatorCa,
+  ensureWebhookCertificate,
+  GatewayTlsManager,
+  mutatingWebhookConfigurations,
+} from '@narrowlink/operator/testing';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { waitFor } from '../helpers/wait.ts';
 
@@ -151,6 +159,45 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
     const repaired = await waitFor('the gateway TLS Secret back', () => client.get(Resources.secret, NS, 'narrowlink-gateway-tls'), 10_000);
     assert.equal(text(repaired, 'ca.crt'), text(before, 'ca.crt'), 'same CA');
     manager.stop();
+  });
+
+  it('the webhook certificate from the kept CA: renewed a year later with a new leaf, caBundle unchanged', async (t) => {
+    const ctx = await setup(t);
+    if (!ctx) return;
+    const { client } = ctx;
+    await client.apply(
+      mutatingWebhookConfigurations,
+      {
+        apiVersion: 'admissionregistration.k8s.io/v1',
+        kind: 'MutatingWebhookConfiguration',
+        metadata: { name: 'kept-ca-webhook' },
+        webhooks: [
+          {
+            name: 'sidecar-injector.narrowlink.io',
+            admissionReviewVersions: ['v1'],
+            sideEffects: 'None',
+            failurePolicy: 'Ignore',
+            clientConfig: { service: { name: 'narrowlink-operator', namespace: NS, path: '/mutate-pods', port: 443 } },
+            rules: [{ operations: ['CREATE'], apiGroups: [''], apiVersions: ['v1'], resources: ['pods'] }],
+          },
+        ],
+      },
+      { fieldManager: FIELD_MANAGER },
+    );
+    const options = { namespace: NS, secretName: 'kept-ca-webhook-tls', serviceName: 'narrowlink-operator', webhookConfiguration: 'kept-ca-webhook', caSecretName: 'narrowlink-ca' };
+    const caBundle = async (): Promise<string | undefined> =>
+      ((await client.get(mutatingWebhookConfigurations, undefined, 'kept-ca-webhook'))?.webhooks as Array<{ clientConfig: { caBundle?: string } }>)[0]?.clientConfig.caBundle;
+    const now = Date.now();
+    const first = await ensureWebhookCertificate(client, { ...options, nowMs: now });
+    const caPem = text(await client.get(Resources.secret, NS, 'narrowlink-ca'), 'tls.crt');
+    assert.equal(first.caPem, caPem, 'signed by the operator CA the gateway certificate also comes from');
+    assert.ok(new X509Certificate(first.certPem).verify(new X509Certificate(caPem).publicKey));
+    assert.equal(await caBundle(), Buffer.from(caPem).toString('base64'));
+    await handshake(first.certPem, first.keyPem, caPem, `narrowlink-operator.${NS}.svc`);
+    const renewed = await ensureWebhookCertificate(client, { ...options, nowMs: now + 340 * DAY_MS });
+    assert.notEqual(renewed.certPem, first.certPem, 'renewed with 25 days left');
+    assert.equal(renewed.caPem, caPem);
+    assert.equal(await caBundle(), Buffer.from(caPem).toString('base64'), 'caBundle unchanged: replicas still serving the old leaf stay trusted');
   });
 
   it('copies the gateway CA into each namespace with an injected pod, owned by the webhook configuration, and follows changes', async (t) => {
