@@ -13,7 +13,11 @@ import type * as X509 from '@peculiar/x509';
  */
 let x509Module: Promise<typeof X509> | undefined;
 function loadX509(): Promise<typeof X509> {
-  x509Module ??= import('reflect-metadata').then(() => import('@peculiar/x509'));
+  // The package is CommonJS (no `exports`): Node gives its names on the namespace, but a bundle's split chunk
+  // (the CLI package, dist/server) gives the module as `default` only; take whichever holds the API.
+  x509Module ??= import('reflect-metadata')
+    .then(() => import('@peculiar/x509'))
+    .then((module): typeof X509 => (module.X509CertificateGenerator ? module : module.default) as typeof X509);
   return x509Module;
 }
 
