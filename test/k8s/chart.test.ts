@@ -504,8 +504,8 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   // The agent reserve, fair OPEN admission and per-identity limits (issue 10: reconnecting starts nothing afresh).
   assert.equal(argValue(gwArgs, '--agent-streams-reserve'), '1024');
   assert.equal(argValue(gwArgs, '--agent-streams-reserve-floor'), '64');
-  assert.equal(argValue(gwArgs, '--open-admission-per-agent'), '256');
-  assert.equal(argValue(gwArgs, '--open-admission-per-identity'), '32');
+  assert.equal(argValue(gwArgs, '--open-admission-per-agent'), '64');
+  assert.equal(argValue(gwArgs, '--open-admission-per-identity'), '16');
   assert.equal(argValue(gwArgs, '--identity-rate-limit-open'), '2000:4000');
   assert.equal(argValue(gwArgs, '--identity-rate-limit-connect'), '10:200');
   assert.equal(argValue(gwArgs, '--identity-rate-limit-list-agents'), '10:40');
@@ -971,7 +971,8 @@ interface AccessCheck {
 
 describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20', () => {
   const k8s = useApiServer();
-  const installValues = { certManager: { enabled: false } };
+  // The default values: this apiserver serves no cert-manager API yet, so certManager auto takes the operator's CA.
+  const installValues = {};
   let signingKeyData: Record<string, string> | undefined;
 
   before(() => {
@@ -997,7 +998,7 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
     return secret.data;
   }
 
-  it('helm install (certManager.enabled=false) creates every rendered object, and the 1.20 API keeps every rendered field', async (t) => {
+  it('helm install with the default values (no cert-manager in the cluster) creates every rendered object, and the 1.20 API keeps every rendered field', async (t) => {
     const api = apiOrSkip(t);
     if (!api) return;
     await kubectl(api, ['create', 'namespace', NS]);
@@ -1007,6 +1008,9 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
     );
     assert.match(out, /STATUS: deployed/);
     assert.match(out, /narrowlink-webhook-tls/, 'NOTES explain the operator-managed webhook CA');
+    assert.match(out, /issues the gateway certificate into narrowlink-gateway-tls/, 'auto without cert-manager: the operator issues the gateway certificate');
+    assert.match(out, /narrowlink login -n narrowlink-system/, 'NOTES say how to log in');
+    assert.match(out, /gateway\.udp\.advertiseAddress is empty/, 'NOTES warn about the direct path behind a LoadBalancer');
 
     // CRDs from crds/ are installed and served.
     for (const crd of ['narrowlinkagents.narrowlink.io', 'accesspolicies.narrowlink.io']) {
