@@ -32,6 +32,8 @@ const STANDARD_NAMES = [
   'process_max_fds',
   'nodejs_eventloop_lag_seconds',
   'nodejs_eventloop_lag_p99_seconds',
+  'nodejs_eventloop_active_seconds_total',
+  'nodejs_eventloop_idle_seconds_total',
   'nodejs_heap_size_total_bytes',
   'nodejs_heap_size_used_bytes',
   'nodejs_external_memory_bytes',

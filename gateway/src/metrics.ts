@@ -8,7 +8,17 @@
  * created at zero up front (the lists below): `rate()` and `increase()` then see the first event as an increase
  * instead of a series appearing out of nothing, and a dashboard shows 0 rather than "no data".
  */
-import { BUILD_INFO_LABEL_NAMES, buildInfoLabels, directRefusalReasons, ErrorCode, type NatType, OMITTED_DEFAULT_METRICS, StreamErrorCode } from '@narrowlink/protocol';
+import {
+  BUILD_INFO_LABEL_NAMES,
+  buildInfoLabels,
+  directRefusalReasons,
+  ErrorCode,
+  EVENT_LOOP_TIME_METRICS,
+  eventLoopSeconds,
+  type NatType,
+  OMITTED_DEFAULT_METRICS,
+  StreamErrorCode,
+} from '@narrowlink/protocol';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { BudgetScope } from './buffer-budget.ts';
 import { GatewayAuthReason, GatewayErrorCode } from './errors.ts';
@@ -114,6 +124,7 @@ export function createMetrics(options: { defaultMetrics?: boolean; env?: NodeJS.
   if (options.defaultMetrics ?? true) {
     collectDefaultMetrics({ register: registry });
     for (const name of OMITTED_DEFAULT_METRICS) registry.removeSingleMetric(name);
+    registerEventLoopTime([registry]);
   }
   const registers = [registry];
   const metrics: GatewayMetrics = {
@@ -284,5 +295,22 @@ function initialiseSeries(m: GatewayMetrics): void {
     // Every pair of NAT types (25): planning refuses some pairs (BothSymmetric), but a refused pair at zero is
     // what a "success by NAT type" panel should show for it.
     for (const client_nat of NAT_TYPES) for (const agent_nat of NAT_TYPES) m.directPaths.inc({ result, client_nat, agent_nat }, 0);
+  }
+}
+
+/** The two event loop time counters (see EVENT_LOOP_TIME_METRICS), brought up to date on every scrape. */
+function registerEventLoopTime(registers: Registry[]): void {
+  for (const which of ['active', 'idle'] as const) {
+    let counted = 0;
+    new Counter({
+      ...EVENT_LOOP_TIME_METRICS[which],
+      registers,
+      collect() {
+        const total = eventLoopSeconds()[which];
+        // Cumulative and monotonic: add what accrued since the last scrape.
+        if (total > counted) this.inc(total - counted);
+        counted = Math.max(counted, total);
+      },
+    });
   }
 }

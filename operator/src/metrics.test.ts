@@ -59,7 +59,7 @@ describe('operator metrics', () => {
   test('default metrics carry the standard process_* and nodejs_* names, none of them a gauge named _total', () => {
     const withDefaults = createOperatorMetrics().registry.getMetricsAsArray() as unknown as MetricShape[];
     const names = new Set(withDefaults.map((m) => m.name));
-    for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'process_start_time_seconds', 'process_open_fds', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_seconds']) {
+    for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'process_start_time_seconds', 'process_open_fds', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_seconds', 'nodejs_eventloop_active_seconds_total']) {
       assert.ok(names.has(name), `${name} is registered`);
     }
     for (const metric of withDefaults) {

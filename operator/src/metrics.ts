@@ -6,7 +6,7 @@
  * labelled series is created at zero up front (the lists below), so `rate()` counts the first event and a
  * dashboard shows 0 instead of "no data".
  */
-import { BUILD_INFO_LABEL_NAMES, buildInfoLabels, OMITTED_DEFAULT_METRICS } from '@narrowlink/protocol';
+import { BUILD_INFO_LABEL_NAMES, buildInfoLabels, EVENT_LOOP_TIME_METRICS, eventLoopSeconds, OMITTED_DEFAULT_METRICS } from '@narrowlink/protocol';
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { LoginOutcome } from './reconcilers/client-login/reconcile.ts';
 import type { LoginReviewOutcome } from './webhook/login-request.ts';
@@ -56,6 +56,7 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean; env?:
   if (options.defaultMetrics ?? true) {
     collectDefaultMetrics({ register: registry });
     for (const name of OMITTED_DEFAULT_METRICS) registry.removeSingleMetric(name);
+    registerEventLoopTime([registry]);
   }
   const registers = [registry];
   const metrics: OperatorMetrics = {
@@ -102,4 +103,21 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean; env?:
   for (const outcome of LOGIN_OUTCOMES) metrics.loginRequests.inc({ outcome }, 0);
   for (const outcome of LOGIN_REVIEW_OUTCOMES) metrics.loginReviews.inc({ outcome }, 0);
   return metrics;
+}
+
+/** The two event loop time counters (see EVENT_LOOP_TIME_METRICS), brought up to date on every scrape. */
+function registerEventLoopTime(registers: Registry[]): void {
+  for (const which of ['active', 'idle'] as const) {
+    let counted = 0;
+    new Counter({
+      ...EVENT_LOOP_TIME_METRICS[which],
+      registers,
+      collect() {
+        const total = eventLoopSeconds()[which];
+        // Cumulative and monotonic: add what accrued since the last scrape.
+        if (total > counted) this.inc(total - counted);
+        counted = Math.max(counted, total);
+      },
+    });
+  }
 }

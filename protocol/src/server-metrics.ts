@@ -3,11 +3,13 @@
  * here so the two cannot drift apart (this package has no prom-client dependency: plain data only):
  * - what a running component is built from, for the `narrowlink_build_info` gauge (a dashboard joins any
  *   component's series on `version`);
- * - which of prom-client's default metrics are left out ({@link OMITTED_DEFAULT_METRICS}).
+ * - which of prom-client's default metrics are left out ({@link OMITTED_DEFAULT_METRICS});
+ * - the event loop's busy and idle time ({@link EVENT_LOOP_TIME_METRICS}), which prom-client does not collect.
  *
  * The version is the workspace version (all workspaces share it). The JSON import is inlined by esbuild into the
  * server bundles (dist/server) and read by Node from the sources, so both report the same value.
  */
+import { performance } from 'node:perf_hooks';
 import protocolPackage from '../package.json' with { type: 'json' };
 
 /**
@@ -62,3 +64,26 @@ export function buildInfoLabels(component: string, env: NodeJS.ProcessEnv = proc
  * `_total` (`sum(nodejs_active_handles)`).
  */
 export const OMITTED_DEFAULT_METRICS: readonly string[] = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/**
+ * Event loop utilisation as two counters (seconds the loop spent running callbacks, and waiting), from
+ * `performance.eventLoopUtilization()`: `rate(active) / (rate(active) + rate(idle))` is the utilisation over any
+ * window, the same for every scraper (a ratio computed at scrape time would depend on when the last scrape was).
+ * Lag says how late callbacks run; utilisation says how close the single thread is to saturation.
+ */
+export const EVENT_LOOP_TIME_METRICS = {
+  active: {
+    name: 'nodejs_eventloop_active_seconds_total',
+    help: 'Time the event loop spent running callbacks since it started (performance.eventLoopUtilization().active), seconds.',
+  },
+  idle: {
+    name: 'nodejs_eventloop_idle_seconds_total',
+    help: 'Time the event loop spent waiting for events since it started (performance.eventLoopUtilization().idle), seconds.',
+  },
+} as const;
+
+/** The event loop's cumulative active and idle time, seconds (see {@link EVENT_LOOP_TIME_METRICS}). */
+export function eventLoopSeconds(): { active: number; idle: number } {
+  const { active, idle } = performance.eventLoopUtilization();
+  return { active: active / 1000, idle: idle / 1000 };
+}
