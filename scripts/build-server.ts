@@ -1,19 +1,19 @@
 #!/usr/bin/env node
 /**
- * Builds the server components as compiled JavaScript (issue 13; the CLI's approach, docs/adr/0013): one esbuild
- * run over the gateway, agent sidecar and operator entry points into dist/server/ (git-ignored):
+ * Builds the server components as compiled JavaScript (issue 13; the CLI's approach, docs/adr/0013, and 0014): esbuild
+ * bundles of the gateway, agent sidecar and operator entry points, one build each, into dist/server/ (git-ignored):
  *
  *   gateway.mjs, agent.mjs, operator.mjs   run as `node dist/server/<component>.mjs <the entry point's flags>`
- *   chunks/*.mjs                           code shared by the entries, and code loaded on demand (dynamic imports:
- *                                          the direct path's certificate code, Kubernetes clients); a process reads
- *                                          only the chunks it imports, so an idle agent never holds the operator's
- *                                          or the gateway's code
+ *   chunks/<component>/*.mjs              code a component loads on demand (dynamic imports: the direct path's
+ *                                          certificate code in the agent); a process reads only the chunks it
+ *                                          imports. The image copies dist/server/ whole.
  *   runtime-deps.json                      what the image must carry next to dist/ (`node_modules/`), exact
  *                                          versions, and the Node options each component should run with
  *
  * Why compiled: Node's type stripping costs ~17 MiB of RSS per process and a slow start (issue 13), and every
  * injected sidecar pays it. Why chunks and not one file per component: V8 keeps a script's whole source text in
- * the heap, so code an idle process never runs should not be in the files it loads.
+ * the heap, so code an idle process never runs should not be in the files it loads; and one build per component
+ * (see buildServer), so no component loads a chunk it shares with another.
  *
  * Only what cannot be bundled stays outside (see {@link SERVER_EXTERNAL}); no source maps are written: the
  * bundles keep their names (no minification), so a stack trace names the function and the module comment, and a
@@ -24,11 +24,11 @@
  *   node scripts/build-server.ts --sourcemap   also writes .map files
  *   node scripts/build-server.ts --out DIR     another output directory (tests)
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { build } from 'esbuild';
+import { build, type Plugin } from 'esbuild';
 import { BUNDLE_DEFAULTS, MIN_NODE } from '../client-cli/build/build.ts';
 
 /** The repository root. */
@@ -61,8 +61,12 @@ export const SERVER_EXTERNAL = ['@matrixai/quic', '@matrixai/quic/*', 'bufferuti
  * (checked by scripts/build-server.test.ts). Why these values: docs/adr/0014-server-bundles-and-v8-sizing.md.
  */
 export const NODE_OPTIONS: Record<ServerComponent, string[]> = {
-  agent: [],
-  gateway: [],
+  // V8 grows the young generation's semi-spaces up to 16 MiB each under allocation bursts (reading the config, the
+  // TLS handshake) and keeps them committed; 1 MiB caps that at ~3 MiB. Measured: ~5 MiB less idle RSS for the
+  // agent, ~10 MiB for the gateway, at the relay throughput cost docs/adr/0014 records.
+  agent: ['--max-semi-space-size=1'],
+  gateway: ['--max-semi-space-size=1'],
+  // Not measured under its load (reconciling hundreds of objects allocates in bursts): V8's defaults.
   operator: [],
 };
 
@@ -94,23 +98,61 @@ export interface BuildServerOptions {
   sourcemap?: boolean;
 }
 
+/**
+ * zod's `z` namespace re-exports every message locale (`z.locales`, ~45 languages, 350 KB); esbuild cannot drop
+ * them because `z` is used as an object. The components use English messages only (zod's default, set by
+ * `z.config(en())` inside zod) and never `z.locales`, so the bundle's locale index holds `en` alone: ~3 MiB less
+ * RSS per process. A component that one day calls `z.locales.xx()` fails its bundle test (undefined function).
+ */
+const zodEnglishOnly: Plugin = {
+  name: 'zod-english-only',
+  setup(pluginBuild) {
+    pluginBuild.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (args) =>
+      /[\\/]zod[\\/]v4[\\/](classic|core)[\\/]/.test(args.importer) ? { path: path.join(path.dirname(args.importer), '..', 'locales', 'index.js'), namespace: 'zod-locales' } : undefined,
+    );
+    pluginBuild.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (args) => ({
+      contents: "export { default as en } from './en.js';\n",
+      resolveDir: path.dirname(args.path),
+    }));
+  },
+};
+
+/**
+ * esbuild escapes non-ASCII characters in strings and identifiers but copies comments as they are, and one `’` in a
+ * comment makes V8 hold that whole file's source as a two-byte string (twice the memory, for as long as the process
+ * runs). Outside strings and identifiers only comments can hold them, so escaping them there changes no behaviour.
+ */
+export function asciiOnly(text: string): string {
+  return text.replace(/[^\t\n\r -~]/gu, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
+}
+
 /** Builds the bundles and runtime-deps.json; returns the latter. */
 export async function buildServer(options: BuildServerOptions = {}): Promise<RuntimeDeps> {
   const outDir = options.outDir ?? SERVER_DIST_DIR;
   await rm(outDir, { recursive: true, force: true });
-  await build({
-    ...BUNDLE_DEFAULTS,
-    entryPoints: Object.fromEntries(Object.entries(SERVER_ENTRIES).map(([name, entry]) => [name, path.join(ROOT, entry)])),
-    outdir: outDir,
-    outExtension: { '.js': '.mjs' },
-    format: 'esm',
-    splitting: true,
-    chunkNames: 'chunks/[name]-[hash]',
-    external: SERVER_EXTERNAL,
-    sourcemap: options.sourcemap ? 'linked' : false,
-    // CommonJS dependencies inside an ES module bundle still call require() for Node's built-ins.
-    banner: { js: "import { createRequire as __nlCreateRequire } from 'node:module';\nconst require = __nlCreateRequire(import.meta.url);" },
-  });
+  // One build per component, not one build of all three: with shared chunks, the agent would load a chunk holding
+  // whatever the gateway shares with the operator (yaml, Kubernetes code) although it runs none of it.
+  for (const [component, entry] of Object.entries(SERVER_ENTRIES)) {
+    const result = await build({
+      ...BUNDLE_DEFAULTS,
+      plugins: [...(BUNDLE_DEFAULTS.plugins ?? []), zodEnglishOnly],
+      entryPoints: { [component]: path.join(ROOT, entry) },
+      outdir: outDir,
+      outExtension: { '.js': '.mjs' },
+      format: 'esm',
+      splitting: true,
+      chunkNames: `chunks/${component}/[name]-[hash]`,
+      external: SERVER_EXTERNAL,
+      sourcemap: options.sourcemap ? 'linked' : false,
+      write: false,
+      // CommonJS dependencies inside an ES module bundle still call require() for Node's built-ins.
+      banner: { js: "import { createRequire as __nlCreateRequire } from 'node:module';\nconst require = __nlCreateRequire(import.meta.url);" },
+    });
+    for (const file of result.outputFiles) {
+      await mkdir(path.dirname(file.path), { recursive: true });
+      await writeFile(file.path, file.path.endsWith('.mjs') ? asciiOnly(file.text) : file.contents);
+    }
+  }
   const deps: RuntimeDeps = {
     dependencies: {
       '@matrixai/quic': await declaredVersion('peer-link', '@matrixai/quic'),
