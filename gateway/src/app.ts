@@ -114,6 +114,10 @@ export function buildApp(options: AppOptions): FastifyInstance {
     perMessageDeflate: false,
     maxPayload: options.maxMessageBytes ?? 1024 * 1024 + 9,
     // No client-side buffering limits here: the mux's credits bound what we queue.
+    // One message per socket per event-loop turn: ws otherwise parses a whole read (64 KiB: thousands of small
+    // frames) at once, so one peer flooding OPENs or PINGs holds the loop for tens of milliseconds per read while
+    // every other session's frames wait behind it. Deferred, the sockets take turns (issue 10, class 4).
+    allowSynchronousEvents: false,
   });
 
   app.server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {

@@ -75,9 +75,9 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
                        get SHARE_EXCEEDED there (default 1024; 0 turns the reserve off)
   --agent-streams-reserve-floor N  see above (default 64)
   --open-admission-per-agent N  OPENs one agent instance may be dialling at once; more wait in a
-                       queue served lightest identity first (default 256)
+                       queue served lightest identity first (default 64)
   --open-admission-per-identity N  OPENs one identity may have an agent instance dial at once
-                       (default 32)
+                       (default 16)
   --stream-idle-timeout-ms N  reset a relayed stream that carried no bytes either way for N ms
                        with IDLE_TIMEOUT (default 14400000, 4 h; 0 turns it off)
   --session-buffer-bytes N  bytes one session may make the gateway hold (unsent, plus a client's
