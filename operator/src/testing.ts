@@ -14,3 +14,5 @@ export { type ReviewEvent, type StartWebhookOptions, startWebhookServer, type We
 export { ensureWebhookCertificate, mutatingWebhookConfigurations, type ServingCertificate } from './webhook-ca.ts';
 export { ensureGatewayCertificate, ensureOperatorCa, GatewayTlsManager, gatewaySans } from './gateway-tls.ts';
 export { CaBundleDistributor } from './ca-bundle-distributor.ts';
+export { applyJsonPatch } from './webhook/json-patch.ts';
+export { sidecarPatch } from './webhook/patch.ts';

@@ -6,7 +6,9 @@
  *    certificate; 61 days later it is renewed with a new key under the same CA; changed SANs re-issue; racing
  *    replicas end with one CA; a deleted Secret is repaired by the manager;
  * 2. the webhook serving certificate from the same kept CA: a renewal changes the leaf, not caBundle;
- * 3. the CA copies: `narrowlink-ca` appears in every namespace with an injected pod (and only there), owned by the
+ * 3. the webhook's CA projection is `optional: true`, and the 1.20 API server stores it so (a namespace
+ *    without the copy never blocks the pod);
+ * 4. the CA copies: `narrowlink-ca` appears in every namespace with an injected pod (and only there), owned by the
  *    webhook configuration, follows a CA change, and an empty ca.crt (public certificate) is copied as empty.
  */
 import assert from 'node:assert/strict';
@@ -17,12 +19,14 @@ import { after, describe, it, type TestContext } from 'node:test';
 import tls from 'node:tls';
 import { type KubeObject, Resources, RestKubeClient } from '@narrowlink/kube';
 import {
+  applyJsonPatch,
   CaBundleDistributor,
   ensureGatewayCertificate,
   ensureOperatorCa,
   ensureWebhookCertificate,
   GatewayTlsManager,
   mutatingWebhookConfigurations,
+  sidecarPatch,
 } from '@narrowlink/operator/testing';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { waitFor } from '../helpers/wait.ts';
@@ -262,6 +266,35 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
     assert.equal(empty?.metadata.ownerReferences, undefined, 'no owner configured, none set');
     publicCopies.stop();
   });
+
+  it('an injected pod stores the CA projection as optional (what keeps it from waiting for a missing ConfigMap)', async (t) => {
+    const ctx = await setup(t);
+    if (!ctx) return;
+    const { client } = ctx;
+    const pod = {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'optional-ca', namespace: 'idle', annotations: { 'narrowlink.io/inject': 'true', 'narrowlink.io/expose': 'http=8080' } },
+      spec: { serviceAccountName: 'default', containers: [{ name: 'app', image: 'nginx:1.27' }] },
+    };
+    const result = sidecarPatch(pod, {
+      image: 'localhost/narrowlink:0.1.0',
+      resources: {},
+      gatewayUrl: `wss://narrowlink-gateway.${NS}.svc:443`,
+      caConfigMap: 'narrowlink-ca',
+      tokenAudience: 'narrowlink',
+      tokenExpirationSeconds: 600,
+    });
+    assert.equal(result.outcome, 'injected');
+    const stored = await client.create(Resources.pod, applyJsonPatch(pod, result.patch) as KubeObject);
+    const volume = (stored.spec as { volumes: Array<{ name: string; projected?: { sources: Array<{ configMap?: Record<string, unknown> }> } }> }).volumes.find(
+      (v) => v.name === 'narrowlink-token',
+    );
+    assert.deepEqual(volume?.projected?.sources.find((s) => s.configMap)?.configMap, { name: 'narrowlink-ca', items: [{ key: 'ca.crt', path: 'ca.crt' }], optional: true });
+    const sidecar = (stored.spec as { containers: Array<{ name: string; command?: string[]; env?: Array<{ name: string; value?: string }> }> }).containers.find(
+      (c) => c.name === 'narrowlink-agent',
+    );
+    assert.deepEqual(sidecar?.command, ['node', 'dist/server/agent.mjs']);
+    assert.equal(sidecar?.env?.find((e) => e.name === 'NARROWLINK_CA_FILE')?.value, '/var/run/secrets/narrowlink/ca.crt');
+  });
 });
-
-
