@@ -188,6 +188,8 @@ export async function promtoolCheckExpressions(promtool: string, exprs: string[]
 /** A running gateway (with an agent and a forward) that has carried traffic and refused a bad token. */
 export interface GatewayWithTraffic {
   stack: Stack;
+  /** Whether the forward's direct path came up (it needs the QUIC binding; relay-only platforms have none). */
+  directUp: boolean;
   /** GET /metrics on the admin listener. */
   scrape(): Promise<string>;
   stop(): Promise<void>;
@@ -195,8 +197,8 @@ export interface GatewayWithTraffic {
 
 /**
  * Starts a real gateway process (the e2e stack: gateway, one agent, one `narrowlink forward`) on its own NAT probe
- * ports, sends bytes through it and one refused session, so the counters and histograms the dashboard reads have
- * moved, and returns a scraper of its /metrics.
+ * ports, sends bytes through it, lets the forward bring its direct path up, and opens one refused session, so the
+ * counters and histograms the dashboard reads have moved; returns a scraper of its /metrics.
  */
 export async function startGatewayWithTraffic(): Promise<GatewayWithTraffic> {
   const echo: TestServer = await startEchoServer();
@@ -210,12 +212,19 @@ export async function startGatewayWithTraffic(): Promise<GatewayWithTraffic> {
     await stack.startAgent('svc');
     const forward = await stack.startForward(['svc:echo']);
     await echoOnce(forward.ports[0] as number, Buffer.alloc(64 * 1024, 7));
+    // The forward sets up a direct path behind the first relayed stream: its NAT probes, the plan and the path
+    // coming up are what the direct-path panels count.
+    const directUp = await forward.process.waitFor((l) => l.event === 'direct-up', 10_000).then(
+      () => true,
+      () => false,
+    );
     // One refused session (a token that is no JWT), so auth_failures_total moves.
     await refusedUpgrade(`${stack.url}/v1/client`, 'not-a-token');
     const adminUrl = stack.adminUrl;
     const started = stack;
     return {
       stack: started,
+      directUp,
       scrape: async () => (await fetch(`${adminUrl}/metrics`)).text(),
       stop: async () => {
         await started.stop();
