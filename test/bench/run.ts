@@ -21,6 +21,13 @@
  *                    the reason where the apiserver tier cannot run)
  *   login            `narrowlink login` as a real process on a real kube-apiserver with the operator's webhook and
  *                    control loop, 20 tries (./login.ts; `--skip-login` to leave it out, skipped with `--only-relay`)
+ *   idle RSS         the shipped bundles (dist/server with their Node options, the packaged CLI) started as on a node:
+ *                    gateway, agent (default and relay-only), `narrowlink forward`; RSS 20 s after start
+ *                    (./idle-rss.ts; `--skip-idle-rss` to leave it out, skipped with `--only-relay`)
+ *
+ * `--bundles` runs the relay section's gateway and agent from dist/server with the Node options of its
+ * runtime-deps.json and the client from the packaged CLI (both built first), as the image and npm ship them; by
+ * default they run from the TypeScript sources.
  *
  * Throughput figures are medians of `--rounds` runs and count bytes at the sink (no hashing at the
  * sink, which would cap every path at the sink's sha256 speed; the e2e tests verify content).
@@ -46,6 +53,9 @@ import { type AbuseSoakResult, abuseSoakRows, measureAbuseSoak } from './abuse-s
 import { measureOpenCostFlatness } from './open-cost.ts';
 import { type LoginOutcome, measureLogin } from './login.ts';
 import { measureReconcile, type ReconcileOutcome } from './reconcile.ts';
+import { type IdleRss, idleRssRows, measureIdleRss } from './idle-rss.ts';
+import { buildPackage, DIST_DIR as CLI_DIST_DIR } from '../../client-cli/build/build.ts';
+import { buildServer, NODE_OPTIONS, SERVER_DIST_DIR } from '../../scripts/build-server.ts';
 
 const MIB = 1024 * 1024;
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -61,6 +71,8 @@ const { values } = parseArgs({
     'skip-reconcile': { type: 'boolean' },
     'skip-login': { type: 'boolean' },
     'skip-abuse': { type: 'boolean' },
+    'skip-idle-rss': { type: 'boolean' },
+    bundles: { type: 'boolean' },
     'abuse-seconds': { type: 'string' },
     agents: { type: 'string' },
     policies: { type: 'string' },
@@ -72,6 +84,12 @@ const idleSessions = Number(values.sessions ?? 1000);
 const openSamples = Number(values.opens ?? 1000);
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
+};
+/** How the relay section starts each component: Node options and the entry file (see `--bundles`). */
+const entry = {
+  gateway: values.bundles ? [...NODE_OPTIONS.gateway, join(SERVER_DIST_DIR, 'gateway.mjs')] : [join(root, 'gateway/src/main.ts')],
+  agent: values.bundles ? [...NODE_OPTIONS.agent, join(SERVER_DIST_DIR, 'agent.mjs')] : [join(root, 'agent-sidecar/src/main.ts')],
+  client: values.bundles ? [join(CLI_DIST_DIR, 'bin', 'narrowlink.mjs')] : [join(root, 'client-cli/src/main.ts')],
 };
 
 function median(xs: number[]): number {
@@ -124,7 +142,7 @@ async function startStack(exposePorts: number[]): Promise<Stack> {
     }),
   );
   const gateway = await startProcess('gateway', [
-    join(root, 'gateway/src/main.ts'),
+    ...entry.gateway,
     '--config',
     configFile,
     '--listen',
@@ -155,7 +173,7 @@ async function startAgent(stack: Stack, exposePorts: number[]): Promise<StartedP
   const tokenFile = join(stack.dir, 'agent.token');
   writeFileSync(tokenFile, token);
   return await startProcess('agent', [
-    join(root, 'agent-sidecar/src/main.ts'),
+    ...entry.agent,
     '--gateway',
     stack.gateway.readyLine.url as string,
     '--token-file',
@@ -172,7 +190,7 @@ async function startForward(stack: Stack, target: string, mode: 'relay' | 'auto'
   const tokenFile = join(stack.dir, 'client.token');
   writeFileSync(tokenFile, stack.clientToken);
   const forward = await startProcess('forward', [
-    join(root, 'client-cli/src/main.ts'),
+    ...entry.client,
     'forward',
     '127.0.0.1:0',
     target,
@@ -284,6 +302,11 @@ async function measureIdleSessions(stack: Stack): Promise<{ bytesPerSession: num
 async function main(): Promise<void> {
   const started = performance.now();
   log(`narrowlink bench: ${streamBytes / MIB} MiB per single-stream run, ${rounds} rounds, median`);
+  if (values.bundles) {
+    log('building dist/server and the packaged CLI (--bundles)…');
+    await buildServer();
+    await buildPackage();
+  }
 
   log('raw TCP…');
   const sink = await startSinkProcess({ hash: false });
@@ -399,6 +422,16 @@ async function main(): Promise<void> {
     });
   }
 
+  // The shipped bundles, every other process of this bench gone (RSS is what it measures, not CPU, but a loaded
+  // machine still delays start-up and the first GCs).
+  let idleRss: IdleRss | { skipped: string };
+  if (values['skip-idle-rss'] || values['only-relay']) idleRss = { skipped: values['skip-idle-rss'] ? '--skip-idle-rss' : '--only-relay' };
+  else {
+    log('idle RSS (bundled gateway, agents and forward, 20 s after start)…');
+    // --bundles built them already.
+    idleRss = await measureIdleRss({ build: !values.bundles, log });
+  }
+
   let reconcile: ReconcileOutcome;
   if (values['skip-reconcile'] || values['only-relay']) reconcile = { skipped: values['skip-reconcile'] ? '--skip-reconcile' : '--only-relay' };
   else {
@@ -468,6 +501,18 @@ async function main(): Promise<void> {
     ...('skipped' in login
       ? { login_ms_p50: null, login_ms_p90: null, login_tries: null, login_failures: null, login_skipped: login.skipped }
       : { ...login, login_skipped: null }),
+    ...('skipped' in idleRss
+      ? {
+          agent_idle_rss_mib: null,
+          agent_relay_only_idle_rss_mib: null,
+          gateway_idle_rss_mib: null,
+          client_idle_rss_mib: null,
+          idle_rss_from: null,
+          idle_rss_wait_s: null,
+          idle_rss_skipped: idleRss.skipped,
+        }
+      : { ...idleRss, idle_rss_skipped: null }),
+    relay_from: values.bundles ? 'bundles' : 'sources',
     seconds: Math.round((performance.now() - started) / 100) / 10,
   };
   if (values.json) {
@@ -521,12 +566,15 @@ async function main(): Promise<void> {
           `${login.login_ms_p50} / ${login.login_ms_p90} ms`,
           `target p50 ≤ 1000 ms; ${login.login_tries} tries, ${login.login_failures} failed`,
         ],
+    ...('skipped' in idleRss ? [['idle RSS (agent, gateway, client)', `skipped (${idleRss.skipped})`, ''] as [string, string, string]] : idleRssRows(idleRss)),
   ];
   const w0 = Math.max(...rows.map((r) => r[0].length));
   const w1 = Math.max(...rows.map((r) => r[1].length));
   process.stdout.write(`\n${'measure'.padEnd(w0)}  ${'result'.padEnd(w1)}  note\n`);
   for (const [a, b, c] of rows) process.stdout.write(`${a.padEnd(w0)}  ${b.padEnd(w1)}  ${c}\n`);
-  process.stdout.write(`(${result.seconds} s; ${streamBytes / MIB} MiB per single-stream run, median of ${rounds})\n`);
+  process.stdout.write(
+    `(${result.seconds} s; ${streamBytes / MIB} MiB per single-stream run, median of ${rounds}; relay processes from the ${result.relay_from})\n`,
+  );
 }
 
 main().catch(async (error: unknown) => {
