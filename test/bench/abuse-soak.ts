@@ -6,7 +6,10 @@
  *
  *   node test/bench/abuse-soak.ts [--json] [--seconds N] [--victims N] [--abusers N] [--no-tls]
  *                                 [--hog-streams N] [--victim-pause-ms N] [--rss-cap-mib N]
- *                                 [--classes hold,hog,flood,opens]
+ *                                 [--classes hold,hog,flood,opens] [--source]
+ *
+ * The gateway and agent run what ships (the dist/server bundles, built first, with their Node options); `--source`
+ * runs the TypeScript entry points instead.
  *
  * Processes (all on loopback): the gateway (`--nat-probe-port 0`, admin listener on port 0, so it clashes with
  * no other stack) and one agent, both real; this process samples the gateway's and the agent's RSS from /proc every
@@ -55,6 +58,7 @@ import {
   StreamErrorCode,
 } from '@narrowlink/protocol';
 import { WebSocket } from 'ws';
+import { buildServer } from '../../scripts/build-server.ts';
 import { parseMetrics, startStack, type Stack } from '../e2e/stack.ts';
 import { startEndlessSource } from '../helpers/endless-source.ts';
 import { type LogLine, type StartedProcess, startProcess } from '../helpers/processes.ts';
@@ -92,6 +96,13 @@ export interface AbuseSoakOptions {
   rssCapMib?: number;
   /** Which abuse classes the abusers spread over (default all four): to see one class's effect alone. */
   classes?: AbuseClass[];
+  /**
+   * What the gateway and agent run: `bundle` (default) the shipped dist/server bundles with their Node options,
+   * built first unless `build` is false; `source` the TypeScript entry points.
+   */
+  from?: 'bundle' | 'source';
+  /** With `bundle`: build dist/server first (default true). */
+  build?: boolean;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
 }
@@ -366,6 +377,8 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
     return await within('the whole soak', hardDeadlineMs, (async () => {
       // The targets get their own process: the endless source runs flat out under abuse, and neither it nor the
       // echo server may slow this process's sampling (or the other way round).
+      const from = options.from ?? 'bundle';
+      if (from === 'bundle' && options.build !== false) await buildServer();
       targets = await startProcess('soak targets', [SELF, '--role', 'targets']);
       const echo = { port: Number(targets.readyLine.echoPort) };
       const source = { port: Number(targets.readyLine.dataPort) };
@@ -375,6 +388,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         // No NAT probe ports (UDP 3478 is shared by every stack on the machine) and quiet logs (a flood of warnings
         // would cost the gateway CPU that the victims then see).
         gatewayArgs: ['--nat-probe-port', '0', '--log-level', 'error'],
+        from,
       });
       const agent = await stack.startAgent('soak', { args: ['--log-level', 'error'] });
       const s = stack;
@@ -867,6 +881,7 @@ async function main(): Promise<void> {
       'victim-pause-ms': { type: 'string' },
       'rss-cap-mib': { type: 'string' },
       classes: { type: 'string' },
+      source: { type: 'boolean' },
     },
   });
   if (values.role === 'targets') {
@@ -897,6 +912,7 @@ async function main(): Promise<void> {
   set('victimPauseMs', number('victim-pause-ms', values['victim-pause-ms']));
   set('rssCapMib', number('rss-cap-mib', values['rss-cap-mib']));
   if (values['no-tls']) options.tls = false;
+  if (values.source) options.from = 'source';
   if (values.classes !== undefined) {
     const classes = values.classes.split(',').map((c) => c.trim());
     const unknown = classes.filter((c) => !ABUSE_CLASSES.includes(c as AbuseClass));

@@ -29,6 +29,7 @@ import path from 'node:path';
 import { generateSigningKeyPair, signToken, type TokenType } from '@narrowlink/protocol';
 import { registerChild, type StartedProcess, startProcess, stopChild } from '../helpers/processes.ts';
 import { makeTestCertificate, type TestCertificate } from '../helpers/tls.ts';
+import { NODE_OPTIONS, SERVER_DIST_DIR } from '../../scripts/build-server.ts';
 import { SCRIPTS } from '../helpers/paths.ts';
 
 /** Repository root and component entry points (shared with the other suites). */
@@ -98,6 +99,18 @@ export interface StackOptions {
    * relay stay deterministic; the direct-path suite asks for `auto`.
    */
   clientMode?: 'auto' | 'direct' | 'relay';
+  /**
+   * What the gateway and agents run: `source` (default) the TypeScript entry points, `bundle` what ships, the
+   * compiled dist/server bundles with the Node options of their runtime-deps.json (built by the caller with
+   * `npm run build:server`; benchmarks measure the shipped artifact).
+   */
+  from?: 'source' | 'bundle';
+}
+
+/** The node arguments that start `component` from sources or from the shipped bundle (see StackOptions.from). */
+export function serverEntry(component: 'gateway' | 'agent', from: 'source' | 'bundle' = 'source'): string[] {
+  if (from === 'source') return [SCRIPTS[component]];
+  return [...NODE_OPTIONS[component], path.join(SERVER_DIST_DIR, `${component}.mjs`)];
 }
 
 /** Token identity overrides, for agents and clients. */
@@ -353,7 +366,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const adminArgs = gatewayArgs.includes('--admin-listen') ? [] : ['--admin-listen', '127.0.0.1:0'];
     gatewayProcess = await startProcess(
       'gateway',
-      [SCRIPTS.gateway, '--config', configFile, '--listen', '127.0.0.1:0', ...tlsArgs, ...drainArgs, ...adminArgs, ...gatewayArgs],
+      [...serverEntry('gateway', options.from), '--config', configFile, '--listen', '127.0.0.1:0', ...tlsArgs, ...drainArgs, ...adminArgs, ...gatewayArgs],
       { env, ...(echo !== undefined ? { echo } : {}) },
     );
     const gateway = gatewayProcess;
@@ -462,7 +475,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         else tokenArgs = ['--token-file', await writeTokenFile(await sign('agent', { sub: `${namespace}/${name}` }), `agent-${namespace}-${name}.jwt`)];
         const child = await startProcess(
           `agent ${namespace}/${name}`,
-          [SCRIPTS.agent, '--gateway', url, ...tokenArgs, ...caArgs(), ...expose.flatMap((spec) => ['--expose', spec]), ...(agentOptions.args ?? [])],
+          [...serverEntry('agent', options.from), '--gateway', url, ...tokenArgs, ...caArgs(), ...expose.flatMap((spec) => ['--expose', spec]), ...(agentOptions.args ?? [])],
           { env, ...(agentOptions.readyEvent ? { readyEvent: agentOptions.readyEvent } : {}), ...(echo !== undefined ? { echo } : {}) },
         );
         track('agent', child.child);
