@@ -207,6 +207,8 @@ export async function startGatewayWithTraffic(): Promise<GatewayWithTraffic> {
     const probePort = await freeUdpPortPair();
     stack = await startStack({
       agents: [{ name: 'svc', expose: [{ name: 'echo', port: echo.port }] }],
+      // auto: the forward also sets up the direct path (the stack's default keeps clients on the relay).
+      clientMode: 'auto',
       gatewayArgs: ['--nat-probe-address', '127.0.0.1', '--nat-probe-port', String(probePort)],
     });
     await stack.startAgent('svc');
