@@ -33,6 +33,8 @@ import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
 import { parseGatewayTokenRules } from '@narrowlink/protocol';
+import { SIDECAR_COMMAND } from '../../operator/src/webhook/patch.ts';
+import { NODE_OPTIONS } from '../../scripts/build-server.ts';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from './tools.ts';
 
@@ -437,8 +439,10 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(operator.spec.replicas, values.operator?.replicas ?? 2);
   const op = operator.spec.template.spec.containers[0];
   assert.ok(op);
-  // The image ships the compiled bundles only (npm run build:server), run from /app.
-  assert.deepEqual(op.command, ['node', 'dist/server/operator.mjs']);
+  // The image ships the compiled bundles only (npm run build:server), run from /app with the Node options the
+  // build script measured for each component (runtime-deps.json nodeOptions); the webhook's sidecar likewise.
+  assert.deepEqual(op.command, ['node', ...NODE_OPTIONS.operator, 'dist/server/operator.mjs']);
+  assert.deepEqual(SIDECAR_COMMAND, ['node', ...NODE_OPTIONS.agent, 'dist/server/agent.mjs']);
   const opArgs = op.args ?? [];
   assert.equal(argValue(opArgs, '--namespace'), NS);
   assert.equal(argValue(opArgs, '--lease-name'), 'narrowlink-operator');
@@ -488,7 +492,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   const gateway = deployment(objects, 'narrowlink-gateway');
   const gw = gateway.spec.template.spec.containers[0];
   assert.ok(gw);
-  assert.deepEqual(gw.command, ['node', 'dist/server/gateway.mjs']);
+  assert.deepEqual(gw.command, ['node', ...NODE_OPTIONS.gateway, 'dist/server/gateway.mjs']);
   const gwArgs = gw.args ?? [];
   assert.equal(argValue(gwArgs, '--config-source'), 'kubernetes');
   assert.equal(argValue(gwArgs, '--config-secret'), 'narrowlink-gateway-config');

@@ -294,7 +294,7 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
     const sidecar = (stored.spec as { containers: Array<{ name: string; command?: string[]; env?: Array<{ name: string; value?: string }> }> }).containers.find(
       (c) => c.name === 'narrowlink-agent',
     );
-    assert.deepEqual(sidecar?.command, ['node', 'dist/server/agent.mjs']);
+    assert.deepEqual(sidecar?.command, ['node', '--max-semi-space-size=1', 'dist/server/agent.mjs']);
     assert.equal(sidecar?.env?.find((e) => e.name === 'NARROWLINK_CA_FILE')?.value, '/var/run/secrets/narrowlink/ca.crt');
   });
 });

@@ -93,7 +93,7 @@ describe('sidecarPatch: shape', () => {
     const { patched } = injectOnce(pod(INJECT));
     const c = sidecarOf(patched);
     assert.equal(c.image, SETTINGS.image);
-    assert.deepEqual(c.command, ['node', 'dist/server/agent.mjs']);
+    assert.deepEqual(c.command, ['node', '--max-semi-space-size=1', 'dist/server/agent.mjs']);
     assert.deepEqual(c.args, ['--instance-id', '$(POD_NAME)']);
     assert.deepEqual(envOf(c), {
       POD_NAME: 'fieldRef:metadata.name',

@@ -34,9 +34,11 @@ export const DEFAULT_TOKEN_AUDIENCE = 'narrowlink';
 export const DEFAULT_TOKEN_EXPIRATION_SECONDS = 600;
 /**
  * The sidecar's entry point inside the Narrowlink image: the compiled agent bundle (`npm run build:server`; the
- * image ships bundles only, no TypeScript sources), relative to the image's working directory /app.
+ * image ships bundles only, no TypeScript sources), relative to the image's working directory /app, with the
+ * agent's Node options from scripts/build-server.ts NODE_OPTIONS (docs/adr/0014; test/k8s/chart.test.ts checks
+ * they match).
  */
-export const SIDECAR_COMMAND: readonly string[] = ['node', 'dist/server/agent.mjs'];
+export const SIDECAR_COMMAND: readonly string[] = ['node', '--max-semi-space-size=1', 'dist/server/agent.mjs'];
 /** The ServiceAccount Kubernetes assigns to a pod that names none. */
 export const DEFAULT_SERVICE_ACCOUNT = 'default';
 /** Non-root user of the sidecar (the "nonroot" uid of distroless images). */
