@@ -1029,3 +1029,26 @@ describe('Gateway memory: peers that do not read', () => {
     alice.ws.terminate();
   });
 });
+
+describe('Gateway fairness between sessions', () => {
+  test('a peer flooding small frames does not hold the gateway while another session waits', async () => {
+    const { url } = await startGateway();
+    const abuser = await client(url, 'mallory');
+    const victim = await client(url, 'alice');
+    let abuserReplies = 0;
+    abuser.ws.on('message', () => abuserReplies++);
+    const flood = 50_000;
+    const ping = encodeFrame({ type: 'ping', opaque: randomBytes(8) });
+    for (let i = 0; i < flood; i++) abuser.ws.send(ping, { binary: true });
+    await until(() => abuserReplies > 0, 'the flood being answered', 10_000);
+    const sentAt = abuserReplies;
+    const answered = new Promise<number>((resolve) => victim.ws.once('message', () => resolve(abuserReplies)));
+    victim.ws.send(encodeFrame({ type: 'ping', opaque: randomBytes(8) }), { binary: true });
+    const between = (await answered) - sentAt;
+    // Parsed a whole read at a time, the gateway answered thousands of the flood's PINGs (a 64 KiB read holds ~3,800)
+    // before it looked at the victim's; taking one message per socket per turn, it answers the victim within a
+    // few turns (what is counted here also includes replies already on their way).
+    assert.ok(between < 500, `the flood got ${between} replies between the victim's PING and its PONG`);
+    await until(() => abuserReplies === flood, 'every flood PING answered', 30_000);
+  });
+});
