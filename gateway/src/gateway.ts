@@ -348,7 +348,7 @@ export class Gateway {
     setTimeout(() => {
       if (session.state === 'handshaking') {
         session.mux.sendControl({ type: 'error', code: GatewayErrorCode.HANDSHAKE_TIMEOUT, message: 'no hello received in time' });
-        session.close(4408, 'handshake timeout');
+        session.close(SessionCloseCode.HANDSHAKE_TIMEOUT, 'handshake timeout');
       }
     }, this.handshakeTimeoutMs).unref();
     return session;

@@ -44,6 +44,8 @@ export const SessionCloseCode = {
   BUFFER_LIMIT: 4413,
   /** The peer stopped reading (its send buffer made no progress) or stopped answering PINGs. */
   PEER_STALLED: 4408,
+  /** No hello within the handshake timeout (the same "timed out" code as a stalled peer). */
+  HANDSHAKE_TIMEOUT: 4408,
 } as const;
 
 export class PeerSession implements BrokerPeer {
