@@ -3,12 +3,12 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { buildInfoLabels, NARROWLINK_VERSION, OMITTED_DEFAULT_METRICS } from './server-metrics.ts';
+import { buildInfoLabels, narrowlinkVersion, OMITTED_DEFAULT_METRICS } from './server-metrics.ts';
 
 describe('server metrics shared by the gateway and the operator', () => {
   test('build info: the workspace version, the Node version, the component, and a commit only when it is hex', () => {
     const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-    assert.equal(NARROWLINK_VERSION, version);
+    assert.equal(narrowlinkVersion(), version);
     assert.deepEqual(buildInfoLabels('gateway', { NARROWLINK_COMMIT: ' 0123456789ABCDEF0123456789abcdef01234567\n' }), {
       version,
       commit: '0123456789abcdef0123456789abcdef01234567',

@@ -18,12 +18,17 @@ import protocolPackage from '../package.json' with { type: 'json' };
  */
 declare const __NARROWLINK_COMMIT__: string | undefined;
 
-/** The project version every workspace carries (semver, e.g. `0.1.0`). */
-export const NARROWLINK_VERSION: string = protocolPackage.version;
+/**
+ * The project version every workspace carries (semver, e.g. `0.1.0`). A function rather than a constant, so a
+ * bundle that never asks (the CLI) leaves the package.json out.
+ */
+export function narrowlinkVersion(): string {
+  return protocolPackage.version;
+}
 
 /** Labels of `narrowlink_build_info` (Prometheus label names; values are short, bounded strings). */
 export interface BuildInfoLabels {
-  /** The project version (see {@link NARROWLINK_VERSION}). */
+  /** The project version (see {@link narrowlinkVersion}). */
   version: string;
   /** Git commit (7–40 lowercase hex digits), or `''` when the build did not record one (Prometheus: no label). */
   commit: string;
@@ -50,7 +55,7 @@ function commitLabel(raw: string | undefined): string {
 export function buildInfoLabels(component: string, env: NodeJS.ProcessEnv = process.env): BuildInfoLabels {
   const built = typeof __NARROWLINK_COMMIT__ === 'string' ? __NARROWLINK_COMMIT__ : undefined;
   return {
-    version: NARROWLINK_VERSION,
+    version: narrowlinkVersion(),
     commit: commitLabel(built ?? env.NARROWLINK_COMMIT),
     node_version: process.version.replace(/^v/, ''),
     component,
