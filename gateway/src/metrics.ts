@@ -68,8 +68,7 @@ export const PROTOCOL_ERROR_REASONS: readonly string[] = [...codesNamed(ErrorCod
 export const BUFFER_SCOPES = allOf<BudgetScope>()(['session', 'process']);
 /** `stream_share_refusals_total{kind}` and `stream_shares_full{kind}`. */
 export const SHARE_KINDS = allOf<ShareKind>()(['session', 'identity', 'reserve']);
-/** `rate_limited_total{kind}`. */
-/** The request kinds of rate-limit.ts, and `connect`: new sessions of one identity. */
+/** `rate_limited_total{kind}`: the request kinds of rate-limit.ts, and `connect` (new sessions of one identity). */
 export const RATE_LIMIT_KINDS: readonly string[] = [...Object.values(RateLimitKind), 'connect'];
 /** `nat_probes_total{result}`: answered, limited, send_error, or the NatError code a datagram was dropped for. */
 export const NAT_PROBE_RESULTS: readonly string[] = ['answered', 'limited', 'send_error', ...codesNamed(ErrorCode, 'NAT_')];
@@ -77,9 +76,10 @@ export const NAT_PROBE_RESULTS: readonly string[] = ['answered', 'limited', 'sen
 export const NAT_TYPES = allOf<NatType>()(['no-nat', 'endpoint-independent', 'endpoint-dependent-predictable', 'endpoint-dependent-random', 'unknown']);
 /** `direct_requests_total{result}`: `planned`, or the `direct_refused` reason. */
 export const DIRECT_REQUEST_RESULTS: readonly string[] = ['planned', ...directRefusalReasons];
-/** `direct_paths_total{result}`. */
+/** `direct_paths_total{result}` (with `client_nat` and `agent_nat` from {@link NAT_TYPES}). */
 export const DIRECT_PATH_RESULTS = ['up', 'failed'] as const;
 
+/** The gateway's metrics (one registry per gateway instance; names and labels in the README's Metrics section). */
 export interface GatewayMetrics {
   registry: Registry;
   /** `narrowlink_build_info{version, commit, node_version, component="gateway"} 1`. */

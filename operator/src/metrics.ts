@@ -32,6 +32,7 @@ export const LOGIN_OUTCOMES = allOf<LoginOutcome>()(['issued', 'denied', 'invali
 /** `login_reviews_total{outcome}`. */
 export const LOGIN_REVIEW_OUTCOMES = allOf<LoginReviewOutcome>()(['stamped', 'identity-supplied', 'spec-changed', 'unchanged', 'invalid', 'skipped']);
 
+/** The operator's metrics (one registry per process; names and labels in the README's Metrics section). */
 export interface OperatorMetrics {
   registry: Registry;
   /** `narrowlink_build_info{version, commit, node_version, component="operator"} 1`. */
