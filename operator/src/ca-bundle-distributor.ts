@@ -16,6 +16,8 @@ import { mutatingWebhookConfigurations } from './webhook-ca.ts';
 export const CA_BUNDLE_KEY = 'ca.crt';
 /** How often the source Secret is compared again, ms. */
 export const CA_BUNDLE_RECHECK_MS = 30_000;
+/** How often every copy is written again even when nothing changed (repairs a deleted or edited copy), ms. */
+export const CA_BUNDLE_REAPPLY_MS = 10 * 60 * 1000;
 
 /** Settings of {@link CaBundleDistributor}. */
 export interface CaBundleSettings {
@@ -70,6 +72,8 @@ export class CaBundleDistributor {
   readonly #settings: CaBundleSettings;
   readonly #log: Log;
   readonly #recheckMs: number;
+  readonly #reapplyMs: number;
+  #lastReapplyMs = Date.now();
   readonly #retryMs: number;
   readonly #pods: Informer;
   /** What each namespace's copy holds (as last written or confirmed). */
@@ -84,11 +88,12 @@ export class CaBundleDistributor {
   #flushing: Promise<void> | undefined;
   #idleWaiters: Array<() => void> = [];
 
-  constructor(options: { client: KubeClient; settings: CaBundleSettings; log: Log; recheckMs?: number; retryMs?: number; resyncMs?: number }) {
+  constructor(options: { client: KubeClient; settings: CaBundleSettings; log: Log; recheckMs?: number; reapplyMs?: number; retryMs?: number; resyncMs?: number }) {
     this.#client = options.client;
     this.#settings = options.settings;
     this.#log = options.log;
     this.#recheckMs = options.recheckMs ?? CA_BUNDLE_RECHECK_MS;
+    this.#reapplyMs = options.reapplyMs ?? CA_BUNDLE_REAPPLY_MS;
     this.#retryMs = options.retryMs ?? 5_000;
     this.#pods = new Informer(options.client, Resources.pod, {
       log: options.log,
@@ -153,7 +158,15 @@ export class CaBundleDistributor {
     }
     const b64 = (secret.data as Record<string, string> | undefined)?.[CA_BUNDLE_KEY];
     const caPem = b64 === undefined ? '' : Buffer.from(b64, 'base64').toString('utf8');
-    if (caPem === this.#caPem) return;
+    if (caPem === this.#caPem) {
+      // Unchanged: still write every copy now and then (an apply of equal content changes nothing), so a copy
+      // someone deleted or edited comes back without watching every ConfigMap of the cluster.
+      if (Date.now() - this.#lastReapplyMs >= this.#reapplyMs) {
+        this.#lastReapplyMs = Date.now();
+        for (const namespace of this.#written.keys()) this.#markDirty(namespace);
+      }
+      return;
+    }
     this.#caPem = caPem;
     for (const pod of this.#pods.list()) if (pod.metadata.namespace) this.#markDirty(pod.metadata.namespace);
     for (const namespace of this.#written.keys()) this.#markDirty(namespace);
@@ -188,11 +201,13 @@ export class CaBundleDistributor {
         this.#written.set(namespace, caPem);
         this.#log.info({ component: 'ca-bundle', namespace, configMap: this.#settings.configMap, caBytes: caPem.length }, 'gateway CA copied');
       } catch (error) {
+        // A deleted namespace (404) or one being deleted (403 "being terminated"): nothing to copy into any more.
+        if (error instanceof KubeError && (error.notFound || /being terminated/.test(error.message))) {
+          this.#written.delete(namespace);
+          continue;
+        }
         failed.push(namespace);
-        // A namespace being deleted refuses new objects (403 Forbidden, "being terminated"): nothing to fix there.
-        const terminating = error instanceof KubeError && /being terminated/.test(error.message);
-        if (!terminating) this.#log.warn({ component: 'ca-bundle', namespace, err: (error as Error).message }, 'could not copy the gateway CA; will retry');
-        else failed.pop();
+        this.#log.warn({ component: 'ca-bundle', namespace, err: (error as Error).message }, 'could not copy the gateway CA; will retry');
       }
     }
     for (const namespace of failed) this.#dirty.add(namespace);

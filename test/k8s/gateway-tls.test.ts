@@ -12,11 +12,15 @@
  *    webhook configuration, follows a CA change, and an empty ca.crt (public certificate) is copied as empty.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { after, describe, it, type TestContext } from 'node:test';
 import tls from 'node:tls';
+import { promisify } from 'node:util';
 import { type KubeObject, Resources, RestKubeClient } from '@narrowlink/kube';
 import {
   applyJsonPatch,
@@ -30,6 +34,9 @@ import {
 } from '@narrowlink/operator/testing';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { waitFor } from '../helpers/wait.ts';
+import { kubectlPath, toolsUnavailableReason } from './tools.ts';
+
+const run = promisify(execFile);
 
 const NS = 'narrowlink-system';
 const FIELD_MANAGER = 'narrowlink-test';
@@ -207,7 +214,7 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
   it('copies the gateway CA into each namespace with an injected pod, owned by the webhook configuration, and follows changes', async (t) => {
     const ctx = await setup(t);
     if (!ctx) return;
-    const { client } = ctx;
+    const { client, api } = ctx;
     const webhook = await client.apply(
       mutatingWebhookConfigurations,
       { apiVersion: 'admissionregistration.k8s.io/v1', kind: 'MutatingWebhookConfiguration', metadata: { name: 'narrowlink-sidecar-injector' }, webhooks: [] },
@@ -241,6 +248,33 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
     await waitFor('the copy in billing', () => client.get(Resources.configMap, 'billing', 'narrowlink-ca'), 10_000);
     await distributor.idle();
     assert.deepEqual(distributor.namespaces, ['billing', 'shop']);
+
+    // A copy someone deleted comes back (every copy is re-applied now and then; reapplyMs is short here).
+    const repairing = new CaBundleDistributor({
+      client,
+      log: quiet,
+      settings: { namespace: NS, sourceSecret: 'narrowlink-gateway-tls', configMap: 'narrowlink-ca' },
+      recheckMs: 100,
+      reapplyMs: 200,
+    });
+    stops.push(repairing);
+    await repairing.start();
+    await client.delete(Resources.configMap, 'billing', 'narrowlink-ca');
+    await waitFor('the deleted copy in billing back', () => client.get(Resources.configMap, 'billing', 'narrowlink-ca'), 10_000);
+    // A namespace that is gone is dropped, not retried forever (kubectl makes the finalize call below).
+    if (!toolsUnavailableReason()) {
+      await client.create(Resources.namespace, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'gone' } });
+      await client.create(Resources.pod, pod('gone', 'tmp-1', 'tmp'));
+      await waitFor('the copy in gone', () => client.get(Resources.configMap, 'gone', 'narrowlink-ca'), 10_000);
+      // This tier has no namespace controller: finish the deletion by hand (empty spec.finalizers), as it would.
+      await client.delete(Resources.namespace, undefined, 'gone');
+      const finalize = join(api.dir, 'finalize-gone.json');
+      writeFileSync(finalize, JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'gone' }, spec: { finalizers: [] } }));
+      await run(kubectlPath(), ['--kubeconfig', api.kubeconfigPath, 'replace', '--raw', '/api/v1/namespaces/gone/finalize', '-f', finalize], { timeout: 30_000 });
+      await waitFor('namespace gone deleted', async () => (await client.get(Resources.namespace, undefined, 'gone')) === undefined, 10_000);
+      await waitFor('gone dropped', async () => !repairing.namespaces.includes('gone'), 15_000);
+    }
+    repairing.stop();
 
     // The CA changes (a new CA in the Secret): every copy follows.
     const otherCa = '-----BEGIN CERTIFICATE-----\nMIIBnew\n-----END CERTIFICATE-----\n';
