@@ -119,6 +119,19 @@ describe('Grafana dashboard', () => {
     assert.deepEqual(promqlNames(success.expr).labels.filter((l) => l.endsWith('_nat')).sort(), ['agent_nat', 'client_nat']);
   });
 
+  test('panel types are Grafana core panels, and each legend names only labels its query keeps', () => {
+    for (const p of panels) assert.ok(['row', 'stat', 'timeseries', 'bargauge'].includes(p.type), `${p.title}: ${p.type}`);
+    for (const p of panels) {
+      for (const t of p.targets ?? []) {
+        // A label survives an aggregation only when grouped by (or brought in by group_left); scrape labels too.
+        const kept = new Set([...promqlNames(t.expr).labels, ...TARGET_LABELS]);
+        for (const m of (t.legendFormat ?? '').matchAll(/\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}/g)) {
+          assert.ok(kept.has(m[1] as string), `${p.title} ${t.refId}: legend {{${m[1]}}} is not a label of ${t.expr}`);
+        }
+      }
+    }
+  });
+
   test('every query filters by the namespace variable, so one dashboard serves several installations', () => {
     for (const q of queries) {
       if (q.panel.startsWith('variable ')) continue;
