@@ -5,10 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { builtinModules } from 'node:module';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -19,9 +18,11 @@ import { freeUdpPortPair } from '../test/helpers/ports.ts';
 import { type StartedProcess, startProcess, stopAll } from '../test/helpers/processes.ts';
 import { startEchoServer, type TestServer } from '../test/helpers/tcp-fixtures.ts';
 import { makeTestCertificate, type TestCertificate } from '../test/helpers/tls.ts';
-import { asciiOnly, buildServer, NODE_OPTIONS, type RuntimeDeps, SERVER_ENTRIES } from './build-server.ts';
+import { asciiOnly, buildServer, NODE_OPTIONS, ROOT, type RuntimeDeps, SERVER_ENTRIES } from './build-server.ts';
 
 const run = promisify(execFile);
+/** A line of /proc/<pid>/maps for the QUIC binding's shared object (@matrixai/quic-<platform>/*.node, or a prebuild). */
+const QUIC_BINDING_MAPPED = /@matrixai\/quic[^\n]*\.node$/m;
 
 /** Every file under `dir`, relative. */
 async function filesUnder(dir: string): Promise<string[]> {
@@ -34,7 +35,10 @@ describe('npm run build:server', { timeout: 240_000 }, () => {
   let deps: RuntimeDeps;
 
   before(async () => {
-    out = await mkdtemp(path.join(os.tmpdir(), 'nl-build-server-'));
+    // Inside the repository (.tmp/ is git-ignored): the bundles resolve what stays external from a node_modules
+    // above them, as the image's dist/ does from the node_modules next to it.
+    await mkdir(path.join(ROOT, '.tmp'), { recursive: true });
+    out = await mkdtemp(path.join(ROOT, '.tmp', 'build-server-'));
     deps = await buildServer({ outDir: out });
   });
   after(async () => {
@@ -62,7 +66,7 @@ describe('npm run build:server', { timeout: 240_000 }, () => {
   it('writes runtime-deps.json: exact versions of what stays outside, Node options NODE_OPTIONS accepts', async () => {
     const written = JSON.parse(await readFile(path.join(out, 'runtime-deps.json'), 'utf8')) as RuntimeDeps;
     assert.deepEqual(written, deps);
-    const peerLink = JSON.parse(await readFile(path.join(import.meta.dirname, '..', 'peer-link', 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    const peerLink = JSON.parse(await readFile(path.join(ROOT, 'peer-link', 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
     assert.equal(written.dependencies['@matrixai/quic'], peerLink.dependencies['@matrixai/quic']);
     for (const version of Object.values(written.dependencies)) assert.match(version, /^\d+\.\d+\.\d+$/);
     assert.deepEqual(written.nodeOptions, NODE_OPTIONS);
@@ -175,7 +179,7 @@ describe('npm run build:server', { timeout: 240_000 }, () => {
 
     it('has not loaded the native QUIC binding: the direct path loads it on its first connection', async () => {
       const maps = await readFile(`/proc/${agent.child.pid}/maps`, 'utf8');
-      assert.doesNotMatch(maps, /quic[^/\n]*\.node/);
+      assert.doesNotMatch(maps, QUIC_BINDING_MAPPED);
       // The agent still offers the direct path (its identity made, its UDP socket bound): nothing was turned off.
       assert.equal(agent.lines.find((line) => String(line.msg).startsWith('no direct path')), undefined, agent.tail());
       const pid = agent.child.pid as number;
@@ -187,6 +191,37 @@ describe('npm run build:server', { timeout: 240_000 }, () => {
       }
       const udp = (await readFile(`/proc/${pid}/net/udp`, 'utf8')).split('\n').slice(1);
       assert.ok(udp.some((line) => inodes.has(line.trim().split(/\s+/)[9] ?? '')), 'the agent holds a bound UDP socket');
+    });
+
+    it('brings a direct path up to the bundled agent, which loads the QUIC binding for it', async () => {
+      const tokenFile = path.join(cert.dir, 'client.jwt');
+      await writeFile(tokenFile, clientToken, { mode: 0o600 });
+      const forward = await startProcess(
+        'forward (auto)',
+        [
+          path.join(ROOT, 'client-cli', 'src', 'main.ts'),
+          ...['forward', '127.0.0.1:0', 'bundled:echo', '--mode', 'auto', '-o', 'json'],
+          ...['--gateway', String(gateway.readyLine.url), '--token-file', tokenFile, '--ca-file', cert.caFile],
+        ],
+        { env: { NODE_OPTIONS: undefined, XDG_CONFIG_HOME: path.join(cert.dir, 'xdg') } },
+      );
+      try {
+        const port = (forward.readyLine.listeners as Array<{ port: number }>)[0]?.port as number;
+        // The first stream goes over the relay and makes the client ask for a direct path.
+        const echoed = await new Promise<Buffer>((resolve, reject) => {
+          const socket = net.connect(port, '127.0.0.1', () => socket.end('first'));
+          const chunks: Buffer[] = [];
+          socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+          socket.on('end', () => resolve(Buffer.concat(chunks)));
+          socket.on('error', reject);
+        });
+        assert.equal(echoed.toString(), 'first');
+        await forward.waitFor((line) => line.event === 'direct-up', 15_000);
+        const maps = await readFile(`/proc/${agent.child.pid}/maps`, 'utf8');
+        assert.match(maps, QUIC_BINDING_MAPPED);
+      } finally {
+        await forward.stop();
+      }
     });
 
     it('counts the agent session on the admin listener of the gateway', async () => {
