@@ -215,8 +215,8 @@ export async function startGatewayWithTraffic(): Promise<GatewayWithTraffic> {
     const forward = await stack.startForward(['svc:echo']);
     await echoOnce(forward.ports[0] as number, Buffer.alloc(64 * 1024, 7));
     // The forward sets up a direct path behind the first relayed stream: its NAT probes, the plan and the path
-    // coming up are what the direct-path panels count.
-    const directUp = await forward.process.waitFor((l) => l.event === 'direct-up', 10_000).then(
+    // coming up are what the direct-path panels count. Usually under 2 s; 20 s leaves room for a loaded machine.
+    const directUp = await forward.process.waitFor((l) => l.event === 'direct-up', 20_000).then(
       () => true,
       () => false,
     );
