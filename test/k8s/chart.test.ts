@@ -1244,6 +1244,11 @@ describe('Helm chart charts/narrowlink: install into a real kube-apiserver 1.20'
 
     await helm(['install', RELEASE, chartDir, '--namespace', NS, '--values', valuesFile({}), '--timeout', '60s'], api.kubeconfigPath);
     assert.deepEqual(await readSigningKey(api), signingKeyData, 'reused on reinstall');
+    // The same default values, now that the cluster serves cert-manager.io/v1 Certificate: auto chose cert-manager.
+    const certs = await getJson<{ items: Obj[] }>(api, ['get', 'certificates.cert-manager.io', '-n', NS]);
+    assert.ok(certs.items.some((c) => c.metadata.name === 'narrowlink-gateway'), 'auto with cert-manager served: the chart renders the gateway Certificate');
+    const args = (await getJson<DeploymentShape>(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS])).spec.template.spec.containers[0]?.args ?? [];
+    assert.equal(argValue(args, '--gateway-tls-secret'), undefined, 'and the operator does not issue one');
     await kubectl(api, ['get', 'deployment', 'narrowlink-operator', '-n', NS]);
   });
 });
