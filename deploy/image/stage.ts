@@ -3,8 +3,11 @@
  * Stages the image's application layer (deploy/build-image.sh, issue 13): everything under /app plus the links of
  * deploy/image/manifest.json, into a directory that the script packs as one deterministic tar.
  *
- *   node deploy/image/stage.ts --out DIR      writes DIR/app/{dist/server,cli,node_modules} and DIR/usr/local/bin/*
- *                                             links; prints the staged runtime packages as JSON on stdout
+ *   node deploy/image/stage.ts --out DIR [--source TARGET=DIR ...]
+ *       writes DIR/app/{dist/server,cli,node_modules} and DIR/usr/local/bin/* links; prints the staged runtime
+ *       packages as JSON on stdout. --source takes an app entry from another directory than the manifest's
+ *       repository path (build-image.sh builds the bundles into its own directory, so a concurrent
+ *       `npm run build:server` in the working tree cannot swap files under it).
  *
  * The runtime `node_modules` is copied from the repository's own `node_modules` (which `npm ci` installed from
  * package-lock.json) rather than installed again from the registry: the image then carries exactly the bytes the
@@ -128,15 +131,15 @@ export function runtimeClosure(root: string, roots: Record<string, string>): Sta
 }
 
 /** The roots of the runtime closure: the bundles' external packages and the CLI package's dependencies. */
-export function runtimeRoots(root: string, manifest: ImageManifest): Record<string, string> {
-  const serverDir = path.join(root, manifest.app['dist/server'] ?? 'dist/server');
+export function runtimeRoots(root: string, manifest: ImageManifest, sources: Record<string, string> = {}): Record<string, string> {
+  const serverDir = sources['dist/server'] ?? path.join(root, manifest.app['dist/server'] ?? 'dist/server');
   const depsFile = path.join(serverDir, 'runtime-deps.json');
   if (!existsSync(depsFile)) throw new StageError(`${path.relative(root, depsFile)} is missing: run npm run build:server`);
   const deps = JSON.parse(readFileSync(depsFile, 'utf8')) as { dependencies?: Record<string, string> };
   const roots: Record<string, string> = { ...deps.dependencies };
-  const cliSource = manifest.app.cli;
+  const cliSource = sources.cli ?? (manifest.app.cli === undefined ? undefined : path.join(root, manifest.app.cli));
   if (cliSource !== undefined) {
-    const cli = readPackageJson(path.join(root, cliSource));
+    const cli = readPackageJson(cliSource);
     for (const [name, version] of Object.entries({ ...cli.dependencies, ...cli.optionalDependencies })) {
       if (roots[name] !== undefined && roots[name] !== version) throw new StageError(`${name}: the server bundles want ${roots[name]}, the CLI ${version}`);
       roots[name] = version;
@@ -148,20 +151,24 @@ export function runtimeRoots(root: string, manifest: ImageManifest): Record<stri
   return roots;
 }
 
-/** Copies the app tree of the manifest into `out` (an empty directory); returns the staged runtime packages. */
-export function stageApp(root: string, manifest: ImageManifest, out: string): StagedPackage[] {
+/**
+ * Copies the app tree of the manifest into `out` (an empty directory); returns the staged runtime packages.
+ * `sources` maps an app entry (`dist/server`, `cli`) to the absolute directory to take it from instead of the
+ * manifest's repository path.
+ */
+export function stageApp(root: string, manifest: ImageManifest, out: string, sources: Record<string, string> = {}): StagedPackage[] {
   const appDir = path.join(out, manifest.workdir);
   mkdirSync(appDir, { recursive: true });
   for (const [target, source] of Object.entries(manifest.app)) {
     if (target === 'node_modules') continue;
-    const from = path.join(root, source);
-    if (!existsSync(from)) throw new StageError(`${source} is missing: run npm run build:server and npm run build:cli`);
+    const from = sources[target] ?? path.join(root, source);
+    if (!existsSync(from)) throw new StageError(`${from} is missing: run npm run build:server and npm run build:cli`);
     cpSync(from, path.join(appDir, target), { recursive: true, verbatimSymlinks: true });
   }
   for (const file of Object.values(manifest.components)) {
     if (!existsSync(path.join(appDir, file))) throw new StageError(`the staged app has no ${file} (a component's entry point)`);
   }
-  const packages = runtimeClosure(root, runtimeRoots(root, manifest));
+  const packages = runtimeClosure(root, runtimeRoots(root, manifest, sources));
   for (const pkg of packages) {
     cpSync(path.join(root, pkg.dir), path.join(appDir, pkg.dir), {
       recursive: true,
@@ -178,13 +185,19 @@ export function stageApp(root: string, manifest: ImageManifest, out: string): St
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { out: { type: 'string' }, root: { type: 'string' } } });
+  const { values } = parseArgs({ options: { out: { type: 'string' }, root: { type: 'string' }, source: { type: 'string', multiple: true } } });
+  const sources: Record<string, string> = {};
+  for (const spec of values.source ?? []) {
+    const eq = spec.indexOf('=');
+    if (eq <= 0) values.out = undefined;
+    else sources[spec.slice(0, eq)] = path.resolve(spec.slice(eq + 1));
+  }
   if (values.out === undefined) {
-    process.stderr.write('usage: node deploy/image/stage.ts --out DIR [--root REPO]\n');
+    process.stderr.write('usage: node deploy/image/stage.ts --out DIR [--root REPO] [--source TARGET=DIR ...]\n');
     process.exit(2);
   }
   try {
-    const packages = stageApp(path.resolve(values.root ?? ROOT), readManifest(), path.resolve(values.out));
+    const packages = stageApp(path.resolve(values.root ?? ROOT), readManifest(), path.resolve(values.out), sources);
     process.stdout.write(`${JSON.stringify(packages)}\n`);
   } catch (err) {
     if (!(err instanceof StageError)) throw err;

@@ -9,46 +9,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { buildContextSources, type Instruction, parseDockerfile } from '../../deploy/image/dockerfile.ts';
 import { readManifest, ROOT } from '../../deploy/image/stage.ts';
-
-/** One Dockerfile instruction, continuation lines joined. */
-interface Instruction {
-  op: string;
-  args: string;
-}
-
-/** Parses a Dockerfile into stages of instructions (comments and line continuations handled). */
-function parseDockerfile(text: string): { name: string | undefined; from: string; instructions: Instruction[] }[] {
-  const logical: string[] = [];
-  let current = '';
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd();
-    if (current === '' && /^\s*#/.test(line)) continue;
-    if (current !== '' && /^\s*#/.test(line)) continue;
-    if (line.endsWith('\\')) {
-      current += `${line.slice(0, -1)} `;
-      continue;
-    }
-    current += line;
-    if (current.trim() !== '') logical.push(current.trim());
-    current = '';
-  }
-  const stages: { name: string | undefined; from: string; instructions: Instruction[] }[] = [];
-  for (const line of logical) {
-    const match = /^(\w+)\s+(.*)$/s.exec(line);
-    assert.ok(match, `unparsable Dockerfile line: ${line}`);
-    const op = (match[1] as string).toUpperCase();
-    const args = (match[2] as string).replace(/\s+/g, ' ').trim();
-    if (op === 'FROM') {
-      const from = /^(\S+)(?:\s+AS\s+(\S+))?$/i.exec(args);
-      assert.ok(from, `unparsable FROM: ${args}`);
-      stages.push({ from: from[1] as string, name: from[2], instructions: [] });
-    } else if (stages.length > 0) {
-      (stages.at(-1) as (typeof stages)[number]).instructions.push({ op, args });
-    }
-  }
-  return stages;
-}
 
 /** `KEY=value` / `KEY="value"` pairs of an ENV or LABEL instruction. */
 function keyValues(args: string): Record<string, string> {
@@ -138,9 +100,7 @@ describe('deploy/Dockerfile matches deploy/image/manifest.json', () => {
       .split('\n')
       .map((l) => l.trim())
       .filter((l) => l !== '' && !l.startsWith('#'));
-    const sources = buildStage.instructions
-      .filter((i) => i.op === 'COPY' && !i.args.startsWith('--from'))
-      .flatMap((i) => i.args.split(' ').slice(0, -1));
+    const sources = buildContextSources(readFileSync(path.join(ROOT, 'deploy', 'Dockerfile'), 'utf8'));
     assert.ok(sources.length > 5);
     for (const source of sources) {
       assert.ok(existsSync(path.join(ROOT, source)), `${source} exists`);
