@@ -24,6 +24,7 @@ import { signToken } from '@narrowlink/protocol';
 import { GenericContainer, getContainerRuntimeClient } from 'testcontainers';
 import { registerChild, type StartedProcess, startProcess, stopAll, stopChild } from '../helpers/processes.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from '../k8s/tools.ts';
+import { buildContextSources } from '../../deploy/image/dockerfile.ts';
 import { ROOT } from '../helpers/paths.ts';
 import { waitFor as poll } from '../helpers/wait.ts';
 
@@ -42,9 +43,6 @@ const APP_NS = 'shop';
 const ISSUER = 'docker-tier-selfsigned';
 const GATEWAY_CA_CONFIGMAP = 'narrowlink-gateway-ca';
 const PUBLISHED_DOMAIN = 'site.docker-tier.example';
-
-/** Workspaces copied into the build context (the Dockerfile's COPY lines). */
-const WORKSPACES = ['protocol', 'peer-link', 'kube', 'gateway', 'agent-sidecar', 'client-cli', 'operator'];
 
 const SKIP_PREFIX = 'docker tier: SKIPPED';
 
@@ -78,15 +76,12 @@ function condition(item: KubeItem | undefined, type: string): Condition | undefi
 function stageBuildContext(dir: string): string {
   const context = join(dir, 'build-context');
   mkdirSync(join(context, 'deploy'), { recursive: true });
-  for (const file of ['package.json', 'package-lock.json']) cpSync(join(ROOT, file), join(context, file));
+  const dockerfile = readFileSync(join(ROOT, 'deploy', 'Dockerfile'), 'utf8');
   cpSync(join(ROOT, 'deploy', 'Dockerfile'), join(context, 'deploy', 'Dockerfile'));
   writeFileSync(join(context, '.dockerignore'), readFileSync(join(ROOT, 'deploy', 'Dockerfile.dockerignore')));
-  for (const workspace of WORKSPACES) {
-    cpSync(join(ROOT, workspace, 'package.json'), join(context, workspace, 'package.json'));
-    cpSync(join(ROOT, workspace, 'src'), join(context, workspace, 'src'), {
-      recursive: true,
-      filter: (source) => !source.endsWith('.test.ts'),
-    });
+  // Exactly the paths the Dockerfile's COPY lines read (manifests, sources, build scripts, deploy/image).
+  for (const source of buildContextSources(dockerfile)) {
+    cpSync(join(ROOT, source), join(context, source), { recursive: true, filter: (file) => !file.endsWith('.test.ts') });
   }
   return context;
 }
