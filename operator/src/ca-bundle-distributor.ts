@@ -111,13 +111,20 @@ export class CaBundleDistributor {
     return [...this.#written.keys()].sort();
   }
 
-  /** Starts watching; resolves once the pod cache is synced and the first pass is done. */
+  /**
+   * Starts watching; resolves once the pod cache is synced and the first pass was tried (failed writes retry in
+   * the background, so a refused write never holds up the caller).
+   */
   async start(): Promise<void> {
     this.#pods.start();
     await this.#pods.waitForSync();
-    await this.#refreshSource();
+    try {
+      await this.#refreshSource();
+    } catch (error) {
+      this.#log.warn({ component: 'ca-bundle', err: (error as Error).message }, 'could not read the gateway CA; will retry');
+    }
     this.#scheduleRecheck();
-    await this.idle();
+    await this.#flushing;
   }
 
   stop(): void {

@@ -259,9 +259,9 @@ async function main(): Promise<void> {
         ...(issuerName ? { defaultIssuerRef: { name: issuerName, kind: issuerKind ?? 'ClusterIssuer', group: 'cert-manager.io' } } : {}),
       },
     });
-    await operator.start();
     if (gatewayTlsSecret) {
-      // Without cert-manager: the gateway Pod waits (ContainerCreating) for this Secret, so it comes first.
+      // Without cert-manager: the gateway Pod waits (ContainerCreating) for this Secret, so it comes first, before
+      // the control loop waits for its caches.
       gatewayTls = new GatewayTlsManager({
         client,
         log: events,
@@ -275,6 +275,7 @@ async function main(): Promise<void> {
       });
       await gatewayTls.start();
     }
+    await operator.start();
     if (distributeCaFrom && caConfigMap) {
       caBundles = new CaBundleDistributor({
         client,
