@@ -190,3 +190,44 @@ export function appInputsFingerprint(): string {
   }
   return hash.digest('hex');
 }
+
+/** A containerd of our own (private root, state and socket; no CRI plugin), for `ctr images import` checks. */
+export interface PrivateContainerd {
+  /** Runs `ctr -a <socket> -n <namespace> ...args`; returns stdout. */
+  ctr(namespace: string, ...args: string[]): string;
+  stop(): Promise<void>;
+}
+
+/** Starts {@link PrivateContainerd} in `dir`, or `{ skipped }` when containerd/ctr are not installed. */
+export async function startContainerd(dir: string): Promise<PrivateContainerd | { skipped: string }> {
+  if (spawnSync('sh', ['-c', 'command -v containerd && command -v ctr']).status !== 0) {
+    return { skipped: 'ctr import check: SKIPPED (containerd is not installed; the cluster tier installs it)' };
+  }
+  mkdirSync(dir, { recursive: true });
+  const socket = path.join(dir, 'containerd.sock');
+  // Nothing outside dir: no CRI (no CNI, no sandbox image), its own content store, snapshots and plugin dir.
+  writeFileSync(
+    path.join(dir, 'config.toml'),
+    `version = 2\nroot = "${dir}/root"\nstate = "${dir}/state"\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n` +
+      `[grpc]\n  address = "${socket}"\n[ttrpc]\n  address = "${socket}.ttrpc"\n[plugins."io.containerd.internal.v1.opt"]\n  path = "${dir}/opt"\n`,
+  );
+  const child = spawn('containerd', ['--config', path.join(dir, 'config.toml')], { stdio: 'ignore' });
+  const ctr = (namespace: string, ...args: string[]) => execFileSync('ctr', ['-a', socket, '-n', namespace, ...args], { encoding: 'utf8' });
+  const deadline = Date.now() + 20_000;
+  while (spawnSync('ctr', ['-a', socket, 'version']).status !== 0) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`containerd did not start (exit ${child.exitCode})`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    ctr,
+    stop: () =>
+      new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGTERM');
+      }),
+  };
+}
