@@ -1,0 +1,164 @@
+/**
+ * Issue 13, journey step 1 in the real cluster: the project's own image (deploy/build-image.sh, loaded into the
+ * cluster's containerd, never pulled) runs the chart's operator and gateway — `helm install charts/narrowlink`
+ * with `imagePullPolicy: IfNotPresent` and without cert-manager, then both Deployments become Ready with real
+ * containers of that image, and `helm uninstall` leaves no Pod behind.
+ *
+ * The image comes from `deploy/build-image.sh` (cached by its inputs; it exits 3 with a reason where it cannot
+ * build, and the tests then skip with that reason). NARROWLINK_IMAGE_ARCHIVE=<docker-archive tar> uses an image
+ * built beforehand instead (its name is read from the archive's manifest).
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { before, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { helmPath, toolsUnavailableReason } from '../k8s/tools.ts';
+import { useCluster } from './harness.ts';
+
+const run = promisify(execFile);
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const chartDir = join(repoRoot, 'charts', 'narrowlink');
+const NS = 'narrowlink-system';
+
+interface BuiltImage {
+  image: string;
+  archive: string;
+}
+
+/** The image to install: NARROWLINK_IMAGE_ARCHIVE, else deploy/build-image.sh's archive; or why not. */
+async function projectImage(): Promise<BuiltImage | { skipped: string }> {
+  const given = process.env.NARROWLINK_IMAGE_ARCHIVE;
+  if (given) {
+    const { stdout } = await run('tar', ['-xOf', given, 'manifest.json'], { maxBuffer: 1024 * 1024 });
+    const tags = (JSON.parse(stdout) as Array<{ RepoTags?: string[] }>)[0]?.RepoTags ?? [];
+    const image = tags[0];
+    if (!image) throw new Error(`${given}: a docker-archive without an image name`);
+    return { image, archive: given };
+  }
+  try {
+    const { stdout } = await run('bash', [join(repoRoot, 'deploy', 'build-image.sh')], {
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: 30 * 60_000,
+    });
+    const line = stdout.split('\n').find((l) => l.startsWith('{') && l.includes('"archive"'));
+    if (!line) throw new Error(`deploy/build-image.sh printed no JSON line:\n${stdout}`);
+    const built = JSON.parse(line) as BuiltImage;
+    return { image: built.image, archive: built.archive };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    const reason = /image: SKIPPED \((.*)\)/.exec(e.stdout ?? '')?.[1];
+    if (e.code === 3 && reason) return { skipped: `the image cannot be built here: ${reason}` };
+    throw new Error(`deploy/build-image.sh failed (exit ${e.code}):\n${(e.stderr ?? '').split('\n').slice(-30).join('\n')}`);
+  }
+}
+
+async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (err) {
+      lastError = err;
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError ? `: ${String(lastError)}` : ''}`);
+}
+
+describe('cluster tier: helm install of charts/narrowlink with the project image', { timeout: 60 * 60_000 }, () => {
+  const cluster = useCluster();
+  let image: BuiltImage | { skipped: string } | undefined;
+
+  before(async () => {
+    const c = cluster.result;
+    if (!c || 'skipped' in c) return;
+    const toolsReason = toolsUnavailableReason();
+    if (toolsReason) {
+      image = { skipped: toolsReason };
+      return;
+    }
+    image = await projectImage();
+    if ('skipped' in image) return;
+    await c.importImage(image.archive);
+  });
+
+  it('operator and gateway Pods become Ready from the locally loaded image, without cert-manager', async (t) => {
+    const c = cluster.require(t);
+    if (!c) return;
+    assert.ok(image);
+    if ('skipped' in image) {
+      t.skip(image.skipped);
+      return;
+    }
+    const colon = image.image.lastIndexOf(':');
+    const repository = image.image.slice(0, colon);
+    const tag = image.image.slice(colon + 1);
+    const started = Date.now();
+    // No --wait: helm would wait for a LoadBalancer address no single-node cluster hands out; readiness is
+    // checked below through the API instead.
+    await run(
+      helmPath(),
+      [
+        '--kubeconfig', c.kubeconfigPath, 'install', 'narrowlink', chartDir, '--namespace', NS, '--create-namespace',
+        '--set', `image.repository=${repository}`, '--set', `image.tag=${tag}`, '--set', 'image.pullPolicy=IfNotPresent',
+        '--set', 'gateway.service.type=NodePort', '--timeout', '120s',
+      ],
+      { maxBuffer: 16 * 1024 * 1024 },
+    );
+    const kc = c.kubeConfig();
+    const apps = kc.makeApiClient(AppsV1Api);
+    const core = kc.makeApiClient(CoreV1Api);
+    const deployments = await apps.listNamespacedDeployment({ namespace: NS });
+    const names = deployments.items.map((d) => d.metadata?.name ?? '').sort();
+    assert.ok(names.length >= 2, `Deployments: ${names.join(', ')}`);
+    for (const name of names) {
+      await waitFor(`Deployment ${name} Ready`, 5 * 60_000, async () => {
+        const d = await apps.readNamespacedDeployment({ name, namespace: NS });
+        const want = d.spec?.replicas ?? 1;
+        return (d.status?.readyReplicas ?? 0) >= want && (d.status?.updatedReplicas ?? 0) >= want ? d : undefined;
+      }).catch(async (err) => {
+        const pods = await core.listNamespacedPod({ namespace: NS });
+        const states = pods.items.map((p) => `${p.metadata?.name}: ${p.status?.phase} ${JSON.stringify(p.status?.containerStatuses?.map((s) => s.state))}`);
+        throw new Error(`${String(err)}\n${states.join('\n')}`);
+      });
+    }
+    t.diagnostic(`helm install to every Deployment Ready: ${((Date.now() - started) / 1000).toFixed(1)} s (${names.join(', ')})`);
+    const pods = await core.listNamespacedPod({ namespace: NS });
+    assert.ok(pods.items.length >= names.length);
+    for (const pod of pods.items) {
+      assert.equal(pod.status?.phase, 'Running', pod.metadata?.name);
+      for (const status of pod.status?.containerStatuses ?? []) {
+        assert.equal(status.ready, true, `${pod.metadata?.name}/${status.name}`);
+        // The container runs the image we loaded: containerd knows it only from the import, nothing was pulled.
+        assert.equal(status.image, image.image, `${pod.metadata?.name}/${status.name}`);
+        assert.match(status.containerID ?? '', /^containerd:\/\/[0-9a-f]{64}$/);
+      }
+    }
+    const events = await core.listNamespacedEvent({ namespace: NS });
+    assert.deepEqual(
+      events.items.filter((e) => e.reason === 'Pulling' || e.reason === 'Failed').map((e) => `${e.reason}: ${e.message}`),
+      [],
+    );
+  });
+
+  it('helm uninstall removes every Pod of the release', async (t) => {
+    const c = cluster.require(t);
+    if (!c) return;
+    assert.ok(image);
+    if ('skipped' in image) {
+      t.skip(image.skipped);
+      return;
+    }
+    await run(helmPath(), ['--kubeconfig', c.kubeconfigPath, 'uninstall', 'narrowlink', '--namespace', NS, '--timeout', '120s']);
+    const core = c.kubeConfig().makeApiClient(CoreV1Api);
+    await waitFor('no Pod left in the release namespace', 120_000, async () => {
+      const pods = await core.listNamespacedPod({ namespace: NS });
+      return pods.items.length === 0 ? true : undefined;
+    });
+  });
+});
