@@ -185,6 +185,8 @@ build_base() {
   deterministic_tar "$WORK/rootfs" "$out.tmp" --mtime="@$epoch" --clamp-mtime --anchored --exclude='dev/*'
   rm -rf "$WORK/rootfs"
   mv "$out.tmp" "$out"
+  # Root filesystems of earlier recipes or manifests are never used again (each is 60+ MB).
+  find "$CACHE" -maxdepth 1 -name 'base-*.tar' ! -name "$(basename "$out")" -delete
   log "base: built $(basename "$out") ($(du -m "$out" | cut -f1) MB) in $((SECONDS - start)) s"
   BASE_TAR="$out"
 }
@@ -336,6 +338,7 @@ build_pause() {
       --config.entrypoint /pause --config.user 65535:65535 -- "$WORK/pause.tar:pause.c of Kubernetes $PAUSE_K8S_VERSION, gcc -static"
     skopeo copy --quiet "oci:$WORK/pause-oci:$PAUSE_TAG" "docker-archive:$out.tmp:$PAUSE_IMAGE" >&2
     mv "$out.tmp" "$out"
+    find "$CACHE" -maxdepth 1 -name "narrowlink-pause-$PAUSE_TAG-*.tar" ! -name "$(basename "$out")" -delete
     log "pause: built $(basename "$out") ($(du -k "$out" | cut -f1) KB)"
   fi
   cp "$out" "$PAUSE_ARCHIVE.tmp"
