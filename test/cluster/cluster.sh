@@ -203,6 +203,9 @@ SERVICE_IP=10.96.0.1
 APISERVER_PORT=6443
 NODE_NAME=narrowlink-node
 PAUSE_IMAGE=localhost/narrowlink-pause:3.2
+# Pods talk to each other, to the host (the apiserver, NodePorts) and through Services, all on the bridge; anything
+# routed off the bridge (the machine's own network) is refused at once instead of leaking out of the machine.
+EGRESS_RULE=(FORWARD -i "$BRIDGE" ! -o "$BRIDGE" -m comment --comment "narrowlink cluster tier: pods stay on the bridge" -j REJECT)
 # Kernel settings the kubelet (vm.*, kernel.*), the bridge plugin (ip_forward) and kube-proxy (route_localnet,
 # bridge-nf) change: saved before up, restored by down.
 SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
@@ -481,6 +484,7 @@ teardown() {
     done
     ip link del "$BRIDGE" 2>/dev/null || true
   fi
+  while iptables -w 5 -D "${EGRESS_RULE[@]}" 2>/dev/null; do :; done
   iptables_cleanup
   # 4. The host as it was.
   restore_host_state
@@ -765,6 +769,7 @@ cmd_up() {
   ip link add "$BRIDGE" type bridge
   ip addr add "$BRIDGE_IP/16" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  iptables -w 5 -I "${EGRESS_RULE[@]}"
   # Kubernetes networking expects bridged traffic to traverse iptables (a Pod reaching a Service backed by a Pod on
   # the same bridge); restored by down like every other setting.
   [ -w /proc/sys/net/bridge/bridge-nf-call-iptables ] && sysctl -q -w net.bridge.bridge-nf-call-iptables=1 >/dev/null

@@ -237,6 +237,28 @@ describe('cluster tier: a real single-node Kubernetes', { timeout: 45 * 60_000 }
     }
   });
 
+  it('traffic from a Pod to anything off the bridge is refused at once, not routed out of the machine', async (t) => {
+    const c = requireCluster(t, result);
+    if (!c) return;
+    const core = c.kubeConfig().makeApiClient(CoreV1Api);
+    // 198.51.100.1 (TEST-NET-2) stands for "somewhere outside": without the bridge egress rule the SYN would be
+    // forwarded to the machine's default route and time out (or reach whatever answers there).
+    const probe = `
+const s = require('node:net').connect(80, '198.51.100.1');
+const t0 = Date.now();
+s.setTimeout(10000, () => { console.log(JSON.stringify({ result: 'timeout' })); process.exit(0); });
+s.on('connect', () => { console.log(JSON.stringify({ result: 'connected' })); process.exit(0); });
+s.on('error', (e) => { console.log(JSON.stringify({ result: e.code, fast: Date.now() - t0 < 5000 })); process.exit(0); });
+`;
+    await core.createNamespacedPod({ namespace: NS, body: podSpec('egress', image.image, probe, { restartPolicy: 'Never' }) });
+    await waitFor('pod egress to finish', 180_000, async () => {
+      const p = await core.readNamespacedPod({ name: 'egress', namespace: NS });
+      return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
+    });
+    const log = await core.readNamespacedPodLog({ name: 'egress', namespace: NS });
+    assert.deepEqual(JSON.parse(log.trim()), { result: 'ECONNREFUSED', fast: true });
+  });
+
   it('down puts the host back as it was, and a second up/down cycle does too', async (t) => {
     const c: Cluster | undefined = requireCluster(t, result);
     if (!c) return;
