@@ -63,7 +63,7 @@ export const SERVER_EXTERNAL = ['@matrixai/quic', '@matrixai/quic/*', 'bufferuti
 export const NODE_OPTIONS: Record<ServerComponent, string[]> = {
   // V8 grows the young generation's semi-spaces up to 16 MiB each under allocation bursts (reading the config, the
   // TLS handshake) and keeps them committed; 1 MiB caps that at ~3 MiB. Measured: ~5 MiB less idle RSS for the
-  // agent, ~10 MiB for the gateway, at the relay throughput cost docs/adr/0014 records.
+  // agent (~2 relay-only), ~6 MiB for the gateway, at the relay CPU cost docs/adr/0014 records.
   agent: ['--max-semi-space-size=1'],
   gateway: ['--max-semi-space-size=1'],
   // Not measured under its load (reconciling hundreds of objects allocates in bursts): V8's defaults.
