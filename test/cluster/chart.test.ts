@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
 import { helmPath, toolsUnavailableReason } from '../k8s/tools.ts';
-import { useCluster } from './harness.ts';
+import { containerMemory, useCluster } from './harness.ts';
 
 const run = promisify(execFile);
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -137,6 +137,19 @@ describe('cluster tier: helm install of charts/narrowlink with the project image
         // The container runs the image we loaded: containerd knows it only from the import, nothing was pulled.
         assert.equal(status.image, image.image, `${pod.metadata?.name}/${status.name}`);
         assert.match(status.containerID ?? '', /^containerd:\/\/[0-9a-f]{64}$/);
+      }
+    }
+    // What each component really uses in the cluster (its cgroup), next to the limit the chart gives it: the
+    // numbers the chart's defaults are sized from.
+    for (const pod of pods.items) {
+      for (const status of pod.status?.containerStatuses ?? []) {
+        const mem = containerMemory(pod.metadata?.uid ?? '', status.containerID ?? '');
+        assert.ok(mem.rssBytes > 0 && mem.workingSetBytes >= mem.rssBytes / 2, JSON.stringify(mem));
+        assert.ok(mem.workingSetBytes < mem.limitBytes, `${pod.metadata?.name}: working set within its limit`);
+        const mib = (n: number) => (n / 1048576).toFixed(1);
+        t.diagnostic(
+          `${pod.metadata?.name}/${status.name}: working set ${mib(mem.workingSetBytes)} MiB, rss ${mib(mem.rssBytes)} MiB, limit ${mem.limitBytes > 2 ** 50 ? 'none' : `${mib(mem.limitBytes)} MiB`}`,
+        );
       }
     }
     const events = await core.listNamespacedEvent({ namespace: NS });

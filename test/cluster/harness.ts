@@ -22,7 +22,7 @@
  * machine: a second `startCluster()` waits for the first to stop. Set NARROWLINK_CLUSTER_SKIP=1 to skip on purpose.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { after, before } from 'node:test';
@@ -176,6 +176,48 @@ export async function importImage(archive: string, cluster: Cluster | undefined 
 export async function nodeTestImage(): Promise<{ image: string; archive: string }> {
   const result = await runClusterScript(['node-image', process.execPath], 10 * 60_000);
   return jsonLine<{ image: string; archive: string }>(result, 'node-image', '"image"');
+}
+
+/** Memory of one container as its cgroup (v1 memory controller) counts it. */
+export interface ContainerMemory {
+  /** memory.usage_in_bytes: everything charged, page cache included. */
+  usageBytes: number;
+  /** usage minus inactive file pages: what the kubelet calls the working set (evictions and OOM decisions). */
+  workingSetBytes: number;
+  /** Anonymous memory (memory.stat total_rss): the process heaps. */
+  rssBytes: number;
+  /** The container's memory limit (memory.limit_in_bytes); a huge number when unlimited. */
+  limitBytes: number;
+}
+
+/**
+ * Read a running container's memory from its cgroup on this node (kubelet cgroupfs layout:
+ * `kubepods[/<qos>]/pod<uid>/<container id>`). `containerId` may carry the `containerd://` prefix of a Pod status.
+ */
+export function containerMemory(podUid: string, containerId: string): ContainerMemory {
+  const id = containerId.replace(/^containerd:\/\//, '');
+  const root = '/sys/fs/cgroup/memory/kubepods';
+  const candidates = [join(root, `pod${podUid}`, id), ...['burstable', 'besteffort'].map((q) => join(root, q, `pod${podUid}`, id))];
+  const dir = candidates.find((d) => existsSync(join(d, 'memory.usage_in_bytes')));
+  if (!dir) throw new Error(`no memory cgroup for pod ${podUid} container ${id} (looked in ${candidates.join(', ')})`);
+  const read = (f: string) => Number(readFileSync(join(dir, f), 'utf8').trim());
+  const stat = new Map(
+    readFileSync(join(dir, 'memory.stat'), 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => {
+        const [k, v] = l.split(' ');
+        return [k ?? '', Number(v)] as const;
+      }),
+  );
+  const usageBytes = read('memory.usage_in_bytes');
+  const inactiveFile = stat.get('total_inactive_file') ?? 0;
+  return {
+    usageBytes,
+    workingSetBytes: Math.max(0, usageBytes - inactiveFile),
+    rssBytes: stat.get('total_rss') ?? 0,
+    limitBytes: read('memory.limit_in_bytes'),
+  };
 }
 
 /** True when {@link startCluster} could not run the tier here. */
