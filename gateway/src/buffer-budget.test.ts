@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { BufferBudget, HARD_LIMIT_FACTOR } from './buffer-budget.ts';
+import { BufferBudget, HARD_LIMIT_FACTOR, PROCESS_STALL_GRACE_MS } from './buffer-budget.ts';
 
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -84,6 +84,23 @@ describe('BufferBudget', () => {
     big.add(300);
     await tick();
     assert.deepEqual(exceeded.at(-1), { owner: 'big', scope: 'process', heldBytes: 500 }, 'over twice the budget');
+  });
+
+  test(`over the process budget a session that took nothing for ${PROCESS_STALL_GRACE_MS} ms counts as stalled (short of the 1 s grace)`, async () => {
+    const { b, exceeded, stalled } = budget(1000, 250);
+    const reading = b.open('reading');
+    const hog = b.open('hog');
+    reading.add(200);
+    hog.add(100);
+    stalled.set('reading', 20);
+    stalled.set('hog', PROCESS_STALL_GRACE_MS - 1);
+    b.sweep();
+    await tick();
+    assert.deepEqual(exceeded, [], 'not yet');
+    stalled.set('hog', PROCESS_STALL_GRACE_MS);
+    b.sweep();
+    await tick();
+    assert.deepEqual(exceeded, [{ owner: 'hog', scope: 'process', heldBytes: 100 }], 'the one that does not read goes, not the larger one that does');
   });
 
   test('the total and the gauge follow adds, releases and closes', () => {

@@ -13,17 +13,22 @@
  *   `onExceeded`: the gateway resets its streams, which frees what they held, and closes it 4413.
  * - Over {@link HARD_LIMIT_FACTOR} times its budget a session is reported whatever it does (a burst of streams it
  *   cannot drain).
- * - Over the process budget the largest stalled session is reported; over twice the process budget the largest,
- *   whatever it does.
+ * - Over the process budget the largest stalled session is reported (stalled for {@link PROCESS_STALL_GRACE_MS}
+ *   here: the process is short of memory); over twice the process budget the largest, whatever it does.
  * Reports are deferred to a microtask so that they never run inside the relay code that added the bytes.
  */
 
 /** Default per-session budget: 16 fully stalled streams at the default 4 MiB window. */
 export const DEFAULT_SESSION_BUFFER_BYTES = 64 * 1024 * 1024;
 /** Default per-process budget: well inside the chart's 1 GiB memory limit, with room for everything else. */
-export const DEFAULT_PROCESS_BUFFER_BYTES = 128 * 1024 * 1024;
+export const DEFAULT_PROCESS_BUFFER_BYTES = 64 * 1024 * 1024;
 /** A session over its budget that took nothing for this long does not read: it is closed. */
 export const DEFAULT_BUFFER_STALL_GRACE_MS = 1000;
+/**
+ * Over the process budget the gateway is less patient: a session that took nothing for this long counts as stalled
+ * (a reading session makes progress every few milliseconds, so this still spares every session that reads).
+ */
+export const PROCESS_STALL_GRACE_MS = 250;
 /** Over this many times its budget a session is closed even while it reads (a burst of streams it cannot drain). */
 export const HARD_LIMIT_FACTOR = 4;
 
@@ -147,7 +152,7 @@ export class BufferBudget<Owner> {
     for (const account of this.#accounts) {
       if (account.exceeded || account.heldBytes === 0) continue;
       if (largest === undefined || account.heldBytes > largest.heldBytes) largest = account;
-      const stalled = this.#options.stalledForMs(account.owner) >= this.stallGraceMs;
+      const stalled = this.#options.stalledForMs(account.owner) >= Math.min(this.stallGraceMs, PROCESS_STALL_GRACE_MS);
       if (stalled && (largestStalled === undefined || account.heldBytes > largestStalled.heldBytes)) largestStalled = account;
     }
     const victim = largestStalled ?? (this.totalBytes > 2 * this.processBytes ? largest : undefined);

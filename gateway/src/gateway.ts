@@ -94,7 +94,7 @@ export interface GatewayOptions {
   proofMaxAgeSeconds?: number;
   /** Bytes one session may hold in the gateway (unsent + relay queues). Default 64 MiB; see buffer-budget.ts. */
   sessionBufferBytes?: number;
-  /** Bytes all sessions together may hold. Default 128 MiB. */
+  /** Bytes all sessions together may hold. Default 64 MiB. */
   processBufferBytes?: number;
   /** High-water mark of each session's unsent bytes. Default 1 MiB; see protocol's send-buffer.ts. */
   sendHighWaterBytes?: number;

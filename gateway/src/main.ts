@@ -85,7 +85,7 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
                        over 4x it, its streams are reset and it is closed with 4413
                        NL_ERR_GATEWAY_BUFFER_LIMIT (default 67108864, 64 MiB)
   --process-buffer-bytes N  the same for all sessions together; over it the largest stalled
-                       session is closed, over 2x it the largest (default 134217728, 128 MiB)
+                       session is closed, over 2x it the largest (default 67108864, 64 MiB)
   --send-high-water-bytes N  unsent bytes of a session above which its streams wait and its
                        socket is not read (default 1048576)
   --rate-limit-open R:B  per client session: OPENs per second R, bursts of B (default 1000:2000);

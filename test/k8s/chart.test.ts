@@ -516,7 +516,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   assert.equal(argValue(gwArgs, '--stream-idle-timeout-ms'), '14400000');
   // Buffer budgets for peers that do not read (issue 10, ADR 0011); rendered as integers, not 6.7108864e+07.
   assert.equal(argValue(gwArgs, '--session-buffer-bytes'), '67108864');
-  assert.equal(argValue(gwArgs, '--process-buffer-bytes'), '134217728');
+  assert.equal(argValue(gwArgs, '--process-buffer-bytes'), '67108864');
   assert.equal(argValue(gwArgs, '--send-high-water-bytes'), '1048576');
   assert.equal(gw.env?.find((e) => e.name === 'NARROWLINK_GATEWAY_NAT_PROBE_PORT')?.value, udp ? '3478' : undefined);
   // Probes are answered from the pod IP (a specific address); peers are told the advertised one when set.
