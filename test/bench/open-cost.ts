@@ -110,7 +110,9 @@ function openCostBench(agents: number, policies: number): { round(opens: number)
   const gateway = new Gateway({
     log: pino({ level: 'silent' }),
     metrics: createMetrics({ defaultMetrics: false }),
+    // The bench opens as fast as the CPU allows: no OPEN rate limit, per session or per identity.
     rateLimits: { open: { perSecond: 0, burst: 0 } },
+    identityRateLimits: { open: { perSecond: 0, burst: 0 } },
   } as ConstructorParameters<typeof Gateway>[0]);
   gateway.applyConfig(config);
   const peers: MemoryPeer[] = [];
