@@ -8,7 +8,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { KubeConfig } from '@kubernetes/client-node';
+// The config module alone: the package index would load every generated API client (see gateway/src/kube.ts).
+import { KubeConfig } from '@kubernetes/client-node/dist/config.js';
 import { LeaderElector, podNamespace, RestKubeClient } from '@narrowlink/kube';
 import { DEFAULT_GATEWAY_CONFIG_SECRET_NAME, type GatewayTokenRules, parseGatewayTokenRules } from '@narrowlink/protocol';
 import Fastify from 'fastify';
