@@ -15,7 +15,8 @@
 #                               prints {"image","archive"}
 #
 # Network: everything stays on loopback and on the cluster's own bridge (nlbr0, 10.88.0.1/16). The machine's own
-# interface address is never bound, advertised or targeted.
+# interface address is never bound, advertised or targeted. DNS: dns.mjs on 10.88.0.1:53 answers Service names
+# (<name>.<namespace>.svc.cluster.local); NARROWLINK_CLUSTER_NODE picks the node binary that runs it.
 # Everything human-readable goes to stderr; stdout carries only the JSON line of up.
 set -euo pipefail
 
@@ -470,8 +471,14 @@ teardown() {
     stop_pid "$pid" 10
   done
   remove_kubepods_cgroups
+  stop_daemon dns
   stop_daemon kube-apiserver 0
   stop_daemon etcd
+  # Anything else this run started (a daemon added later, a half-started up).
+  local f
+  for f in "$STATE_DIR"/run/*.pid; do
+    [ -f "$f" ] && [ "$f" != "$STATE_DIR/run/reaper.pid" ] && stop_pid "$(cat "$f")" && rm -f "$f"
+  done
   # 3. Mounts (pod volumes, netns, rootfs, shm) deepest first, then the network.
   { grep -F " $STATE_DIR/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   { grep -E ' /run/netns/cni-| /var/run/netns/cni-' /proc/mounts || true; } | awk '{print $2}' | while read -r m; do
@@ -582,6 +589,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
 resolvConf: /etc/resolv.conf
+# The tier's own DNS (dns.mjs on the bridge address): Services resolve as <name>.<namespace>.svc.cluster.local.
+clusterDNS: [$BRIDGE_IP]
+clusterDomain: cluster.local
 serializeImagePulls: false
 KUBELET
 }
@@ -614,6 +624,10 @@ start_control_plane() {
     --enable-aggregator-routing=true --profiling=false --logtostderr=true --v=0
   wait_for 1200 kube-apiserver apiserver_ready || return 1
   log "kube-apiserver ready at $((SECONDS - t0)) s"
+  # Cluster DNS: no CoreDNS image can be fetched here, so a small server answers Service names (dns.mjs).
+  start_daemon dns "$NODE_BIN" "$SCRIPT_DIR/dns.mjs" "$BRIDGE_IP" 53 "https://$BRIDGE_IP:$APISERVER_PORT" \
+    "$p/ca.crt" "$p/admin.token"
+  wait_for 100 dns grep -q 'dns: listening' "$d/log/dns.log" || return 1
   start_daemon kube-controller-manager "$BIN_DIR/kube-controller-manager" \
     --kubeconfig="$d/controller-manager.kubeconfig" --authentication-kubeconfig="$d/controller-manager.kubeconfig" \
     --authorization-kubeconfig="$d/controller-manager.kubeconfig" \
@@ -744,6 +758,8 @@ import_archive() {
 cmd_up() {
   local owner="${1:-${NARROWLINK_CLUSTER_OWNER_PID:-}}"
   machine_supported
+  NODE_BIN="${NARROWLINK_CLUSTER_NODE:-$(command -v node || true)}"
+  [ -x "$NODE_BIN" ] || skip "no node binary for the cluster DNS (set NARROWLINK_CLUSTER_NODE)"
   all_binaries_ok || skip "the cluster binaries are not built in $BIN_DIR (run: $0 build)"
   runtime_pkgs
   local t0 wait_s="${NARROWLINK_CLUSTER_LOCK_WAIT_S:-900}"

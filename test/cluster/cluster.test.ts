@@ -237,6 +237,41 @@ describe('cluster tier: a real single-node Kubernetes', { timeout: 45 * 60_000 }
     }
   });
 
+  it('Pods resolve Service names through the cluster DNS and reach a Service by name', async (t) => {
+    const c = requireCluster(t, result);
+    if (!c) return;
+    const core = c.kubeConfig().makeApiClient(CoreV1Api);
+    const web = await core.readNamespacedService({ name: 'web', namespace: NS });
+    const script = `
+const dns = require('node:dns').promises;
+const http = require('node:http');
+const look = (n) => dns.lookup(n, { family: 4 }).then((a) => a.address, (e) => e.code);
+(async () => {
+  const out = {
+    kubernetes: await look('kubernetes.default.svc.cluster.local'),
+    short: await look('web'),
+    missing: await look('nope.${NS}.svc.cluster.local'),
+  };
+  out.body = await new Promise((resolve) => http.get('http://web/by-name', { agent: false }, (res) => {
+    let b = ''; res.on('data', (c) => { b += c; }); res.on('end', () => resolve(JSON.parse(b)));
+  }).on('error', (e) => resolve(e.code)));
+  console.log(JSON.stringify(out));
+})();
+`;
+    await core.createNamespacedPod({ namespace: NS, body: podSpec('resolver', image.image, script, { restartPolicy: 'Never' }) });
+    await waitFor('pod resolver to finish', 180_000, async () => {
+      const p = await core.readNamespacedPod({ name: 'resolver', namespace: NS });
+      return p.status?.phase === 'Succeeded' || p.status?.phase === 'Failed' ? p : undefined;
+    });
+    const log = await core.readNamespacedPodLog({ name: 'resolver', namespace: NS });
+    assert.deepEqual(JSON.parse(log.trim()), {
+      kubernetes: c.kubernetesServiceIp,
+      short: web.spec?.clusterIP,
+      missing: 'ENOTFOUND',
+      body: { pod: 'web', path: '/by-name', uid: 65534 },
+    });
+  });
+
   it('traffic from a Pod to anything off the bridge is refused at once, not routed out of the machine', async (t) => {
     const c = requireCluster(t, result);
     if (!c) return;

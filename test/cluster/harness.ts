@@ -90,7 +90,8 @@ export function runClusterScript(args: string[], timeoutMs: number): Promise<Scr
     execFile(
       'bash',
       [clusterScript, ...args],
-      { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL' },
+      // The cluster DNS (dns.mjs) runs under this process's Node.
+      { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL', env: { ...process.env, NARROWLINK_CLUSTER_NODE: process.execPath } },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
         resolve({ code, stdout, stderr });

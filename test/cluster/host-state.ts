@@ -48,6 +48,8 @@ export interface HostState {
   sysctls: Record<string, string>;
   /** Which of {@link clusterFixedPaths} exist. */
   fixedPaths: string[];
+  /** Command lines of processes that name the cluster's state dir (daemons, shims, the DNS): none after down. */
+  processes: string[];
 }
 
 function run(cmd: string, args: string[]): string | undefined {
@@ -90,5 +92,16 @@ export function captureHostState(stateDir = process.env.NARROWLINK_CLUSTER_DIR ?
     if (existsSync(file)) sysctls[name] = readFileSync(file, 'utf8').trim();
   }
   const fixedPaths = clusterFixedPaths.filter((p) => existsSync(p));
-  return { links, mounts, kubepodsCgroups, iptables, sysctls, fixedPaths };
+  const processes: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    let cmdline: string;
+    try {
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+    } catch {
+      continue; // exited meanwhile
+    }
+    if (cmdline.includes(`${stateDir}/`)) processes.push(cmdline);
+  }
+  processes.sort();
+  return { links, mounts, kubepodsCgroups, iptables, sysctls, fixedPaths, processes };
 }
