@@ -13,9 +13,9 @@
  *   });
  *
  * Networking: the apiserver listens on the cluster bridge's address (10.88.0.1:6443), pods reach it through the
- * `kubernetes` ClusterIP Service; the machine's own interface address is never used. There is no cluster DNS
- * (no CoreDNS image can be fetched here): pods get the host's resolv.conf, tests use IPs and the
- * KUBERNETES_SERVICE_* environment variables.
+ * `kubernetes` ClusterIP Service; the machine's own interface address is never used. No CoreDNS image can be
+ * fetched here, so the tier runs its own small DNS (dns.mjs on the bridge address): Service names
+ * (`<name>.<namespace>.svc.cluster.local` and the usual search path) resolve, nothing else does.
  *
  * A machine that truly cannot run it (not root, not Debian 12 amd64, no cgroup v1, the build fails) yields a
  * *skipped* test with the reason, never a pass. Any other failure rejects and fails the suite. One cluster per
