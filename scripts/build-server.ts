@@ -24,8 +24,10 @@
  *   node scripts/build-server.ts --sourcemap   also writes .map files
  *   node scripts/build-server.ts --out DIR     another output directory (tests)
  */
+import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { build, type Plugin } from 'esbuild';
@@ -126,10 +128,22 @@ export function asciiOnly(text: string): string {
   return text.replace(/[^\t\n\r -~]/gu, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }
 
+/** The commit of the checkout being built (40 hex digits), or "" when this is not a git checkout. */
+async function sourceCommit(): Promise<string> {
+  try {
+    const { stdout } = await promisify(execFile)('git', ['rev-parse', 'HEAD'], { cwd: ROOT });
+    const commit = stdout.trim();
+    return /^[0-9a-f]{40}$/.test(commit) ? commit : '';
+  } catch {
+    return '';
+  }
+}
+
 /** Builds the bundles and runtime-deps.json; returns the latter. */
 export async function buildServer(options: BuildServerOptions = {}): Promise<RuntimeDeps> {
   const outDir = options.outDir ?? SERVER_DIST_DIR;
   await rm(outDir, { recursive: true, force: true });
+  const commit = await sourceCommit();
   // One build per component, not one build of all three: with shared chunks, the agent would load a chunk holding
   // whatever the gateway shares with the operator (yaml, Kubernetes code) although it runs none of it.
   for (const [component, entry] of Object.entries(SERVER_ENTRIES)) {
@@ -144,6 +158,8 @@ export async function buildServer(options: BuildServerOptions = {}): Promise<Run
       chunkNames: `chunks/${component}/[name]-[hash]`,
       external: SERVER_EXTERNAL,
       sourcemap: options.sourcemap ? 'linked' : false,
+      // narrowlink_build_info{commit}: the checkout's commit, or "" outside a git checkout (protocol/src/server-metrics.ts).
+      define: commit ? { __NARROWLINK_COMMIT__: JSON.stringify(commit) } : {},
       write: false,
       // CommonJS dependencies inside an ES module bundle still call require() for Node's built-ins.
       banner: { js: "import { createRequire as __nlCreateRequire } from 'node:module';\nconst require = __nlCreateRequire(import.meta.url);" },
