@@ -2,7 +2,8 @@
  * Issue 13, journey step 1 in the real cluster: the project's own image (deploy/build-image.sh, loaded into the
  * cluster's containerd, never pulled) runs the chart's operator and gateway — `helm install charts/narrowlink`
  * with `imagePullPolicy: IfNotPresent` and without cert-manager, then both Deployments become Ready with real
- * containers of that image, and `helm uninstall` leaves no Pod behind.
+ * containers of that image; journey step 2: a Deployment with the inject annotation gets the sidecar in a real Pod
+ * and its NarrowlinkAgent reports the instance Connected; `helm uninstall` leaves no Pod of the release behind.
  *
  * The image comes from `deploy/build-image.sh` (cached by its inputs; it exits 3 with a reason where it cannot
  * build, and the tests then skip with that reason). NARROWLINK_IMAGE_ARCHIVE=<docker-archive tar> uses an image
@@ -14,14 +15,16 @@ import { dirname, join, resolve } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { AppsV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { helmPath, toolsUnavailableReason } from '../k8s/tools.ts';
-import { containerMemory, useCluster } from './harness.ts';
+import { containerMemory, nodeTestImage, useCluster } from './harness.ts';
 
 const run = promisify(execFile);
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const chartDir = join(repoRoot, 'charts', 'narrowlink');
 const NS = 'narrowlink-system';
+/** Namespace of the application whose Pods get the sidecar. */
+const APP_NS = 'shop';
 
 interface BuiltImage {
   image: string;
@@ -156,6 +159,82 @@ describe('cluster tier: helm install of charts/narrowlink with the project image
     assert.deepEqual(
       events.items.filter((e) => e.reason === 'Pulling' || e.reason === 'Failed').map((e) => `${e.reason}: ${e.message}`),
       [],
+    );
+  });
+
+  it('a Deployment with the inject annotation gets the sidecar in a real Pod, which attaches: NarrowlinkAgent Connected', async (t) => {
+    const c = cluster.require(t);
+    if (!c) return;
+    assert.ok(image);
+    if ('skipped' in image) {
+      t.skip(image.skipped);
+      return;
+    }
+    const app = await nodeTestImage();
+    await c.importImage(app.archive);
+    const kc = c.kubeConfig();
+    const core = kc.makeApiClient(CoreV1Api);
+    const apps = kc.makeApiClient(AppsV1Api);
+    const custom = kc.makeApiClient(CustomObjectsApi);
+    await core.createNamespace({ body: { metadata: { name: APP_NS } } });
+    await waitFor('the default ServiceAccount', 60_000, async () =>
+      core.readNamespacedServiceAccount({ name: 'default', namespace: APP_NS }).then(() => true),
+    );
+    await apps.createNamespacedDeployment({
+      namespace: APP_NS,
+      body: {
+        metadata: { name: 'orders-api', labels: { app: 'orders-api' } },
+        spec: {
+          replicas: 1,
+          selector: { matchLabels: { app: 'orders-api' } },
+          template: {
+            metadata: {
+              labels: { app: 'orders-api' },
+              annotations: { 'narrowlink.io/inject': 'true', 'narrowlink.io/expose': 'http=8080' },
+            },
+            spec: {
+              containers: [
+                {
+                  name: 'api',
+                  image: app.image,
+                  imagePullPolicy: 'Never',
+                  args: ['-e', "require('node:http').createServer((q, s) => s.end('orders ' + q.url)).listen(8080)"],
+                  ports: [{ name: 'http', containerPort: 8080 }],
+                },
+              ],
+            },
+          },
+        },
+      },
+    });
+    const pod = await waitFor('the injected Pod Ready', 5 * 60_000, async () => {
+      const pods = await core.listNamespacedPod({ namespace: APP_NS, labelSelector: 'app=orders-api' });
+      const p = pods.items[0];
+      const statuses = p?.status?.containerStatuses ?? [];
+      return statuses.length >= 2 && statuses.every((s) => s.ready) ? p : undefined;
+    });
+    assert.equal(pod.metadata?.annotations?.['narrowlink.io/injected'], 'true');
+    const sidecar = pod.status?.containerStatuses?.find((s) => s.name !== 'api');
+    assert.ok(sidecar, 'a second container was injected');
+    // The sidecar runs the project image loaded into the cluster (the chart's image), with a real container.
+    assert.equal(sidecar.image, image.image);
+    assert.match(sidecar.containerID ?? '', /^containerd:\/\/[0-9a-f]{64}$/);
+    const agent = await waitFor('NarrowlinkAgent orders-api Connected', 3 * 60_000, async () => {
+      const list = (await custom.listNamespacedCustomObject({
+        group: 'narrowlink.io',
+        version: 'v1alpha1',
+        namespace: APP_NS,
+        plural: 'narrowlinkagents',
+      })) as { items: Array<{ metadata: { name: string }; status?: { connectedInstances?: number; conditions?: Array<{ type: string; status: string }> } }> };
+      const a = list.items.find((i) => i.metadata.name === 'orders-api');
+      const connected = a?.status?.conditions?.find((cond) => cond.type === 'Connected')?.status === 'True';
+      return connected && a?.status?.connectedInstances === 1 ? a : undefined;
+    });
+    assert.equal(agent.status?.connectedInstances, 1);
+    const mem = containerMemory(pod.metadata?.uid ?? '', sidecar.containerID ?? '');
+    assert.ok(mem.workingSetBytes < mem.limitBytes, 'the sidecar stays within its limit');
+    t.diagnostic(
+      `sidecar ${sidecar.name} once attached: working set ${(mem.workingSetBytes / 1048576).toFixed(1)} MiB, rss ${(mem.rssBytes / 1048576).toFixed(1)} MiB, limit ${(mem.limitBytes / 1048576).toFixed(0)} MiB`,
     );
   });
 
