@@ -3,7 +3,8 @@
  * cluster's containerd, never pulled) runs the chart's operator and gateway — `helm install charts/narrowlink`
  * with `imagePullPolicy: IfNotPresent` and without cert-manager, then both Deployments become Ready with real
  * containers of that image; journey step 2: a Deployment with the inject annotation gets the sidecar in a real Pod
- * and its NarrowlinkAgent reports the instance Connected; `helm uninstall` leaves no Pod of the release behind.
+ * and its NarrowlinkAgent reports the instance Connected; step 4 (part): scaling 1 → 3 → 0 and a deleted Pod, the
+ * connected instances follow; `helm uninstall` leaves no Pod of the release behind.
  *
  * The image comes from `deploy/build-image.sh` (cached by its inputs; it exits 3 with a reason where it cannot
  * build, and the tests then skip with that reason). NARROWLINK_IMAGE_ARCHIVE=<docker-archive tar> uses an image
@@ -15,7 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { AppsV1Api, CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
+import { AppsV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { helmPath, toolsUnavailableReason } from '../k8s/tools.ts';
 import { containerMemory, nodeTestImage, useCluster } from './harness.ts';
 
@@ -236,6 +237,53 @@ describe('cluster tier: helm install of charts/narrowlink with the project image
     t.diagnostic(
       `sidecar ${sidecar.name} once attached: working set ${(mem.workingSetBytes / 1048576).toFixed(1)} MiB, rss ${(mem.rssBytes / 1048576).toFixed(1)} MiB, limit ${(mem.limitBytes / 1048576).toFixed(0)} MiB`,
     );
+  });
+
+  it('scaling the injected Deployment 1 → 3 → 0 and deleting a Pod: the connected instances follow', async (t) => {
+    const c = cluster.require(t);
+    if (!c) return;
+    assert.ok(image);
+    if ('skipped' in image) {
+      t.skip(image.skipped);
+      return;
+    }
+    const kc = c.kubeConfig();
+    const apps = kc.makeApiClient(AppsV1Api);
+    const core = kc.makeApiClient(CoreV1Api);
+    const custom = kc.makeApiClient(CustomObjectsApi);
+    const instances = async () => {
+      const a = (await custom.getNamespacedCustomObject({
+        group: 'narrowlink.io',
+        version: 'v1alpha1',
+        namespace: APP_NS,
+        plural: 'narrowlinkagents',
+        name: 'orders-api',
+      })) as { status?: { connectedInstances?: number } };
+      return a.status?.connectedInstances ?? 0;
+    };
+    const scale = async (replicas: number) => {
+      const started = Date.now();
+      await apps.patchNamespacedDeploymentScale(
+        { name: 'orders-api', namespace: APP_NS, body: { spec: { replicas } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+      await waitFor(`${replicas} connected instance(s)`, 4 * 60_000, async () => ((await instances()) === replicas ? true : undefined));
+      t.diagnostic(`scaled to ${replicas}: instances followed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    };
+    await scale(3);
+    // A deleted Pod is replaced by the ReplicaSet; its sidecar attaches and the count is back at 3 without the old one.
+    const before = await core.listNamespacedPod({ namespace: APP_NS, labelSelector: 'app=orders-api' });
+    const victim = before.items[0]?.metadata?.name;
+    assert.ok(victim);
+    await core.deleteNamespacedPod({ name: victim, namespace: APP_NS, gracePeriodSeconds: 1 });
+    await waitFor('the replacement Pod Ready and 3 instances', 4 * 60_000, async () => {
+      const pods = await core.listNamespacedPod({ namespace: APP_NS, labelSelector: 'app=orders-api' });
+      const ready = pods.items.filter(
+        (p) => p.metadata?.name !== victim && (p.status?.containerStatuses ?? []).every((s) => s.ready) && p.status?.phase === 'Running',
+      );
+      return ready.length === 3 && (await instances()) === 3 ? true : undefined;
+    });
+    await scale(0);
   });
 
   it('helm uninstall removes every Pod of the release', async (t) => {
