@@ -8,12 +8,13 @@
  *   const rootfs = unpackImage(built.ociArchive, dir);
  *   const r = runInImage(rootfs, ['node', 'dist/server/agent.mjs', '--help']);
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { globSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import path from 'node:path';
 import { readManifest, ROOT } from '../../deploy/image/stage.ts';
+import { registerChild } from '../helpers/processes.ts';
 
 /** The script's JSON line. */
 export interface BuiltImage {
@@ -230,4 +231,88 @@ export async function startContainerd(dir: string): Promise<PrivateContainerd | 
         child.kill('SIGTERM');
       }),
   };
+}
+
+/** A long-running process started from the unpacked image by {@link startInImage}. */
+export interface ImageProcess {
+  child: ChildProcess;
+  /** The first stdout JSON line whose `event` is `ready`. */
+  readyLine: Record<string, unknown>;
+  /** Everything it printed so far (for failure messages). */
+  output(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `argv` from the unpacked image like {@link runInImage} (its user, workdir and environment; the host's
+ * network, so loopback is shared with the test) and resolves once it prints a JSON line with `"event":"ready"`.
+ */
+export function startInImage(rootfs: string, argv: string[], timeoutMs = 20_000): Promise<ImageProcess> {
+  const manifest = readManifest();
+  const env = Object.entries({ ...manifest.env, HOME: manifest.user.home }).map(([k, v]) => `${k}=${v}`);
+  const inner = 'set -e; r="$1"; u="$2"; shift 2; mount --rbind /dev "$r/dev"; mount -t proc proc "$r/proc"; exec chroot --userspec="$u" "$r" "$@"';
+  const chrooted = ['/usr/bin/env', '-i', ...env, '/bin/sh', '-c', 'cd "$0" && exec "$@"', manifest.workdir, ...argv];
+  // Its own process group: the process in the namespace keeps it through sh, chroot and env, so stop() can signal
+  // the whole chain at once (signalling unshare alone would not reach it: chroot's setuid clears --kill-child's
+  // parent-death signal).
+  const child = spawn('unshare', ['--mount', '--pid', '--fork', '--kill-child', 'sh', '-c', inner, 'sh', rootfs, `${manifest.user.uid}:${manifest.user.gid}`, ...chrooted], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  const signalGroup = (signal: NodeJS.Signals) => {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  };
+  registerChild(child);
+  let out = '';
+  const output = () => out.slice(-4000);
+  // 'close' comes once the process in the namespace is gone too: it holds the other ends of the pipes.
+  let closed = false;
+  child.once('close', () => {
+    closed = true;
+  });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (closed) return resolve();
+      child.once('close', () => resolve());
+      signalGroup('SIGTERM');
+      setTimeout(() => signalGroup('SIGKILL'), 5000).unref();
+    });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      void stop();
+      reject(new Error(`${argv.join(' ')}: no ready line within ${timeoutMs} ms:\n${output()}`));
+    }, timeoutMs);
+    let buffered = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      buffered += chunk.toString();
+      let nl = buffered.indexOf('\n');
+      while (nl >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        nl = buffered.indexOf('\n');
+        let parsed: Record<string, unknown> | undefined;
+        try {
+          parsed = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          continue;
+        }
+        if (parsed?.event === 'ready') {
+          clearTimeout(timer);
+          resolve({ child, readyLine: parsed, output, stop });
+        }
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${argv.join(' ')} exited ${code} before it was ready:\n${output()}`));
+    });
+  });
 }

@@ -13,12 +13,29 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { readManifest, ROOT } from '../../deploy/image/stage.ts';
-import { appInputsFingerprint, BUILD_TIMEOUT_MS, type BuiltImage, buildImage, runInImage, startContainerd, startRegistry, unpackImage } from './fixture.ts';
+import { GatewayLink } from '@narrowlink/peer-link';
+import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
+import { MuxDuplex } from '@narrowlink/protocol/stream';
+import { freeUdpPortPair } from '../helpers/ports.ts';
+import { startEchoServer } from '../helpers/tcp-fixtures.ts';
+import { makeTestCertificate } from '../helpers/tls.ts';
+import {
+  appInputsFingerprint,
+  BUILD_TIMEOUT_MS,
+  type BuiltImage,
+  buildImage,
+  type ImageProcess,
+  runInImage,
+  startContainerd,
+  startInImage,
+  startRegistry,
+  unpackImage,
+} from './fixture.ts';
 
 /** Issue 13's budget for the image, uncompressed (what a node stores), in bytes (decimal MB like the registries). */
 const IMAGE_BUDGET_BYTES = 200_000_000;
@@ -129,6 +146,71 @@ describe('deploy/build-image.sh', { skip, timeout: BUILD_TIMEOUT_MS }, () => {
     const r = runInImage(rootfs, ['node', '--input-type=module', '-e', "const q = await import('@matrixai/quic'); console.log(typeof q.QUICSocket)"]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim(), 'function');
+  });
+
+  test('the gateway and agent from the image relay a client stream over TLS on loopback, bytes intact', async () => {
+    // Everything the two processes read lives inside the root filesystem, readable by their user only.
+    const dir = path.join(rootfs, 'tmp', 'e2e');
+    const inImage = (file: string) => `/${path.relative(rootfs, file)}`;
+    const cert = await makeTestCertificate(dir);
+    const echo = await startEchoServer();
+    const keys = await generateSigningKeyPair();
+    const configFile = path.join(dir, 'gateway.json');
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        apiVersion: 'narrowlink.io/v1alpha1',
+        kind: 'GatewayConfig',
+        signingPublicKeys: [keys.publicKeyPem],
+        agents: [{ name: 'imaged', expose: [{ name: 'echo', port: echo.port }] }],
+        policies: [{ name: 'all', subjects: [{ kind: 'Group', name: 'g' }], rules: [{ action: 'Allow' }] }],
+      }),
+    );
+    const agentToken = path.join(dir, 'agent.jwt');
+    writeFileSync(agentToken, await signToken(keys.privateKeyPem, { typ: 'agent', sub: 'default/imaged', ttlSeconds: 600 }), { mode: 0o600 });
+    execFileSync('chown', ['-R', `${manifest.user.uid}:${manifest.user.gid}`, dir]);
+    execFileSync('chmod', ['0700', dir]);
+    const started: ImageProcess[] = [];
+    const link = { current: undefined as GatewayLink | undefined };
+    try {
+      const gateway = await startInImage(rootfs, [
+        'node',
+        manifest.components.gateway as string,
+        ...['--config', inImage(configFile), '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--drain-ms', '500'],
+        ...['--tls-cert', inImage(cert.certFile), '--tls-key', inImage(cert.keyFile), '--nat-probe-port', String(await freeUdpPortPair())],
+      ]);
+      started.push(gateway);
+      const url = String(gateway.readyLine.url);
+      const agent = await startInImage(rootfs, [
+        'node',
+        manifest.components.agent as string,
+        ...['--gateway', url, '--token-file', inImage(agentToken), '--ca-file', inImage(cert.caFile), '--expose', `echo=127.0.0.1:${echo.port}`],
+      ]);
+      started.push(agent);
+      const clientToken = await signToken(keys.privateKeyPem, { typ: 'client', sub: 'u', groups: ['g'], ttlSeconds: 600 });
+      link.current = new GatewayLink({ url, role: 'client', token: clientToken, caPem: cert.ca, reconnect: false }).start();
+      await link.current.waitOpen(10_000);
+      const { stream: muxStream } = await link.current.openStream({ agent: 'imaged', port: 'echo', mode: 'relay' }, 10_000);
+      const stream = new MuxDuplex(muxStream);
+      const payload = Buffer.alloc(128 * 1024);
+      for (let i = 0; i < payload.length; i++) payload[i] = (i * 13) % 251;
+      const received: Buffer[] = [];
+      const done = new Promise<void>((resolve, reject) => {
+        stream.on('data', (chunk: Buffer) => received.push(chunk));
+        stream.once('end', resolve);
+        stream.once('error', reject);
+      });
+      stream.end(payload);
+      await done;
+      assert.ok(Buffer.concat(received).equals(payload), `echoed ${Buffer.concat(received).length} of ${payload.length} bytes`);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n${started.map((p) => p.output()).join('\n---\n')}`, { cause: err });
+    } finally {
+      await link.current?.close();
+      for (const p of started.reverse()) await p.stop();
+      await echo.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('files: /app root-owned and read-only for others, the home of 65532 private, the user in /etc/passwd', () => {
