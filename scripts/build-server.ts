@@ -159,7 +159,7 @@ export async function buildServer(options: BuildServerOptions = {}): Promise<Run
       external: SERVER_EXTERNAL,
       sourcemap: options.sourcemap ? 'linked' : false,
       // narrowlink_build_info{commit}: the checkout's commit, or "" outside a git checkout (protocol/src/server-metrics.ts).
-      define: commit ? { __NARROWLINK_COMMIT__: JSON.stringify(commit) } : {},
+      define: { __NARROWLINK_COMMIT__: commit ? JSON.stringify(commit) : 'undefined' },
       write: false,
       // CommonJS dependencies inside an ES module bundle still call require() for Node's built-ins.
       banner: { js: "import { createRequire as __nlCreateRequire } from 'node:module';\nconst require = __nlCreateRequire(import.meta.url);" },
