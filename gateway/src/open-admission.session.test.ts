@@ -81,7 +81,9 @@ describe('fair OPEN admission per agent instance', () => {
     open(client);
     const waiting = open(client);
     assert.equal(agent2.received.length, 1);
-    gateway.applyConfig({ ...gateway.config!, policies: [] });
+    const config = gateway.config;
+    assert.ok(config);
+    gateway.applyConfig({ ...config, policies: [] });
     flush();
     assert.equal(waiting.reset?.code, StreamErrorCode.DENIED, 'revocation reaches OPENs still queued');
     assert.equal(peers.length, 3);

@@ -197,7 +197,7 @@ describe('gateway TLS and CA copies without cert-manager, on a real kube-apiserv
     );
     const options = { namespace: NS, secretName: 'kept-ca-webhook-tls', serviceName: 'narrowlink-operator', webhookConfiguration: 'kept-ca-webhook', caSecretName: 'narrowlink-ca' };
     const caBundle = async (): Promise<string | undefined> =>
-      ((await client.get(mutatingWebhookConfigurations, undefined, 'kept-ca-webhook'))?.webhooks as Array<{ clientConfig: { caBundle?: string } }>)[0]?.clientConfig.caBundle;
+      ((await client.get(mutatingWebhookConfigurations, undefined, 'kept-ca-webhook'))?.webhooks as Array<{ clientConfig: { caBundle?: string } }> | undefined)?.[0]?.clientConfig.caBundle;
     const now = Date.now();
     const first = await ensureWebhookCertificate(client, { ...options, nowMs: now });
     const caPem = text(await client.get(Resources.secret, NS, 'narrowlink-ca'), 'tls.crt');
