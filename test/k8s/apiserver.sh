@@ -61,6 +61,12 @@ cmd_build() {
   # One build at a time per cache dir (several suites or engineers may ask at once).
   exec 9>"$CACHE_DIR/.build.lock"
   flock 9
+  # The cluster tier's build (test/cluster/cluster.sh build, same recipe) makes kube-apiserver in the same make as
+  # the kubelet and the rest: reuse it rather than paying the code generation and the link a second time.
+  local cluster_copy="$CACHE_DIR/k8s-$K8S_VERSION/kube-apiserver"
+  if ! binary_ok && [ -x "$cluster_copy" ] && "$cluster_copy" --version >/dev/null 2>&1; then
+    cp "$cluster_copy" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
+  fi
   if binary_ok; then
     runtime_pkgs
     log "cached: $BIN"
