@@ -2,6 +2,7 @@
 export * from './crds/index.ts';
 export * from './errors.ts';
 export * from './labels.ts';
+export { createOperatorMetrics, type OperatorMetrics } from './metrics.ts';
 export * from './names.ts';
 export * from './objects.ts';
 export * from './reconcilers/agent-token/desired.ts';
@@ -13,3 +14,4 @@ export * from './reconcilers/domains.ts';
 export * from './reconcilers/gateway-config/desired.ts';
 export * from './reconcilers/policy/desired.ts';
 export * from './webhook/errors.ts';
+export { SIDECAR_COMMAND } from './webhook/patch.ts';

@@ -33,7 +33,7 @@ import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
 import { parseGatewayTokenRules } from '@narrowlink/protocol';
-import { SIDECAR_COMMAND } from '../../operator/src/webhook/patch.ts';
+import { SIDECAR_COMMAND } from '@narrowlink/operator';
 import { NODE_OPTIONS } from '../../scripts/build-server.ts';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from './tools.ts';

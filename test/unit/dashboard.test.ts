@@ -10,7 +10,7 @@ import { readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { parseAllDocuments } from 'yaml';
-import { createOperatorMetrics } from '../../operator/src/metrics.ts';
+import { createOperatorMetrics } from '@narrowlink/operator';
 import { ROOT } from '../helpers/paths.ts';
 import { helmPath, toolsUnavailableReason } from '../k8s/tools.ts';
 import {

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { createOperatorMetrics } from '../../operator/src/metrics.ts';
+import { createOperatorMetrics } from '@narrowlink/operator';
 import { findPromtool, type GatewayWithTraffic, parseExposition, promtoolCheckMetrics, startGatewayWithTraffic } from './metrics-fixtures.ts';
 
 describe('promtool check metrics', async () => {
