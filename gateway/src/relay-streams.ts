@@ -8,7 +8,7 @@
 import { type AgentConfig, agentKey, type CompiledPolicy, type ExposedPort, type MuxStream, StreamErrorCode } from '@narrowlink/protocol';
 import type { AgentAttachment } from './agent-registry.ts';
 import type { GatewayMetrics } from './metrics.ts';
-import { type AdmissionSlot, OpenAdmission, type OpenAdmissionLimits } from './open-admission.ts';
+import { type AdmissionSlot, type AdmissionTicket, OpenAdmission, type OpenAdmissionLimits } from './open-admission.ts';
 import type { PeerSession } from './peer-session.ts';
 import { resetLegs, splice } from './relay.ts';
 import {
@@ -174,7 +174,7 @@ export class RelayStreams {
         agentStream.handlers = {};
         agentStream.reset(StreamErrorCode.TIMEOUT, 'gateway gave up waiting for the agent');
       } else {
-        ticket.cancel();
+        ticket?.cancel();
       }
       agentAnswered();
       clientEnded();
@@ -188,7 +188,7 @@ export class RelayStreams {
         clientEnded();
         const agentStream = relayed.agentStream;
         if (!agentStream) {
-          ticket.cancel();
+          ticket?.cancel();
           clearTimeout(timer);
         } else if (local) {
           agentStream.reset(StreamErrorCode.PEER_GONE, `gateway: ${reset.message}`);
@@ -196,7 +196,9 @@ export class RelayStreams {
         }
       },
     };
-    const ticket = this.#admission(instance).request(client.session.identity.sub, (granted) => {
+    // Assigned after request() returns: the start callback may run (and fail the stream) inside it.
+    let ticket: AdmissionTicket | undefined;
+    ticket = this.#admission(instance).request(client.session.identity.sub, (granted) => {
       slot = granted;
       if (instance.session.state !== 'open') {
         agentAnswered();
