@@ -15,8 +15,11 @@
  * After reading RSS it sends bytes through the forward (client → gateway → agent → echo) so a number never comes
  * from a stack that was not really attached.
  *
- *   node test/bench/idle-rss.ts [--source] [--wait-ms 20000] [--no-build] [--no-node-options] [--heap-snapshot DIR]
- *                               [--flag COMPONENT=NODE_OPTION ...] [--json]
+ *   node test/bench/idle-rss.ts [--source] [--wait-ms 20000] [--no-build] [--out DIR] [--no-node-options]
+ *                               [--heap-snapshot DIR] [--flag COMPONENT=NODE_OPTION ...] [--json]
+ *
+ * `--out DIR` builds the server bundles into DIR (inside the repository, e.g. .tmp/rss) instead of dist/server, which
+ * other people's running processes may use.
  *
  * `npm run bench` runs it (keys agent_idle_rss_mib, gateway_idle_rss_mib, client_idle_rss_mib).
  */
@@ -43,6 +46,11 @@ export interface IdleRssOptions {
   waitMs?: number;
   /** With `bundle`: build the bundles first (default true). */
   build?: boolean;
+  /**
+   * With `bundle`: the server bundles' directory, built into (default dist/server, which running processes of other
+   * people may use: give a directory of your own, inside the repository so the external packages resolve).
+   */
+  serverDir?: string;
   /** With `bundle`: run each component with the Node options runtime-deps.json names (default true). */
   nodeOptions?: boolean;
   /** More Node options per component, after the shipped ones (to measure a V8 flag before shipping it). */
@@ -128,9 +136,10 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
   const from = options.from ?? 'bundle';
   const waitMs = options.waitMs ?? 20_000;
   const log = options.log ?? (() => undefined);
+  const serverDir = options.serverDir ?? SERVER_DIST_DIR;
   if (from === 'bundle' && options.build !== false) {
-    log('  building dist/server and the packaged CLI…');
-    await buildServer();
+    log(`  building ${path.relative(ROOT, serverDir)} and the packaged CLI…`);
+    await buildServer({ outDir: serverDir });
     await buildPackage();
   }
   const flags = (component: 'agent' | 'gateway' | 'client'): string[] => {
@@ -142,8 +151,8 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
     return [...NODE_OPTIONS[component], ...snapshot];
   };
   const entry = {
-    gateway: from === 'bundle' ? path.join(SERVER_DIST_DIR, 'gateway.mjs') : SCRIPTS.gateway,
-    agent: from === 'bundle' ? path.join(SERVER_DIST_DIR, 'agent.mjs') : SCRIPTS.agent,
+    gateway: from === 'bundle' ? path.join(serverDir, 'gateway.mjs') : SCRIPTS.gateway,
+    agent: from === 'bundle' ? path.join(serverDir, 'agent.mjs') : SCRIPTS.agent,
     client: from === 'bundle' ? path.join(CLI_DIST_DIR, 'bin', 'narrowlink.mjs') : SCRIPTS.client,
   };
 
@@ -242,6 +251,7 @@ if (import.meta.main) {
       source: { type: 'boolean' },
       'wait-ms': { type: 'string' },
       'no-build': { type: 'boolean' },
+      out: { type: 'string' },
       'no-node-options': { type: 'boolean' },
       'heap-snapshot': { type: 'string' },
       flag: { type: 'string', multiple: true },
@@ -261,6 +271,7 @@ if (import.meta.main) {
     from: values.source ? 'source' : 'bundle',
     waitMs: Number(values['wait-ms'] ?? 20_000),
     build: !values['no-build'],
+    ...(values.out ? { serverDir: path.resolve(values.out) } : {}),
     nodeOptions: !values['no-node-options'],
     ...(values['heap-snapshot'] ? { heapSnapshotDir: path.resolve(values['heap-snapshot']) } : {}),
     log: (line) => process.stderr.write(`${line}\n`),
