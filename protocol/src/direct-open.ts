@@ -8,24 +8,27 @@
  *
  * Both are at most MAX_DIRECT_HEADER_BYTES; bytes after the header are the stream's payload.
  */
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { ErrorCode, ProtocolError, StreamErrorCode } from './errors.ts';
+import { useEnglishMessages } from './zod-english.ts';
+
+// zod/mini, as messages.ts: zod-english.ts says why.
+useEnglishMessages();
 
 export const MAX_DIRECT_HEADER_BYTES = 1024;
 
-export const directOpenSchema = z
-  .object({
-    port: z.union([z.number().int().min(1).max(65535), z.string().min(1).max(63)]),
-    host: z.string().min(1).max(253).optional(),
-  })
-  .strict();
+export const directOpenSchema = z.strictObject({
+  port: z.union([z.number().check(z.int(), z.gte(1), z.lte(65535)), z.string().check(z.minLength(1), z.maxLength(63))]),
+  host: z.optional(z.string().check(z.minLength(1), z.maxLength(253))),
+});
 export type DirectOpen = z.infer<typeof directOpenSchema>;
 
 export const directOpenReplySchema = z.union([
-  z.object({ ok: z.literal(true) }).strict(),
-  z
-    .object({ code: z.enum(Object.values(StreamErrorCode) as [StreamErrorCode, ...StreamErrorCode[]]), message: z.string().max(1024) })
-    .strict(),
+  z.strictObject({ ok: z.literal(true) }),
+  z.strictObject({
+    code: z.enum(Object.values(StreamErrorCode) as [StreamErrorCode, ...StreamErrorCode[]]),
+    message: z.string().check(z.maxLength(1024)),
+  }),
 ]);
 export type DirectOpenReply = z.infer<typeof directOpenReplySchema>;
 
@@ -52,13 +55,14 @@ export function encodeDirectOpenReply(reply: DirectOpenReply): Buffer {
  * (NL_ERR_FRAME_TOO_LARGE, NL_ERR_FRAME_BAD_PAYLOAD) for an oversized or malformed header.
  */
 export class DirectHeaderReader<T> {
-  readonly #schema: z.ZodType<T>;
+  readonly #schema: z.core.$ZodType<T>;
   readonly #what: string;
   #chunks: Buffer[] = [];
   #length = 0;
   #done = false;
 
-  constructor(schema: z.ZodType<T>, what: string) {
+  /** `schema`: any zod schema (zod/mini or classic). */
+  constructor(schema: z.core.$ZodType<T>, what: string) {
     this.#schema = schema;
     this.#what = what;
   }
@@ -80,7 +84,7 @@ export class DirectHeaderReader<T> {
     } catch {
       throw new ProtocolError(ErrorCode.FRAME_BAD_PAYLOAD, `${this.#what} is not JSON`);
     }
-    const parsed = this.#schema.safeParse(json);
+    const parsed = z.safeParse(this.#schema, json);
     if (!parsed.success) throw new ProtocolError(ErrorCode.FRAME_BAD_PAYLOAD, `${this.#what} is invalid: ${parsed.error.issues[0]?.message ?? 'bad shape'}`);
     return { value: parsed.data, rest: all.subarray(2 + size) };
   }

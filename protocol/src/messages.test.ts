@@ -75,3 +75,21 @@ describe('stream payloads', () => {
     assert.equal(resetSchema.safeParse({ code: 'NL_ERR_STREAM_DENIED', message: 'no rule' }).success, false);
   });
 });
+
+describe('validation messages', () => {
+  // The schemas are zod/mini, which sets no locale of its own; this file loads no classic zod, so these are the
+  // messages a process that only parses the protocol (the agent sidecar) puts into its errors.
+  test('are zod English messages, with the path of each issue', () => {
+    const result = controlMessageSchema.safeParse({ type: 'goaway', reason: 'r'.repeat(1025), drainMs: 1.5, extra: true });
+    assert.equal(result.success, false);
+    assert.deepEqual(
+      result.error?.issues.map((i) => [i.path.join('.'), i.message]),
+      [
+        ['reason', 'Too big: expected string to have <=1024 characters'],
+        ['drainMs', 'Invalid input: expected int, received number'],
+        ['', 'Unrecognized key: "extra"'],
+      ],
+    );
+    assert.equal(clientOpenSchema.safeParse({ agent: 'db', port: 65536 }).error?.issues[0]?.message, 'Too big: expected number to be <=65535');
+  });
+});
