@@ -8,11 +8,12 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { AgentDirectPaths, generateIdentity } from '@narrowlink/peer-link';
+import { AgentDirectPaths } from '@narrowlink/peer-link';
 import { LOG_FORMATS, type LogFormat, prettyDestination, processLoggerOptions, wantsPretty } from '@narrowlink/protocol';
 import { Agent } from './agent.ts';
 import { AgentError, AgentErrorCode } from './errors.ts';
 import { readCaFileWhenPresent } from './ca-file.ts';
+import { generateAgentIdentity } from './identity.ts';
 import { AllowList, parseExposeList } from './expose.ts';
 
 const HELP = `narrowlink-agent: exposes local ports to Narrowlink clients through a gateway
@@ -139,7 +140,8 @@ async function main(): Promise<void> {
   let direct: AgentDirectPaths | undefined;
   if (!relayOnly) {
     try {
-      direct = await AgentDirectPaths.create({ identity: await generateIdentity({ commonName: 'narrowlink-agent' }), port: directPort, log });
+      // Made with node:crypto, not peer-link's certificate library, which an idle sidecar would keep loaded (identity.ts).
+      direct = await AgentDirectPaths.create({ identity: await generateAgentIdentity({ commonName: 'narrowlink-agent' }), port: directPort, log });
     } catch (error) {
       // No UDP here (port taken, sandbox): serve on the relay rather than not at all.
       log.warn({ err: (error as Error).message, port: directPort }, 'no direct path: cannot bind its UDP socket; relay only');
