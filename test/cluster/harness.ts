@@ -189,6 +189,8 @@ export interface ContainerMemory {
   rssBytes: number;
   /** The container's memory limit (memory.limit_in_bytes); a huge number when unlimited. */
   limitBytes: number;
+  /** The highest usage since the container started (memory.max_usage_in_bytes, page cache included). */
+  maxUsageBytes: number;
 }
 
 /**
@@ -218,6 +220,7 @@ export function containerMemory(podUid: string, containerId: string): ContainerM
     workingSetBytes: Math.max(0, usageBytes - inactiveFile),
     rssBytes: stat.get('total_rss') ?? 0,
     limitBytes: read('memory.limit_in_bytes'),
+    maxUsageBytes: read('memory.max_usage_in_bytes'),
   };
 }
 
