@@ -469,6 +469,81 @@ describe('Mux: flow control', () => {
   });
 });
 
+describe('Mux: receive-window auto-tuning (initialWindow)', () => {
+  const START = 16 * 1024;
+  const MOST = 256 * 1024;
+  /** The acceptor starts each stream at START and may grow it to MOST; the initiator's credit is what it announced. */
+  const tuned = () => pair({ acceptor: { localWindow: MOST, initialWindow: START }, initiator: { peerWindow: START } });
+
+  test('a stream starts at the initial window: a reader that never consumes caps the sender at it, not at the full window', () => {
+    const p = tuned();
+    const { client, server } = openStream(p);
+    assert.equal(server.stream.recvWindow, START);
+    assert.equal(client.stream.write(Buffer.alloc(MOST, 1)), START);
+    p.flush();
+    assert.equal(server.bytes(), START);
+    assert.equal(server.stream.recvRemaining, 0);
+    assert.equal(server.stream.recvWindow, START, 'nothing consumed: no growth');
+  });
+
+  test('a consumer that keeps up doubles the window per window consumed, up to the full window, and never trips FLOW_CONTROL', () => {
+    const p = tuned();
+    const { client, server } = openStream(p);
+    server.stream.handlers.onData = (data) => {
+      server.data.push(Buffer.from(data));
+      server.stream.consumed(data.length);
+    };
+    const windows: number[] = [];
+    const chunk = Buffer.alloc(4096, 3);
+    let sent = 0;
+    for (let round = 0; round < 2000; round++) {
+      sent += client.stream.write(chunk);
+      p.flush();
+      if (windows.at(-1) !== server.stream.recvWindow) windows.push(server.stream.recvWindow);
+    }
+    assert.deepEqual(windows, [START, 2 * START, 4 * START, 8 * START, MOST], 'doubling, then capped at localWindow');
+    assert.equal(server.bytes(), sent);
+    assert.deepEqual(server.resets, [], 'the sender never exceeded what was granted');
+    // At the full window the credit in flight is bounded by it, as with fixed windows.
+    assert.ok(client.stream.sendCredit <= MOST);
+    assert.ok(server.stream.recvRemaining <= MOST);
+  });
+
+  test('growth needs a whole window consumed since the last growth, not one batch', () => {
+    const p = tuned();
+    const { client, server } = openStream(p);
+    client.stream.write(Buffer.alloc(START));
+    p.flush();
+    server.stream.consumed(START / 4);
+    assert.deepEqual(decoded(p.toInitiator), [{ type: 'window', streamId: client.stream.id, increment: START / 4 }]);
+    p.toI();
+    assert.equal(server.stream.recvWindow, START);
+    server.stream.consumed((3 * START) / 4);
+    // The quarter-window batch that completes a whole window carries the growth (one more window) with it.
+    assert.deepEqual(decoded(p.toInitiator), [{ type: 'window', streamId: client.stream.id, increment: (3 * START) / 4 + START }]);
+    assert.equal(server.stream.recvWindow, 2 * START);
+    p.flush();
+    assert.equal(client.stream.sendCredit, 2 * START);
+  });
+
+  test('without initialWindow the window is fixed (every existing peer keeps its behaviour)', () => {
+    const p = pair({ window: START });
+    const { client, server } = openStream(p);
+    server.stream.handlers.onData = (data) => server.stream.consumed(data.length);
+    for (let round = 0; round < 100; round++) {
+      client.stream.write(Buffer.alloc(4096));
+      p.flush();
+    }
+    assert.equal(server.stream.recvWindow, START);
+    assert.ok(client.stream.sendCredit <= START);
+  });
+
+  test('an initialWindow above localWindow is capped at it; zero is refused', () => {
+    assert.equal(new Mux({ role: 'acceptor', send: () => {}, localWindow: START, initialWindow: MOST }).initialWindow, START);
+    assert.throws(() => new Mux({ role: 'acceptor', send: () => {}, initialWindow: 0 }), RangeError);
+  });
+});
+
 describe('Mux: a blocked transport', () => {
   test('stream writes send nothing while blocked; on unblock every waiting stream gets onCredit once', () => {
     const p = pair();
