@@ -913,7 +913,8 @@ describe('Gateway memory: peers that do not read', () => {
 
   test('a client that stops reading holds at most its budget, is closed 4413 with a count, and another client keeps working', async () => {
     const sessionBufferBytes = 12 * MiB;
-    const gw = await startGateway({ sessionBufferBytes, streamWindow: MiB });
+    // Fixed 1 MiB windows (no auto-tuning from a smaller start): the streams reach the budget, which is under test here.
+    const gw = await startGateway({ sessionBufferBytes, streamWindow: MiB, initialStreamWindow: MiB });
     const db = await agent(gw.url);
     produce(db);
     const abuser = await Peer.connect(gw.url, 'client', await token('client', 'mallory'));
@@ -939,6 +940,34 @@ describe('Gateway memory: peers that do not read', () => {
     assert.ok(victim.ok, 'the victim still opens streams to the same agent');
     await until(() => victim.data.reduce((n, b) => n + b.length, 0) >= 2 * MiB, 'the victim receives bytes');
     alice.ws.terminate();
+    db.ws.terminate();
+  });
+
+  test('a client that opens streams and never reads makes the agent push only starting windows, not full ones', async () => {
+    // Default windows: 4 MiB per stream at most, 256 KiB to start with; a stream's window grows only as its reader keeps up.
+    const gw = await startGateway();
+    const db = await agent(gw.url);
+    produce(db);
+    const abuser = await Peer.connect(gw.url, 'client', await token('client', 'mallory'));
+    await abuser.hello({ streamWindow: 64 * MiB });
+    const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
+    for (let i = 0; i < 16; i++) abuser.mux.open({ agent: 'db', port: 5432 });
+    setReading(abuser, false);
+    await until(() => db.mux.streamCount === 16, 'the agent serving sixteen streams', 5000);
+    // Until the agent has stopped sending: every window it was granted is used up.
+    let last = -1;
+    for (const deadline = performance.now() + 10_000; db.mux.bytesSent !== last; await new Promise((r) => setTimeout(r, 300))) {
+      assert.ok(performance.now() < deadline, 'the agent stops sending');
+      last = db.mux.bytesSent;
+    }
+    const held = peak.stop();
+    // Before auto-tuning the agent pushed 16 full windows (68 MiB measured) into the gateway. Now (13.5 MiB): the starting windows
+    // (16 x 256 KiB), the growth of the few streams whose bytes the kernel's socket buffers took before the client's
+    // stopped draining (a few MiB on loopback), and the session's 1 MiB high-water mark.
+    assert.ok(last <= 20 * MiB, `the agent sent ${(last / MiB).toFixed(1)} MiB`);
+    assert.ok(held <= 12 * MiB, `the gateway held ${(held / MiB).toFixed(1)} MiB at most`);
+    assert.equal(await metricValue(gw.metrics, 'narrowlink_gateway_buffer_limit_closes_total', { scope: 'session' }), 0, 'no budget close needed');
+    abuser.ws.terminate();
     db.ws.terminate();
   });
 

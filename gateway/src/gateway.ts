@@ -15,6 +15,7 @@ import {
   type DirectRefusalReason,
   checkVersion,
   compilePolicy,
+  DEFAULT_INITIAL_STREAM_WINDOW,
   DEFAULT_STREAM_WINDOW,
   ErrorCode,
   type GatewayConfig,
@@ -67,6 +68,12 @@ export interface GatewayOptions {
   metrics: GatewayMetrics;
   /** Per-stream window this gateway grants peers, bytes. Default DEFAULT_STREAM_WINDOW (4 MiB). */
   streamWindow?: number;
+  /**
+   * The window each stream starts with (what hello_ok announces); it doubles as the stream's consumer keeps up, up
+   * to `streamWindow`. Default DEFAULT_INITIAL_STREAM_WINDOW (256 KiB), capped at `streamWindow`: a client that
+   * opens streams and never reads makes each agent push at most this into the gateway, not a full window.
+   */
+  initialStreamWindow?: number;
   maxStreamsPerSession?: number;
   /** How long an agent has to accept an OPEN before the client gets TIMEOUT. Default 10 s. */
   openTimeoutMs?: number;
@@ -131,6 +138,7 @@ export class Gateway {
   readonly log: Logger;
   readonly metrics: GatewayMetrics;
   readonly streamWindow: number;
+  readonly initialStreamWindow: number;
   readonly maxStreamsPerSession: number;
   readonly openTimeoutMs: number;
   readonly handshakeTimeoutMs: number;
@@ -168,6 +176,7 @@ export class Gateway {
     this.log = options.log;
     this.metrics = options.metrics;
     this.streamWindow = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+    this.initialStreamWindow = Math.min(options.initialStreamWindow ?? DEFAULT_INITIAL_STREAM_WINDOW, this.streamWindow);
     this.maxStreamsPerSession = options.maxStreamsPerSession ?? 4096;
     this.openTimeoutMs = options.openTimeoutMs ?? 10_000;
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
@@ -312,6 +321,7 @@ export class Gateway {
       ws,
       log,
       localWindow: this.streamWindow,
+      initialWindow: this.initialStreamWindow,
       maxStreams: this.maxStreamsPerSession,
       budget: this.bufferBudget,
       onIdsExhausted: (code) => this.metrics.protocolErrors.inc({ reason: code }),
@@ -476,7 +486,8 @@ export class Gateway {
       version: PROTOCOL_VERSION,
       sessionId: session.id,
       identity: { sub: session.identity.sub, groups: session.identity.groups, typ: session.kind, expiresAt: session.identity.expiresAtMs },
-      streamWindow: this.streamWindow,
+      // Each stream's starting window (the peer's initial credit); auto-tuning grows it (MuxOptions.initialWindow).
+      streamWindow: this.initialStreamWindow,
       heartbeatIntervalMs: this.heartbeatIntervalMs,
     });
     // Only peers that know the probing messages get them (an older 1.x peer would reject an unknown one).

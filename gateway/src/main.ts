@@ -13,6 +13,7 @@ import {
   DEFAULT_GATEWAY_CONFIG_SECRET_NAME,
   DEFAULT_PROOF_MAX_AGE_SECONDS,
   DEFAULT_SEND_HIGH_WATER_BYTES,
+  DEFAULT_INITIAL_STREAM_WINDOW,
   DEFAULT_STREAM_WINDOW,
   ErrorCode,
   type GatewayConfig,
@@ -66,6 +67,8 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --tls-key FILE       TLS private key (PEM)
   --drain-ms N         on SIGTERM, wait up to N ms for open streams (default 10000)
   --stream-window N    per-stream flow-control window in bytes (default 4194304)
+  --initial-stream-window N  the window a stream starts with; it doubles while the stream's
+                       reader keeps up, up to --stream-window (default 262144)
   --agent-streams-per-session N  relayed streams (opening or open) one client session may hold
                        to one agent; beyond it OPENs get SHARE_EXCEEDED (default 256)
   --agent-streams-per-identity N  the same for one identity (token sub) over all its sessions
@@ -152,6 +155,7 @@ async function main(): Promise<void> {
       'tls-key': { type: 'string' },
       'drain-ms': { type: 'string' },
       'stream-window': { type: 'string' },
+      'initial-stream-window': { type: 'string' },
       'agent-streams-per-session': { type: 'string' },
       'agent-streams-per-identity': { type: 'string' },
       'stream-idle-timeout-ms': { type: 'string' },
@@ -247,6 +251,8 @@ async function main(): Promise<void> {
   const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
   const sessionBufferBytes = integerOption('session-buffer-bytes', DEFAULT_SESSION_BUFFER_BYTES, 1024 * 1024);
   const processBufferBytes = integerOption('process-buffer-bytes', DEFAULT_PROCESS_BUFFER_BYTES, 1024 * 1024);
+  // The hello schema's smallest window is 16 KiB.
+  const initialStreamWindow = integerOption('initial-stream-window', Math.min(DEFAULT_INITIAL_STREAM_WINDOW, streamWindow), 16 * 1024);
   const sendHighWaterBytes = integerOption('send-high-water-bytes', DEFAULT_SEND_HIGH_WATER_BYTES, 16 * 1024);
   const proofMaxAgeSeconds = integerOption('proof-max-age-seconds', DEFAULT_PROOF_MAX_AGE_SECONDS, 1);
   const publicUrl = option(values, 'public-url');
@@ -282,6 +288,7 @@ async function main(): Promise<void> {
     log,
     metrics,
     streamWindow,
+    initialStreamWindow,
     rateLimits,
     streamShares,
     openAdmission,

@@ -78,6 +78,8 @@ export class PeerSession implements BrokerPeer {
     ws: WebSocket;
     log: Logger;
     localWindow: number;
+    /** The window each stream starts with (MuxOptions.initialWindow); default `localWindow`. */
+    initialWindow?: number;
     maxStreams: number;
     handlers: MuxHandlers;
     onClosed: (session: PeerSession) => void;
@@ -116,6 +118,7 @@ export class PeerSession implements BrokerPeer {
     this.mux = new Mux({
       role: 'acceptor',
       localWindow: options.localWindow,
+      ...(options.initialWindow === undefined ? {} : { initialWindow: options.initialWindow }),
       maxStreams: options.maxStreams,
       ...(options.firstLocalId === undefined ? {} : { firstLocalId: options.firstLocalId }),
       handlers: {
