@@ -159,6 +159,8 @@ export interface AbuseSoakResult {
   abuse_agent_rss_mib: number;
   /** Gateway CPU during the abuse, % of one core (null when the gateway exited). */
   abuse_gateway_cpu_percent: number | null;
+  /** The agent's CPU during the abuse, % of one core (null when it exited): the dials and bytes the abuse costs it. */
+  abuse_agent_cpu_percent: number | null;
   /**
    * Peaks of the gateway's own accounting during the abuse, MiB (from /metrics every second; null when this gateway
    * has no such gauge): `narrowlink_gateway_buffered_bytes` and `narrowlink_gateway_relay_queued_bytes`. Next to
@@ -419,7 +421,8 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         timeoutMs: 120_000,
       });
       const gatewayPid = s.gateway.child.pid as number;
-      sampler = startRssSampler(gatewayPid, agent.child.pid as number);
+      const agentPid = agent.child.pid as number;
+      sampler = startRssSampler(gatewayPid, agentPid);
       const gatewayState: { exit: string | null } = { exit: null };
       void s.gateway.exited.then((code) => {
         gatewayState.exit = String(code ?? s.gateway.child.signalCode ?? 'signal');
@@ -437,6 +440,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
       const abuseStartMs = Date.now();
       metricsSampler = startMetricsSampler(s);
       const cpuBefore = await cpuSeconds(gatewayPid).catch(() => Number.NaN);
+      const agentCpuBefore = await cpuSeconds(agentPid).catch(() => Number.NaN);
       let capped = false;
       for (let next = abuseStartMs + 5000; Date.now() - abuseStartMs < seconds * 1000; ) {
         await sleep(RSS_SAMPLE_MS);
@@ -453,6 +457,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
       }
       const abuseEndMs = Date.now();
       const cpuAfter = await cpuSeconds(gatewayPid).catch(() => Number.NaN);
+      const agentCpuAfter = await cpuSeconds(agentPid).catch(() => Number.NaN);
       // The victims stop starting streams and report the ones in flight (each settles within its own timeouts)
       // while the abusers keep going, so that every open of the window is measured under abuse.
       const v = victims;
@@ -495,6 +500,7 @@ export async function measureAbuseSoak(options: AbuseSoakOptions = {}): Promise<
         abuse_gateway_rss_mib: round2(rssPeak / MIB),
         abuse_agent_rss_mib: round2(agentPeak / MIB),
         abuse_gateway_cpu_percent: Number.isNaN(cpuAfter - cpuBefore) ? null : round2(((cpuAfter - cpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
+        abuse_agent_cpu_percent: Number.isNaN(agentCpuAfter - agentCpuBefore) ? null : round2(((agentCpuAfter - agentCpuBefore) * 100_000) / Math.max(1, abuseEndMs - abuseStartMs)),
         abuse_gateway_buffered_mib: mib(metricsSampler.peaks.get('buffered_bytes')),
         abuse_gateway_relay_queued_mib: mib(metricsSampler.peaks.get('relay_queued_bytes')),
         abuse_gateway_heap_used_mib: mib(metricsSampler.peaks.get('nodejs_heap_size_used_bytes')),
@@ -940,7 +946,7 @@ export function abuseSoakRows(r: AbuseSoakResult): Array<[string, string, string
     [
       'abuse soak: gateway RSS, peak',
       `${r.abuse_gateway_rss_mib} MiB`,
-      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %; buffered_bytes peak ${r.abuse_gateway_buffered_mib ?? '-'} MiB, V8 heap ${r.abuse_gateway_heap_total_mib ?? '-'} MiB, external ${r.abuse_gateway_external_mib ?? '-'} MiB; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
+      `target ≤ 256 MiB; ${r.abuse_gateway_rss_idle_mib} MiB idle, ${r.abuse_gateway_rss_baseline_mib} MiB with the victims before the abuse; agent peak ${r.abuse_agent_rss_mib} MiB; gateway CPU ${r.abuse_gateway_cpu_percent ?? '-'} %, agent ${r.abuse_agent_cpu_percent ?? '-'} %; buffered_bytes peak ${r.abuse_gateway_buffered_mib ?? '-'} MiB, V8 heap ${r.abuse_gateway_heap_total_mib ?? '-'} MiB, external ${r.abuse_gateway_external_mib ?? '-'} MiB; ${r.abuse_seconds} s of abuse${r.abuse_rss_capped ? ' (ended early at the RSS cap)' : ''}${r.abuse_gateway_exited !== null ? ` (gateway exited: ${r.abuse_gateway_exited})` : ''}`,
     ],
   ];
 }
