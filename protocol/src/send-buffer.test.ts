@@ -1,14 +1,16 @@
 /** SendBuffer: counting unsent bytes, blocking with hysteresis, stall time for liveness, release. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SendBuffer } from './send-buffer.ts';
+import { SEND_MESSAGE_OVERHEAD_BYTES, SendBuffer } from './send-buffer.ts';
 
-function buffer(highWaterBytes = 100, lowWaterBytes?: number) {
+/** A buffer counting bytes only (overhead 0) unless `messageOverheadBytes` is given. */
+function buffer(highWaterBytes = 100, lowWaterBytes?: number, messageOverheadBytes = 0) {
   const changes: boolean[] = [];
   let held = 0;
   let now = 0;
   const sendBuffer = new SendBuffer({
     highWaterBytes,
+    messageOverheadBytes,
     ...(lowWaterBytes === undefined ? {} : { lowWaterBytes }),
     onBlockedChange: (blocked) => changes.push(blocked),
     onBytes: (delta) => {
@@ -35,6 +37,23 @@ describe('SendBuffer', () => {
     flushes[2]?.();
     assert.equal(sendBuffer.unflushedBytes, 0);
     assert.equal(held(), 0);
+  });
+
+  test('each message counts with its overhead: tiny messages block after a few, not after high-water-many bytes', () => {
+    const { sendBuffer, changes, held } = buffer(16 * 1024, undefined, SEND_MESSAGE_OVERHEAD_BYTES);
+    const flushes: Array<() => void> = [];
+    while (!sendBuffer.blocked) flushes.push(sendBuffer.track(18));
+    // 16 KiB of 18-byte PONGs by bytes alone is 910 messages; their real cost blocks at 16.
+    assert.equal(flushes.length, Math.ceil((16 * 1024) / (18 + SEND_MESSAGE_OVERHEAD_BYTES)));
+    assert.equal(held(), flushes.length * (18 + SEND_MESSAGE_OVERHEAD_BYTES));
+    for (const flush of flushes) flush();
+    assert.deepEqual(changes, [true, false]);
+    assert.equal(held(), 0, 'what was counted with the overhead is released with it');
+  });
+
+  test('the default overhead is the measured one; a negative one is refused', () => {
+    assert.equal(new SendBuffer({ onBlockedChange: () => {} }).messageOverheadBytes, SEND_MESSAGE_OVERHEAD_BYTES);
+    assert.throws(() => new SendBuffer({ onBlockedChange: () => {}, messageOverheadBytes: -1 }), RangeError);
   });
 
   test('stall time counts from the block or the last flush, and is 0 while not blocked', () => {
