@@ -40,6 +40,11 @@ export interface MuxHandlers {
   /** The peer opened a stream. Call `stream.accept()` or `stream.reset()`. */
   onOpen?(stream: MuxStream, payload: OpenPayload): void;
   onControl?(message: ControlMessage): void;
+  /**
+   * A PING arrived; return false to leave it unanswered (a gateway's PING rate limit: a PONG per PING is work a
+   * flooding peer would otherwise get for free). Without this handler every PING is answered.
+   */
+  onPing?(): boolean;
   /** A PONG arrived; `rttMs` measured against the matching PING, when one is known. */
   onPong?(rttMs: number | undefined): void;
   /** The peer broke session-level framing; the adapter must close the transport. */
@@ -444,6 +449,7 @@ export class Mux {
         this.handlers.onControl?.(frame.message);
         return;
       case 'ping':
+        if (this.handlers.onPing?.() === false) return;
         this._send(encodeFrame({ type: 'pong', opaque: frame.opaque }));
         return;
       case 'pong': {
