@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { Writable } from 'node:stream';
 import { describe, test } from 'node:test';
-import { type ControlMessage, decodeFrame, ErrorCode, encodeFrame, MAX_STREAM_ID, type MuxHandlers } from '@narrowlink/protocol';
+import { type ControlMessage, decodeFrame, ErrorCode, encodeFrame, MAX_STREAM_ID, type MuxHandlers, SEND_MESSAGE_OVERHEAD_BYTES } from '@narrowlink/protocol';
 import { pino } from 'pino';
 import type { WebSocket } from 'ws';
 import { BufferBudget } from './buffer-budget.ts';
@@ -24,6 +24,8 @@ class FakeSocket extends EventEmitter {
   readonly unflushed: (() => void)[] = [];
   /** When true, every send is flushed at once (a peer that reads). */
   flushing = true;
+  /** ws's readyState: OPEN (1) until close() starts the closing handshake (CLOSING, 2). */
+  readyState = 1;
   send(bytes: Buffer, _options?: unknown, flushed?: () => void): void {
     this.sent.push(bytes);
     if (!flushed) return;
@@ -42,6 +44,7 @@ class FakeSocket extends EventEmitter {
   }
   close(code: number, reason: string): void {
     this.closes.push({ code, reason });
+    this.readyState = 2;
   }
   terminate(): void {
     this.terminated++;
@@ -195,9 +198,23 @@ describe('PeerSession send buffer (a peer that does not read)', () => {
       delivered++;
     }
     assert.equal(ws.paused, true);
-    assert.ok(peer.sendBuffer.unflushedBytes <= 16 * 1024 + 64, `unsent bytes ${peer.sendBuffer.unflushedBytes}`);
-    assert.ok(delivered < 2000, `stopped reading after ${delivered} PINGs`);
+    // Each PONG counts with its overhead (SEND_MESSAGE_OVERHEAD_BYTES, ~1 KiB of real memory while it waits).
+    const perPong = 18 + SEND_MESSAGE_OVERHEAD_BYTES;
+    assert.ok(peer.sendBuffer.unflushedBytes <= 16 * 1024 + perPong, `unsent bytes ${peer.sendBuffer.unflushedBytes}`);
+    // Counted by bytes alone, ~900 PONGs (60 times the mark in real memory) waited before the socket was paused.
+    assert.ok(delivered <= 17, `stopped reading after ${delivered} PINGs`);
     assert.equal(peer.bufferAccount.heldBytes, peer.sendBuffer.unflushedBytes, 'the budget counts what is really unsent');
+  });
+
+  test('once closing, what still arrives is not processed and nothing more is sent (no reply to the rest of a flood)', () => {
+    const { ws, peer } = session({});
+    peer.close(4429, 'too many');
+    const sentAtClose = ws.sent.length;
+    for (let i = 0; i < 1000; i++) ws.emit('message', ping, true);
+    assert.equal(ws.sent.length, sentAtClose, 'no PONG for PINGs after the close started');
+    peer.sendControl({ type: 'error', code: 'X', message: 'late' });
+    assert.equal(ws.sent.length, sentAtClose, 'nothing is handed to a closing socket');
+    assert.equal(peer.sendBuffer.unflushedBytes, 0);
   });
 
   test('a session over its budget is told with a typed code, its streams reset, closed with 4413', () => {

@@ -19,6 +19,9 @@ import type { BrokerPeer } from './direct-broker.ts';
 import { GatewayErrorCode } from './errors.ts';
 
 export type SessionKind = 'agent' | 'client';
+
+/** ws's readyState of an open socket (WebSocket.OPEN; the type-only import cannot name it). */
+const WS_OPEN = 1;
 export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
 
 export interface SessionIdentity extends Identity {
@@ -131,13 +134,17 @@ export class PeerSession implements BrokerPeer {
         },
       },
       send: (bytes) => {
+        // Nothing goes out once the close started: ws would build an Error (with its stack) per message, the
+        // costliest thing a flood arriving after the close could make the gateway do.
+        if (ws.readyState !== undefined && ws.readyState !== WS_OPEN) return;
         ws.send(bytes, { binary: true }, this.sendBuffer.track(bytes.length));
       },
     });
     // The handler boundary: anything thrown while handling this session's input (a bug, an unexpected state)
     // ends this session with 1011, never the process and every other tenant's sessions with it.
     ws.on('message', (data, isBinary) => {
-      if (this.#failed) return;
+      // Closing is final: what still arrives (the rest of a flood that got the session closed) is not processed.
+      if (this.#failed || this.state === 'closing' || this.state === 'closed') return;
       this.lastReceivedAt = performance.now();
       try {
         if (!isBinary) {
