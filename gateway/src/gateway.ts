@@ -328,6 +328,8 @@ export class Gateway {
       ...(this.sendHighWaterBytes === undefined ? {} : { sendHighWaterBytes: this.sendHighWaterBytes }),
       handlers: {
         onControl: (message) => this.#onControl(session, message),
+        // Unanswered over the limit: the peer's heartbeat needs one PONG per interval, a flood gets none.
+        onPing: () => this.#rateLimit(session, 'ping') === 'allowed',
         onSessionError: (error) => {
           this.metrics.protocolErrors.inc({ reason: error.code });
           log.warn({ code: error.code, msg: error.message }, 'peer broke the protocol; closing session');

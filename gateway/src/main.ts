@@ -96,6 +96,7 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --rate-limit-list-agents R:B  per session: list_agents requests (default 5:20)
   --rate-limit-direct-request R:B  per session: direct_request messages (default 10:50)
   --rate-limit-reauth R:B  per session: reauth messages (default 0.2:10)
+  --rate-limit-ping R:B  per session: PINGs answered; over it a PING gets no PONG (default 10:100)
   --rate-limit-abuse R:B  refusals a session may collect (B, refilled at R per second) before it
                        is closed with 4429 NL_ERR_GATEWAY_RATE_LIMITED (default 100:1000)
   --identity-rate-limit-open R:B  the same per identity over all its sessions, so that
@@ -103,6 +104,7 @@ Options (each also as env NARROWLINK_GATEWAY_<NAME>, e.g. NARROWLINK_GATEWAY_LIS
   --identity-rate-limit-list-agents R:B  per identity (default 10:40)
   --identity-rate-limit-direct-request R:B  per identity (default 20:100)
   --identity-rate-limit-reauth R:B  per identity (default 0.5:20)
+  --identity-rate-limit-ping R:B  per identity (default 20:200)
   --identity-rate-limit-abuse R:B  refusals of all an identity's sessions together (default 100:1000)
   --identity-rate-limit-connect R:B  new sessions of one identity; over it a session is closed 4429
                        before its hello (default 10:200)
@@ -166,11 +168,13 @@ async function main(): Promise<void> {
       'rate-limit-list-agents': { type: 'string' },
       'rate-limit-direct-request': { type: 'string' },
       'rate-limit-reauth': { type: 'string' },
+      'rate-limit-ping': { type: 'string' },
       'rate-limit-abuse': { type: 'string' },
       'identity-rate-limit-open': { type: 'string' },
       'identity-rate-limit-list-agents': { type: 'string' },
       'identity-rate-limit-direct-request': { type: 'string' },
       'identity-rate-limit-reauth': { type: 'string' },
+      'identity-rate-limit-ping': { type: 'string' },
       'identity-rate-limit-abuse': { type: 'string' },
       'identity-rate-limit-connect': { type: 'string' },
       'agent-streams-reserve': { type: 'string' },
@@ -267,6 +271,7 @@ async function main(): Promise<void> {
     listAgents: rateLimit('rate-limit-list-agents', DEFAULT_RATE_LIMITS.listAgents),
     directRequest: rateLimit('rate-limit-direct-request', DEFAULT_RATE_LIMITS.directRequest),
     reauth: rateLimit('rate-limit-reauth', DEFAULT_RATE_LIMITS.reauth),
+    ping: rateLimit('rate-limit-ping', DEFAULT_RATE_LIMITS.ping),
     abuse: rateLimit('rate-limit-abuse', DEFAULT_RATE_LIMITS.abuse),
   };
   const identityRateLimits: IdentityRateLimits = {
@@ -274,6 +279,7 @@ async function main(): Promise<void> {
     listAgents: rateLimit('identity-rate-limit-list-agents', DEFAULT_IDENTITY_RATE_LIMITS.listAgents),
     directRequest: rateLimit('identity-rate-limit-direct-request', DEFAULT_IDENTITY_RATE_LIMITS.directRequest),
     reauth: rateLimit('identity-rate-limit-reauth', DEFAULT_IDENTITY_RATE_LIMITS.reauth),
+    ping: rateLimit('identity-rate-limit-ping', DEFAULT_IDENTITY_RATE_LIMITS.ping),
     abuse: rateLimit('identity-rate-limit-abuse', DEFAULT_IDENTITY_RATE_LIMITS.abuse),
     connect: rateLimit('identity-rate-limit-connect', DEFAULT_IDENTITY_RATE_LIMITS.connect),
   };

@@ -47,6 +47,35 @@ describe('per-session rate limits through the gateway', () => {
     await gateway.shutdown(0);
   });
 
+  test('PING: a burst is answered, then PINGs go unanswered (the session stays); refilled by time; a flood is closed 4429', async () => {
+    const { metrics, clock, connect, flush, gateway } = setup({ ping: { perSecond: 1, burst: 3 }, abuse: { perSecond: 1, burst: 5 } });
+    const flooder = connect('client');
+    const other = connect('client', { sub: 'carol' });
+    let pongs = 0;
+    flooder.mux.handlers.onPong = () => pongs++;
+    let otherPongs = 0;
+    other.mux.handlers.onPong = () => otherPongs++;
+    const pings = (n: number): void => {
+      for (let i = 0; i < n; i++) flooder.mux.ping();
+      flush();
+    };
+    pings(4);
+    assert.equal(pongs, 3, 'the burst is answered, the fourth PING is not');
+    assert.equal(flooder.socket.closed, undefined, 'an unanswered PING keeps the session');
+    clock.now += 1000;
+    pings(2);
+    assert.equal(pongs, 4, 'a second refills one answer');
+    // Past the tolerance: closed like any other flood.
+    for (let i = 0; i < 10 && !flooder.socket.closed; i++) pings(1);
+    assert.deepEqual(flooder.socket.closed, { code: 4429, reason: GatewayErrorCode.RATE_LIMITED });
+    assert.equal(pongs, 4);
+    other.mux.ping();
+    flush();
+    assert.equal(otherPongs, 1, 'another session has its own bucket');
+    assert.ok((await counter(metrics, 'narrowlink_gateway_rate_limited_total', { kind: 'ping' })) >= 6);
+    await gateway.shutdown(0);
+  });
+
   test('list_agents: over the limit a typed error, the session stays; the next token answers again', async () => {
     const { metrics, clock, connect, flush, gateway } = setup({ listAgents: { perSecond: 1, burst: 2 } });
     const client = connect('client');

@@ -44,6 +44,7 @@ describe('SessionRateLimiter', () => {
     listAgents: { perSecond: 1, burst: 1 },
     directRequest: { perSecond: 1, burst: 2 },
     reauth: { perSecond: 0, burst: 0 },
+    ping: { perSecond: 1, burst: 1 },
     abuse: { perSecond: 1, burst: 2 },
   };
 

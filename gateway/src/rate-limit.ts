@@ -1,7 +1,8 @@
 /**
  * Per-session rate limits on the control requests whose cost the gateway pays on its one event loop: OPEN,
  * `list_agents` (every port of every agent against the client's rules), `direct_request` (policy, NAT plan,
- * messages to an agent) and `reauth` (signature check or a TokenReview call, then a policy recompile).
+ * messages to an agent), `reauth` (signature check or a TokenReview call, then a policy recompile) and PING (a PONG
+ * written to the socket each: a PING over the limit is left unanswered).
  *
  * Each kind is a token bucket: `burst` requests at once, refilled at `perSecond`. A request over the limit is
  * refused with a typed answer and the session stays (a burst from a real client costs it a retry, nothing more).
@@ -29,6 +30,7 @@ export const RateLimitKind = {
   LIST_AGENTS: 'list_agents',
   DIRECT_REQUEST: 'direct_request',
   REAUTH: 'reauth',
+  PING: 'ping',
 } as const;
 export type RateLimitKind = (typeof RateLimitKind)[keyof typeof RateLimitKind];
 
@@ -38,6 +40,7 @@ export interface RateLimits {
   readonly listAgents: RateLimit;
   readonly directRequest: RateLimit;
   readonly reauth: RateLimit;
+  readonly ping: RateLimit;
   /** Refusals: `burst` in a row are tolerated, refilled at `perSecond`; once spent, the session is closed. */
   readonly abuse: RateLimit;
 }
@@ -52,6 +55,9 @@ export interface RateLimits {
  *   waits before asking again after a failure; at most 8 attempts are in flight anyway.
  * - `reauth` one per 5 s, burst 10: tokens rotate every few minutes; a client resends an unanswered `reauth`
  *   every 15 s at most.
+ * - PING 10/s, burst 100: peers ping once per heartbeat interval (15 s) and `rtt()` on demand; each PONG is a TLS
+ *   record and a write to the socket, so a PING flood from a peer that never reads cost the gateway a write per
+ *   16 bytes until its kernel buffers filled (the abuse soak's flood class: 60 % of the gateway's CPU in writev).
  * - abuse: 1,000 refusals tolerated, refilled at 100/s: a flood at full speed is closed within milliseconds, a
  *   client a little over a limit is only refused.
  */
@@ -60,6 +66,7 @@ export const DEFAULT_RATE_LIMITS: RateLimits = {
   listAgents: { perSecond: 5, burst: 20 },
   directRequest: { perSecond: 10, burst: 50 },
   reauth: { perSecond: 0.2, burst: 10 },
+  ping: { perSecond: 10, burst: 100 },
   abuse: { perSecond: 100, burst: 1000 },
 };
 
@@ -174,7 +181,7 @@ export interface IdentityRateLimits extends RateLimits {
 
 /**
  * Defaults, per identity over all its sessions: twice a session's OPEN, `list_agents` and `direct_request` rates
- * (a user runs a few CLI processes at once; it is the sum of many that must stop), reauth 0.5/s burst 20 (agents'
+ * (a user runs a few CLI processes at once; it is the sum of many that must stop) and PINGs, reauth 0.5/s burst 20 (agents'
  * replicas share one identity and renew together), the same abuse tolerance as one session (it is what a
  * reconnecting flooder must not get afresh), and 10 sessions per second with a burst of 200 (a Deployment's
  * replicas reattaching after a gateway restart; a CLI reconnects at most once a second).
@@ -184,6 +191,7 @@ export const DEFAULT_IDENTITY_RATE_LIMITS: IdentityRateLimits = {
   listAgents: { perSecond: 10, burst: 40 },
   directRequest: { perSecond: 20, burst: 100 },
   reauth: { perSecond: 0.5, burst: 20 },
+  ping: { perSecond: 20, burst: 200 },
   abuse: DEFAULT_RATE_LIMITS.abuse,
   connect: { perSecond: 10, burst: 200 },
 };
@@ -212,7 +220,7 @@ export class IdentityRateLimiters {
   constructor(limits: IdentityRateLimits, now: () => number) {
     this.limits = limits;
     this.#now = now;
-    const kinds = [limits.open, limits.listAgents, limits.directRequest, limits.reauth, limits.abuse, limits.connect];
+    const kinds = [limits.open, limits.listAgents, limits.directRequest, limits.reauth, limits.ping, limits.abuse, limits.connect];
     this.#forgetAfterMs = Math.max(0, ...kinds.map((l) => (l.perSecond > 0 ? (l.burst / l.perSecond) * 1000 : 0)));
   }
 
@@ -262,6 +270,8 @@ function limitOf(limits: RateLimits, kind: RateLimitKind): RateLimit {
       return limits.directRequest;
     case 'reauth':
       return limits.reauth;
+    case 'ping':
+      return limits.ping;
   }
 }
 
