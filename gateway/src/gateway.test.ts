@@ -1061,7 +1061,9 @@ describe('Gateway memory: peers that do not read', () => {
 
 describe('Gateway fairness between sessions', () => {
   test('a peer flooding small frames does not hold the gateway while another session waits', async () => {
-    const { url } = await startGateway();
+    // PINGs unlimited here (turn-taking is under test, not the PING rate limit, which would close the flood early).
+    const noPingLimit = { perSecond: 0, burst: 0 };
+    const { url } = await startGateway({ rateLimits: { ping: noPingLimit }, identityRateLimits: { ping: noPingLimit } });
     const abuser = await client(url, 'mallory');
     const victim = await client(url, 'alice');
     let abuserReplies = 0;
