@@ -911,19 +911,27 @@ function peakOf(read: () => number): { stop: () => number } {
 describe('Gateway memory: peers that do not read', () => {
   const MiB = 1024 * 1024;
 
-  test('a client that stops reading holds at most its budget, is closed 4413 with a count, and another client keeps working', async () => {
-    const sessionBufferBytes = 12 * MiB;
-    // Fixed 1 MiB windows (no auto-tuning from a smaller start): the streams reach the budget, which is under test here.
-    const gw = await startGateway({ sessionBufferBytes, streamWindow: MiB, initialStreamWindow: MiB });
+  /**
+   * A gateway with these options, an agent producing endless bytes, and a client that announces the largest window
+   * a hello may (before the fix the gateway queued up to that much per stream), sends sixteen OPENs and then reads
+   * nothing, not even their answers. `peak` samples what the gateway holds from before the OPENs.
+   */
+  async function sixteenStreamsNeverRead(options: Parameters<typeof startGateway>[0] = {}) {
+    const gw = await startGateway(options);
     const db = await agent(gw.url);
     produce(db);
     const abuser = await Peer.connect(gw.url, 'client', await token('client', 'mallory'));
-    // The largest window a hello may announce: before the fix the gateway queued up to this much per stream.
     await abuser.hello({ streamWindow: 64 * MiB });
     const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
-    // Sixteen OPENs go out; then the abuser reads nothing, not even their answers.
     for (let i = 0; i < 16; i++) abuser.mux.open({ agent: 'db', port: 5432 });
     setReading(abuser, false);
+    return { gw, db, abuser, peak };
+  }
+
+  test('a client that stops reading holds at most its budget, is closed 4413 with a count, and another client keeps working', async () => {
+    const sessionBufferBytes = 12 * MiB;
+    // Fixed 1 MiB windows (no auto-tuning from a smaller start): the streams reach the budget, which is under test here.
+    const { gw, db, abuser, peak } = await sixteenStreamsNeverRead({ sessionBufferBytes, streamWindow: MiB, initialStreamWindow: MiB });
     // 16 streams x 1 MiB window is over the 12 MiB budget: the gateway closes the session instead of holding it.
     const deadline = performance.now() + 10_000;
     while ((await metricValue(gw.metrics, 'narrowlink_gateway_buffer_limit_closes_total', { scope: 'session' })) < 1) {
@@ -945,14 +953,7 @@ describe('Gateway memory: peers that do not read', () => {
 
   test('a client that opens streams and never reads makes the agent push only starting windows, not full ones', async () => {
     // Default windows: 4 MiB per stream at most, 256 KiB to start with; a stream's window grows only as its reader keeps up.
-    const gw = await startGateway();
-    const db = await agent(gw.url);
-    produce(db);
-    const abuser = await Peer.connect(gw.url, 'client', await token('client', 'mallory'));
-    await abuser.hello({ streamWindow: 64 * MiB });
-    const peak = peakOf(() => gw.gateway.bufferBudget.totalBytes);
-    for (let i = 0; i < 16; i++) abuser.mux.open({ agent: 'db', port: 5432 });
-    setReading(abuser, false);
+    const { gw, db, abuser, peak } = await sixteenStreamsNeverRead();
     await until(() => db.mux.streamCount === 16, 'the agent serving sixteen streams', 5000);
     // Until the agent has stopped sending: every window it was granted is used up.
     let last = -1;
