@@ -10,16 +10,17 @@
  *   client    `narrowlink forward -o json -L 127.0.0.1:0:idle:echo` (auto mode, one listener)
  *
  * By default it runs what ships: the server bundles (`npm run build:server`, dist/server/) with the Node options
- * of their runtime-deps.json, and the packaged CLI (`npm run build:cli`); both are built first. `--source` runs the
+ * and environment of their runtime-deps.json (`--no-node-options`: neither), and the packaged CLI (`npm run build:cli`); both are built first. `--source` runs the
  * TypeScript entry points instead (Node strips types at run time), for the before/after comparison.
  * After reading RSS it sends bytes through the forward (client → gateway → agent → echo) so a number never comes
  * from a stack that was not really attached.
  *
  *   node test/bench/idle-rss.ts [--source] [--wait-ms 20000] [--no-build] [--out DIR] [--no-node-options]
- *                               [--heap-snapshot DIR] [--flag COMPONENT=NODE_OPTION ...] [--json]
+ *                               [--heap-snapshot DIR] [--memory-map] [--flag COMPONENT=NODE_OPTION ...] [--json]
  *
  * `--out DIR` builds the server bundles into DIR (inside the repository, e.g. .tmp/rss) instead of dist/server, which
- * other people's running processes may use.
+ * other people's running processes may use.`--memory-map` logs each process's anonymous and file-backed RSS and its largest
+ * mappings (the `node` binary's pages are most of an idle process).
  *
  * `npm run bench` runs it (keys agent_idle_rss_mib, gateway_idle_rss_mib, client_idle_rss_mib).
  */
@@ -29,7 +30,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
 import { buildPackage, DIST_DIR as CLI_DIST_DIR } from '../../client-cli/build/build.ts';
-import { buildServer, NODE_OPTIONS, SERVER_DIST_DIR } from '../../scripts/build-server.ts';
+import { buildServer, NODE_OPTIONS, RUNTIME_ENV, SERVER_DIST_DIR } from '../../scripts/build-server.ts';
 import { ROOT, SCRIPTS } from '../helpers/paths.ts';
 import { freeUdpPortPair } from '../helpers/ports.ts';
 import { type StartedProcess, startProcess } from '../helpers/processes.ts';
@@ -51,12 +52,14 @@ export interface IdleRssOptions {
    * people may use: give a directory of your own, inside the repository so the external packages resolve).
    */
   serverDir?: string;
-  /** With `bundle`: run each component with the Node options runtime-deps.json names (default true). */
+  /** With `bundle`: run each component with the Node options and environment runtime-deps.json names (default true). */
   nodeOptions?: boolean;
   /** More Node options per component, after the shipped ones (to measure a V8 flag before shipping it). */
   extraFlags?: Partial<Record<'agent' | 'gateway' | 'client', string[]>>;
   /** Write a V8 heap snapshot of each process into this directory after reading RSS (slow; analysis only). */
   heapSnapshotDir?: string;
+  /** Also log where each process's RSS is (anonymous vs file pages, the largest mappings; analysis only). */
+  memoryMap?: boolean;
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -102,6 +105,22 @@ async function echoThrough(port: number, bytes: number): Promise<void> {
   });
   socket.destroy();
   if (!Buffer.concat(received).subarray(0, bytes).equals(payload)) throw new Error('echo through the forward: bytes differ');
+}
+
+/** RssAnon/RssFile of /proc/<pid>/status and the mappings of /proc/<pid>/smaps holding the most resident memory. */
+export async function memoryMap(pid: number, top = 8): Promise<string> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string): string => `${name} ${((Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) / 1024).toFixed(1))} MiB`;
+  const byMapping = new Map<string, number>();
+  let current = '';
+  for (const line of (await readFile(`/proc/${pid}/smaps`, 'utf8')).split('\n')) {
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (header) current = header[1] || '[anonymous]';
+    const rss = /^Rss:\s+(\d+) kB/.exec(line);
+    if (rss) byMapping.set(current, (byMapping.get(current) ?? 0) + Number(rss[1]));
+  }
+  const largest = [...byMapping].sort((a, b) => b[1] - a[1]).slice(0, top);
+  return [`${field('RssAnon')}, ${field('RssFile')}`, ...largest.map(([name, kib]) => `    ${(kib / 1024).toFixed(1).padStart(6)} MiB  ${name}`)].join('\n');
 }
 
 async function heapSnapshot(processes: Record<string, StartedProcess>, dir: string, log: (line: string) => void): Promise<void> {
@@ -164,8 +183,11 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
   // Children must not pick up the developer's settings or credentials.
   const env: Record<string, string | undefined> = { XDG_CONFIG_HOME: path.join(dir, 'xdg'), NODE_OPTIONS: undefined };
   for (const key of Object.keys(process.env)) if (key.startsWith('NARROWLINK_')) env[key] = undefined;
-  const start = async (name: string, args: string[]): Promise<StartedProcess> => {
-    const child = await startProcess(name, args, { env, cwd: ROOT, timeoutMs: 30_000 });
+  // The environment the shipped component runs with (runtime-deps.json → env), as its Node options.
+  const shippedEnv = (component: 'agent' | 'gateway' | 'client'): Record<string, string> =>
+    from === 'source' || options.nodeOptions === false || component === 'client' ? {} : RUNTIME_ENV[component];
+  const start = async (name: string, args: string[], extraEnv: Record<string, string> = {}): Promise<StartedProcess> => {
+    const child = await startProcess(name, args, { env: { ...env, ...extraEnv }, cwd: ROOT, timeoutMs: 30_000 });
     started.push(child);
     return child;
   };
@@ -194,14 +216,14 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
       entry.gateway,
       ...['--config', configFile, '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--drain-ms', '500'],
       ...['--tls-cert', cert.certFile, '--tls-key', cert.keyFile, '--nat-probe-port', String(await freeUdpPortPair())],
-    ]);
+    ], shippedEnv('gateway'));
     const url = String(gateway.readyLine.url);
     const agentArgs = async (name: string): Promise<string[]> => [
       ...['--gateway', url, '--ca-file', cert.caFile, '--expose', `echo=127.0.0.1:${echo.port}`],
       ...['--token-file', await tokenFile(`${name}.jwt`, await signToken(keys.privateKeyPem, { typ: 'agent', sub: `default/${name}`, ttlSeconds: 3600 }))],
     ];
-    const agent = await start('agent', [...flags('agent'), entry.agent, ...(await agentArgs('idle'))]);
-    const relayOnly = await start('agent (relay-only)', [...flags('agent'), entry.agent, ...(await agentArgs('idle-relay')), '--relay-only']);
+    const agent = await start('agent', [...flags('agent'), entry.agent, ...(await agentArgs('idle'))], shippedEnv('agent'));
+    const relayOnly = await start('agent (relay-only)', [...flags('agent'), entry.agent, ...(await agentArgs('idle-relay')), '--relay-only'], shippedEnv('agent'));
     const clientToken = await tokenFile('client.jwt', await signToken(keys.privateKeyPem, { typ: 'client', sub: 'bench', groups: ['bench'], ttlSeconds: 3600 }));
     const forward = await start('forward', [
       ...flags('client'),
@@ -212,6 +234,7 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
     await new Promise((r) => setTimeout(r, waitMs));
     const processes = { agent, relayOnly, gateway, forward };
     const [agentRss, relayOnlyRss, gatewayRss, clientRss] = await Promise.all(Object.values(processes).map((p) => rssOf(p.child.pid as number)));
+    if (options.memoryMap) for (const [name, p] of Object.entries(processes)) log(`  ${name}: ${await memoryMap(p.child.pid as number)}`);
     if (options.heapSnapshotDir) await heapSnapshot(processes, options.heapSnapshotDir, log);
     const listeners = forward.readyLine.listeners as Array<{ port: number }>;
     await echoThrough((listeners[0] as { port: number }).port, 64 * 1024);
@@ -254,6 +277,7 @@ if (import.meta.main) {
       out: { type: 'string' },
       'no-node-options': { type: 'boolean' },
       'heap-snapshot': { type: 'string' },
+      'memory-map': { type: 'boolean' },
       flag: { type: 'string', multiple: true },
       json: { type: 'boolean' },
     },
@@ -274,6 +298,7 @@ if (import.meta.main) {
     ...(values.out ? { serverDir: path.resolve(values.out) } : {}),
     nodeOptions: !values['no-node-options'],
     ...(values['heap-snapshot'] ? { heapSnapshotDir: path.resolve(values['heap-snapshot']) } : {}),
+    ...(values['memory-map'] ? { memoryMap: true } : {}),
     log: (line) => process.stderr.write(`${line}\n`),
   });
   if (values.json) process.stdout.write(`${JSON.stringify(result)}\n`);
