@@ -79,8 +79,9 @@ export const NODE_OPTIONS: Record<ServerComponent, string[]> = {
  * - `MALLOC_ARENA_MAX=2` (agent): glibc gives every thread that allocates its own malloc arena (up to 8 per core),
  *   and the libuv pool's and V8's worker threads each keep one with their pages touched; two arenas are enough for
  *   a process whose work runs on its main thread. Measured (test/bench/idle-rss.ts, medians of 3): agent idle RSS
- *   65.0 -> 63.7 MiB, relay-only 63.2 -> 62.0 (docs/adr/0014). The gateway gains ~2 MiB too, but serves many
- *   connections at once and was not measured under load with it: not set there.
+ *   65.0 -> 63.7 MiB, relay-only 63.2 -> 62.0; the agent's CPU per relayed MB did not rise (docs/adr/0014). The
+ *   gateway gains ~2 MiB too, but serves many connections at once and was not measured under load with it: not set
+ *   there.
  */
 export const RUNTIME_ENV: Record<ServerComponent, Record<string, string>> = {
   agent: { MALLOC_ARENA_MAX: '2' },
