@@ -16,7 +16,8 @@ const run = promisify(execFile);
 export const APP_PORT = 8080;
 
 /**
- * GET /blob?bytes=N: N bytes of {@link appBlob} (a body of known content); POST /sha256: the byte count and sha256 of
+ * GET /blob?bytes=N: N bytes of {@link appBlob} (a body of known content); GET /stream?bytes=N: N bytes of
+ * the byte {@link STREAM_BYTE} repeated, written as fast as the reader takes them (a sustained download); POST /sha256: the byte count and sha256 of
  * the request body; GET /hold: a 200 whose body never ends (an open connection to revoke); anything else: a line.
  * Every answer names the Pod (`x-pod`), so the test can tell which instance answered.
  */
@@ -31,6 +32,14 @@ http.createServer((q, s) => {
   const u = new URL(q.url, 'http://app');
   s.setHeader('x-pod', os.hostname());
   if (u.pathname === '/blob') { const b = blob(Number(u.searchParams.get('bytes'))); s.setHeader('content-length', b.length); s.end(b); return; }
+  if (u.pathname === '/stream') {
+    let left = Number(u.searchParams.get('bytes'));
+    const chunk = Buffer.alloc(65536, 0x6e);
+    s.setHeader('content-length', left);
+    const pump = () => { while (left > 0) { const n = Math.min(left, chunk.length); left -= n; if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return s.once('drain', pump); } s.end(); };
+    pump();
+    return;
+  }
   if (u.pathname === '/sha256') {
     const h = crypto.createHash('sha256'); let n = 0;
     q.on('data', (c) => { h.update(c); n += c.length; });
@@ -41,6 +50,9 @@ http.createServer((q, s) => {
   s.end('orders ' + q.url + '\\n');
 }).listen(${APP_PORT});
 `;
+
+/** The byte GET /stream repeats. */
+export const STREAM_BYTE = 0x6e;
 
 /** What GET /blob?bytes=N returns: sha256('narrowlink-journey:' + i) for i = 0, 1, ... cut to N bytes. */
 export function appBlob(bytes: number): Buffer {
@@ -74,6 +86,28 @@ export function httpThrough(port: number, path: string, options: { method?: stri
     req.on('timeout', () => req.destroy(new Error(`HTTP ${path} through 127.0.0.1:${port}: no answer within ${options.timeoutMs ?? 20_000} ms`)));
     req.on('error', reject);
     req.end(options.body);
+  });
+}
+
+/**
+ * GET /stream?bytes=N through 127.0.0.1:port without keeping the body: how many bytes came and whether each was
+ * {@link STREAM_BYTE} (a sustained download whose size the test process need not hold).
+ */
+export function streamThrough(port: number, bytes: number, timeoutMs = 120_000): Promise<{ status: number; bytes: number; intact: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: `/stream?bytes=${bytes}`, agent: false, timeout: timeoutMs }, (res) => {
+      let received = 0;
+      let intact = true;
+      res.on('data', (c: Buffer) => {
+        received += c.length;
+        if (intact && c.some((b) => b !== STREAM_BYTE)) intact = false;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes: received, intact }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET /stream through 127.0.0.1:${port}: stalled for ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end();
   });
 }
 
