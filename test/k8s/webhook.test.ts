@@ -24,7 +24,7 @@ const RELABEL_SELECTOR = 'test.narrowlink.io/relabel';
 
 const SETTINGS: SidecarSettings = {
   image: 'ghcr.io/narrowlink/narrowlink-k8s:0.1.0',
-  resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { memory: '128Mi' } },
+  resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
   gatewayUrl: 'wss://narrowlink-gateway.narrowlink-system.svc:443',
   tokenAudience: 'narrowlink',
   tokenExpirationSeconds: 600,

@@ -24,7 +24,7 @@ describe('resolveWebhookConfig', () => {
       settings: {
         image: BASE['sidecar-image'],
         gatewayUrl: 'wss://narrowlink-gateway.narrowlink.svc:443',
-        resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { memory: '128Mi' } },
+        resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
         tokenAudience: 'narrowlink',
         tokenExpirationSeconds: 600,
       },

@@ -41,7 +41,7 @@ Sidecar-injection webhook (off unless --webhook-listen is given):
   --sidecar-ca-configmap NAME    ConfigMap (key ca.crt, in each pod's namespace) with the gateway CA
   --sidecar-ca-file FILE         CA bundle path inside the sidecar image (exclusive with --sidecar-ca-configmap)
   --sidecar-cpu-request Q        default 10m     ("" to omit; pods override with narrowlink.io/sidecar-cpu-request)
-  --sidecar-memory-request Q     default 64Mi
+  --sidecar-memory-request Q     default 32Mi
   --sidecar-cpu-limit Q          default none
   --sidecar-memory-limit Q       default 128Mi
   --sidecar-token-expiration-seconds N  projected token lifetime, >= 600 (default 600)
@@ -94,7 +94,7 @@ export function resolveWebhookConfig(get: (flag: WebhookFlag) => string | undefi
     return v === '' ? undefined : v;
   };
   const cpuRequest = quantity('sidecar-cpu-request', '10m');
-  const memoryRequest = quantity('sidecar-memory-request', '64Mi');
+  const memoryRequest = quantity('sidecar-memory-request', '32Mi');
   const cpuLimit = quantity('sidecar-cpu-limit', undefined);
   const memoryLimit = quantity('sidecar-memory-limit', '128Mi');
   const caConfigMap = get('sidecar-ca-configmap') || undefined;

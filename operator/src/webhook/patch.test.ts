@@ -105,7 +105,7 @@ describe('sidecarPatch: shape', () => {
     });
     assert.equal(TOKEN_FILE, '/var/run/secrets/narrowlink/token');
     assert.equal(c.env?.[0]?.name, 'POD_NAME', 'POD_NAME defined before anything may refer to it');
-    assert.deepEqual(c.resources, { requests: { cpu: '10m', memory: '64Mi' }, limits: { memory: '128Mi' } });
+    assert.deepEqual(c.resources, { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } });
     assert.deepEqual(c.volumeMounts, [{ name: TOKEN_VOLUME, mountPath: '/var/run/secrets/narrowlink', readOnly: true }]);
     const sc = c.securityContext as Record<string, unknown>;
     assert.equal(sc.runAsNonRoot, true);
@@ -190,7 +190,7 @@ describe('sidecarPatch: shape', () => {
     assert.equal(c.image, 'example.com/custom:1');
     assert.equal(envOf(c).NARROWLINK_AGENT_NAME, 'storefront');
     assert.equal(patched.metadata.labels?.[LABEL_AGENT], 'storefront');
-    assert.deepEqual(c.resources, { requests: { cpu: '20m', memory: '64Mi' }, limits: { cpu: '200m', memory: '256Mi' } });
+    assert.deepEqual(c.resources, { requests: { cpu: '20m', memory: '32Mi' }, limits: { cpu: '200m', memory: '256Mi' } });
   });
 
   it('gateway CA from a ConfigMap: projected next to the token (optional: a missing copy never blocks the pod), NARROWLINK_CA_FILE set', () => {
@@ -270,12 +270,12 @@ describe('sidecarPatch: not requested and invalid', () => {
   });
 
   it('a request above its limit (after merging chart defaults) is refused before the API server rejects the pod', () => {
-    const result = sidecarPatch(pod({ ...INJECT, 'narrowlink.io/sidecar-memory-limit': '32Mi' }), SETTINGS);
+    const result = sidecarPatch(pod({ ...INJECT, 'narrowlink.io/sidecar-memory-limit': '16Mi' }), SETTINGS);
     assert.equal(result.outcome, 'invalid');
-    assert.match(result.problems[0] as string, /memory request 64Mi is above the memory limit 32Mi/);
+    assert.match(result.problems[0] as string, /memory request 32Mi is above the memory limit 16Mi/);
     const cpu = sidecarPatch(pod({ ...INJECT, 'narrowlink.io/sidecar-cpu-request': '1', 'narrowlink.io/sidecar-cpu-limit': '500m' }), SETTINGS);
     assert.match(cpu.problems[0] as string, /cpu request 1 is above the cpu limit 500m/);
-    const equal = sidecarPatch(pod({ ...INJECT, 'narrowlink.io/sidecar-memory-limit': '64Mi' }), SETTINGS);
+    const equal = sidecarPatch(pod({ ...INJECT, 'narrowlink.io/sidecar-memory-limit': '32Mi' }), SETTINGS);
     assert.equal(equal.outcome, 'injected');
   });
 

@@ -4,7 +4,7 @@ import type { SidecarSettings } from './patch.ts';
 /** Chart-default-like sidecar settings. */
 export const TEST_SETTINGS: SidecarSettings = {
   image: 'ghcr.io/narrowlink/narrowlink-k8s:0.1.0',
-  resources: { requests: { cpu: '10m', memory: '64Mi' }, limits: { memory: '128Mi' } },
+  resources: { requests: { cpu: '10m', memory: '32Mi' }, limits: { memory: '128Mi' } },
   gatewayUrl: 'wss://narrowlink-gateway.narrowlink.svc:443',
   tokenAudience: 'narrowlink',
   tokenExpirationSeconds: 600,
