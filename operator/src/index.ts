@@ -14,4 +14,4 @@ export * from './reconcilers/domains.ts';
 export * from './reconcilers/gateway-config/desired.ts';
 export * from './reconcilers/policy/desired.ts';
 export * from './webhook/errors.ts';
-export { SIDECAR_COMMAND } from './webhook/patch.ts';
+export { SIDECAR_COMMAND, SIDECAR_ENV } from './webhook/patch.ts';

@@ -33,8 +33,8 @@ import { Service } from 'kubernetes-models/v1/Service';
 import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { parseAllDocuments } from 'yaml';
 import { parseGatewayTokenRules } from '@narrowlink/protocol';
-import { SIDECAR_COMMAND } from '@narrowlink/operator';
-import { NODE_OPTIONS } from '../../scripts/build-server.ts';
+import { SIDECAR_COMMAND, SIDECAR_ENV } from '@narrowlink/operator';
+import { NODE_OPTIONS, RUNTIME_ENV } from '../../scripts/build-server.ts';
 import { type ApiServer, useApiServer } from './cluster.ts';
 import { helmPath, kubectlPath, toolsUnavailableReason } from './tools.ts';
 
@@ -443,6 +443,7 @@ function checkRender(entry: MatrixEntry, objects: Obj[], kubeVersion: string | u
   // build script measured for each component (runtime-deps.json nodeOptions); the webhook's sidecar likewise.
   assert.deepEqual(op.command, ['node', ...NODE_OPTIONS.operator, 'dist/server/operator.mjs']);
   assert.deepEqual(SIDECAR_COMMAND, ['node', ...NODE_OPTIONS.agent, 'dist/server/agent.mjs']);
+  assert.deepEqual(SIDECAR_ENV, RUNTIME_ENV.agent, 'the sidecar runs with the environment the build measured for the agent');
   const opArgs = op.args ?? [];
   assert.equal(argValue(opArgs, '--namespace'), NS);
   assert.equal(argValue(opArgs, '--lease-name'), 'narrowlink-operator');

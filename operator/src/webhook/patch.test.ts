@@ -102,6 +102,7 @@ describe('sidecarPatch: shape', () => {
       NARROWLINK_GATEWAY: SETTINGS.gatewayUrl,
       NARROWLINK_AGENT_TOKEN_FILE: TOKEN_FILE,
       NARROWLINK_EXPOSE: 'http=8080,metrics=9090',
+      MALLOC_ARENA_MAX: '2',
     });
     assert.equal(TOKEN_FILE, '/var/run/secrets/narrowlink/token');
     assert.equal(c.env?.[0]?.name, 'POD_NAME', 'POD_NAME defined before anything may refer to it');
