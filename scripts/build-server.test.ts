@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { GatewayLink } from '@narrowlink/peer-link';
 import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
+import { allowAllGatewayConfig } from '../test/helpers/gateway-config.ts';
 import { freeUdpPortPair } from '../test/helpers/ports.ts';
 import { type StartedProcess, startProcess, stopAll } from '../test/helpers/processes.ts';
 import { startEchoServer, type TestServer } from '../test/helpers/tcp-fixtures.ts';
@@ -115,16 +116,7 @@ describe('npm run build:server', { timeout: 240_000 }, () => {
       echo = await startEchoServer();
       const keys = await generateSigningKeyPair();
       const configFile = path.join(cert.dir, 'gateway.json');
-      await writeFile(
-        configFile,
-        JSON.stringify({
-          apiVersion: 'narrowlink.io/v1alpha1',
-          kind: 'GatewayConfig',
-          signingPublicKeys: [keys.publicKeyPem],
-          agents: [{ name: 'bundled', expose: [{ name: 'echo', port: echo.port }] }],
-          policies: [{ name: 'all', subjects: [{ kind: 'Group', name: 'g' }], rules: [{ action: 'Allow' }] }],
-        }),
-      );
+      await writeFile(configFile, allowAllGatewayConfig(keys.publicKeyPem, [{ name: 'bundled', expose: [{ name: 'echo', port: echo.port }] }], 'g'));
       const env = { NODE_OPTIONS: undefined, NARROWLINK_GATEWAY_LISTEN: undefined };
       gateway = await startProcess(
         'bundled gateway',

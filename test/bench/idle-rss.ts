@@ -32,6 +32,7 @@ import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
 import { buildPackage, DIST_DIR as CLI_DIST_DIR } from '../../client-cli/build/build.ts';
 import { buildServer, NODE_OPTIONS, RUNTIME_ENV, SERVER_DIST_DIR } from '../../scripts/build-server.ts';
 import { ROOT, SCRIPTS } from '../helpers/paths.ts';
+import { allowAllGatewayConfig } from '../helpers/gateway-config.ts';
 import { freeUdpPortPair } from '../helpers/ports.ts';
 import { type StartedProcess, startProcess } from '../helpers/processes.ts';
 import { startEchoServer } from '../helpers/tcp-fixtures.ts';
@@ -195,16 +196,14 @@ export async function measureIdleRss(options: IdleRssOptions = {}): Promise<Idle
     const configFile = path.join(dir, 'gateway.json');
     await writeFile(
       configFile,
-      JSON.stringify({
-        apiVersion: 'narrowlink.io/v1alpha1',
-        kind: 'GatewayConfig',
-        signingPublicKeys: [keys.publicKeyPem],
-        agents: [
+      allowAllGatewayConfig(
+        keys.publicKeyPem,
+        [
           { name: 'idle', expose: [{ name: 'echo', port: echo.port }] },
           { name: 'idle-relay', mode: 'relay', expose: [{ name: 'echo', port: echo.port }] },
         ],
-        policies: [{ name: 'bench', subjects: [{ kind: 'Group', name: 'bench' }], rules: [{ action: 'Allow' }] }],
-      }),
+        'bench',
+      ),
     );
     const tokenFile = async (name: string, token: string): Promise<string> => {
       const file = path.join(dir, name);

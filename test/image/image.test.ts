@@ -21,6 +21,7 @@ import { readManifest, ROOT } from '../../deploy/image/stage.ts';
 import { GatewayLink } from '@narrowlink/peer-link';
 import { generateSigningKeyPair, signToken } from '@narrowlink/protocol';
 import { MuxDuplex } from '@narrowlink/protocol/stream';
+import { allowAllGatewayConfig } from '../helpers/gateway-config.ts';
 import { freeUdpPortPair } from '../helpers/ports.ts';
 import { startEchoServer } from '../helpers/tcp-fixtures.ts';
 import { makeTestCertificate } from '../helpers/tls.ts';
@@ -156,16 +157,7 @@ describe('deploy/build-image.sh', { skip, timeout: BUILD_TIMEOUT_MS }, () => {
     const echo = await startEchoServer();
     const keys = await generateSigningKeyPair();
     const configFile = path.join(dir, 'gateway.json');
-    writeFileSync(
-      configFile,
-      JSON.stringify({
-        apiVersion: 'narrowlink.io/v1alpha1',
-        kind: 'GatewayConfig',
-        signingPublicKeys: [keys.publicKeyPem],
-        agents: [{ name: 'imaged', expose: [{ name: 'echo', port: echo.port }] }],
-        policies: [{ name: 'all', subjects: [{ kind: 'Group', name: 'g' }], rules: [{ action: 'Allow' }] }],
-      }),
-    );
+    writeFileSync(configFile, allowAllGatewayConfig(keys.publicKeyPem, [{ name: 'imaged', expose: [{ name: 'echo', port: echo.port }] }], 'g'));
     const agentToken = path.join(dir, 'agent.jwt');
     writeFileSync(agentToken, await signToken(keys.privateKeyPem, { typ: 'agent', sub: 'default/imaged', ttlSeconds: 600 }), { mode: 0o600 });
     execFileSync('chown', ['-R', `${manifest.user.uid}:${manifest.user.gid}`, dir]);
