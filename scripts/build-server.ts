@@ -28,9 +28,8 @@ import { execFile } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { builtinModules } from 'node:module';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { build, type Plugin } from 'esbuild';
 import { BUNDLE_DEFAULTS, MIN_NODE } from '../client-cli/build/build.ts';
 

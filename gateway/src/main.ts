@@ -255,8 +255,8 @@ async function main(): Promise<void> {
   const streamIdleTimeoutMs = integerOption('stream-idle-timeout-ms', DEFAULT_STREAM_IDLE_TIMEOUT_MS, 0);
   const sessionBufferBytes = integerOption('session-buffer-bytes', DEFAULT_SESSION_BUFFER_BYTES, 1024 * 1024);
   const processBufferBytes = integerOption('process-buffer-bytes', DEFAULT_PROCESS_BUFFER_BYTES, 1024 * 1024);
-  // The hello schema's smallest window is 16 KiB.
-  const initialStreamWindow = integerOption('initial-stream-window', Math.min(DEFAULT_INITIAL_STREAM_WINDOW, streamWindow), 16 * 1024);
+  // The hello schema's smallest window is 16 KiB; the Gateway caps it at --stream-window.
+  const initialStreamWindow = integerOption('initial-stream-window', DEFAULT_INITIAL_STREAM_WINDOW, 16 * 1024);
   const sendHighWaterBytes = integerOption('send-high-water-bytes', DEFAULT_SEND_HIGH_WATER_BYTES, 16 * 1024);
   const proofMaxAgeSeconds = integerOption('proof-max-age-seconds', DEFAULT_PROOF_MAX_AGE_SECONDS, 1);
   const publicUrl = option(values, 'public-url');

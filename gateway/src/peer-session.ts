@@ -19,10 +19,10 @@ import type { BrokerPeer } from './direct-broker.ts';
 import { GatewayErrorCode } from './errors.ts';
 
 export type SessionKind = 'agent' | 'client';
+export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
 
 /** ws's readyState of an open socket (WebSocket.OPEN; the type-only import cannot name it). */
 const WS_OPEN = 1;
-export type SessionState = 'handshaking' | 'open' | 'closing' | 'closed';
 
 export interface SessionIdentity extends Identity {
   typ: SessionKind;
